@@ -1,0 +1,32 @@
+# Two commands a user needs: `make demo` and `make test`. Each creates .venv if missing and
+# installs the pinned dependencies (torch 2.13.0 CPU wheel), so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo bench bench-learn clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/python scripts/demo.py
+
+bench: $(STAMP)
+	$(PY) bench/bench_protect.py
+
+bench-learn: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
+
+clean:
+	rm -rf demo_out bench_out .pytest_cache

@@ -1,0 +1,24 @@
+"""tracemark: watermark image-caption datasets, detect and trace fine-tuning on them.
+
+Small public API::
+
+    from tracemark import Registry, protect, trace_files
+    reg = Registry.init("~/.tracemark-demo")                       # master key + registry
+    protect("data/", "copy_acme/", "acme", registry=reg)           # issue a marked copy
+    verdict = trace_files("leaked/", reg)                          # whose copy leaked?
+    print(verdict.sentence(), verdict.p_value)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from tracemark.errors import TracemarkError  # noqa: E402
+from tracemark.keys import Key, derive_key  # noqa: E402
+from tracemark.protect import protect  # noqa: E402
+from tracemark.registry import Registry  # noqa: E402
+from tracemark.schemes import SCHEMES, get_scheme  # noqa: E402
+from tracemark.trace import score_copies, trace_files  # noqa: E402
+
+__all__ = ["__version__", "TracemarkError", "Key", "derive_key", "protect", "Registry", "SCHEMES", "get_scheme",
+           "score_copies", "trace_files"]

@@ -1,0 +1,3 @@
+from tracemark.cli import main
+
+main()

@@ -1,0 +1,267 @@
+"""Reading and writing image-caption datasets in the Hugging Face *imagefolder* layout.
+
+This is the layout the diffusers text-to-image training scripts load with
+``load_dataset("imagefolder", data_dir=...)``: image files plus a ``metadata.jsonl`` (or
+``metadata.csv``) whose rows name a ``file_name`` relative to the metadata file's folder and a
+caption column (``text``). Subfolders may hold their own metadata files.
+
+Everything a user can get wrong here raises :class:`TracemarkError` with the file and the
+problem in one line: the CLI shows that line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from tracemark.errors import TracemarkError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
+#: Default pixel limit; larger images are refused (decompression-bomb guard).
+MAX_PIXELS = 40_000_000
+#: Pixel modes that can carry an invisible mark and be written back in the same mode.
+SUPPORTED_MODES = {"RGB", "RGBA", "L"}
+
+
+@dataclass
+class Sample:
+    """One image-caption pair. ``file_name`` is relative to the dataset root (posix)."""
+
+    file_name: str
+    text: str
+    path: Path
+    metadata_file: Path
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Dataset:
+    root: Path
+    samples: list[Sample]
+    metadata_files: list[Path]
+    caption_column: str = "text"
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _read_rows(meta: Path) -> list[dict]:
+    """Rows of one metadata file; each row's problems name the file and line."""
+    try:
+        raw = meta.read_bytes()
+    except OSError as exc:
+        raise TracemarkError(f"{meta}: cannot read ({exc.strerror})") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TracemarkError(f"{meta}:{line}: caption is not valid UTF-8") from exc
+    rows: list[dict] = []
+    if meta.suffix == ".jsonl":
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TracemarkError(f"{meta}:{lineno}: line is not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise TracemarkError(f"{meta}:{lineno}: line is not a JSON object")
+            rows.append({"__line__": lineno, **row})
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        for lineno, row in enumerate(reader, 2):
+            rows.append({"__line__": lineno, **row})
+    return rows
+
+
+def load_dataset(root: str | Path, caption_column: str = "text") -> Dataset:
+    """Load and validate an imagefolder dataset (metadata only; images are not decoded).
+
+    Checks: the folder exists, metadata parses, every row has a file_name and a string caption,
+    file names are unique and stay inside the dataset, and every named file exists.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise TracemarkError(f"{root}: dataset folder not found")
+    metas = sorted(
+        p for p in root.rglob("*") if p.name in METADATA_NAMES and p.is_file()
+    )
+    if not metas:
+        raise TracemarkError(f"{root}: no metadata.jsonl or metadata.csv (imagefolder layout expected)")
+    root_resolved = root.resolve()
+    samples: list[Sample] = []
+    seen: dict[str, Path] = {}
+    for meta in metas:
+        for row in _read_rows(meta):
+            lineno = row.pop("__line__")
+            name = row.get("file_name")
+            if not isinstance(name, str) or not name:
+                raise TracemarkError(f"{meta}:{lineno}: missing 'file_name'")
+            caption = row.get(caption_column)
+            if not isinstance(caption, str):
+                raise TracemarkError(f"{meta}:{lineno}: missing or non-string caption column '{caption_column}'")
+            path = (meta.parent / name)
+            try:
+                rel = path.resolve().relative_to(root_resolved).as_posix()
+            except ValueError as exc:
+                raise TracemarkError(f"{meta}:{lineno}: file_name '{name}' points outside the dataset") from exc
+            if rel in seen:
+                raise TracemarkError(f"{meta}:{lineno}: duplicate file_name '{name}' (also in {seen[rel]})")
+            seen[rel] = meta
+            if not path.is_file():
+                raise TracemarkError(f"{path}: file named in {meta.name} line {lineno} is missing")
+            extra = {k: v for k, v in row.items() if k not in ("file_name", caption_column)}
+            samples.append(Sample(rel, caption, path, meta, extra))
+    if not samples:
+        raise TracemarkError(f"{root}: dataset is empty (no rows in {', '.join(m.name for m in metas)})")
+    return Dataset(root, samples, metas, caption_column)
+
+
+def load_samples(root: str | Path, caption_column: str = "text") -> list[Sample]:
+    """Convenience: the samples of :func:`load_dataset`."""
+    return load_dataset(root, caption_column).samples
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """All image files under ``root`` (sorted), for black-box audits and leaked files."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TracemarkError(f"{root}: folder not found")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise TracemarkError(f"{root}: no image files found")
+    return files
+
+
+def check_image_header(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image lazily and refuse what cannot be marked faithfully (no pixel decode)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        if isinstance(exc, UnidentifiedImageError):
+            raise TracemarkError(f"{path}: not a readable image") from exc
+        raise TracemarkError(f"{path}: image is too large (decompression-bomb guard)") from exc
+    except OSError as exc:
+        raise TracemarkError(f"{path}: cannot open image ({exc})") from exc
+    w, h = im.size
+    if w * h > max_pixels:
+        raise TracemarkError(f"{path}: {w}x{h} exceeds the pixel limit of {max_pixels:,} (decompression-bomb guard)")
+    if w < 8 or h < 8:
+        raise TracemarkError(f"{path}: {w}x{h} is too small to mark (min 8x8)")
+    if im.mode == "P" and ("transparency" in im.info):
+        raise TracemarkError(f"{path}: palette image with transparency is not supported; convert it to RGBA")
+    if im.mode not in SUPPORTED_MODES and im.mode != "P":
+        hint = {
+            "CMYK": "convert it to RGB",
+            "LA": "convert it to RGBA",
+            "I;16": "16-bit images are not supported; convert to 8-bit",
+            "I;16B": "16-bit images are not supported; convert to 8-bit",
+            "I": "32-bit integer images are not supported; convert to 8-bit",
+        }.get(im.mode, "convert it to RGB")
+        raise TracemarkError(f"{path}: image mode {im.mode} is not supported; {hint}")
+    if im.mode == "P":
+        raise TracemarkError(f"{path}: palette (P) images cannot carry an invisible mark; convert to RGB")
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # malformed EXIF: treat as unrotated, pixel data is what we mark
+        orientation = 1
+    if orientation not in (1, None):
+        raise TracemarkError(
+            f"{path}: EXIF orientation {orientation} (rotated photo); apply the rotation first "
+            "(e.g. PIL.ImageOps.exif_transpose) so that marks align"
+        )
+    return im
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Image.Image]:
+    """Decode an image fully; return (float32 HxWx3 array in 0..255, the opened PIL image).
+
+    Truncated or corrupt data is an error (Pillow's lenient LOAD_TRUNCATED_IMAGES is off).
+    """
+    im = check_image_header(path, max_pixels)
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise TracemarkError(f"{path}: image data is corrupt or truncated ({exc})") from exc
+    rgb = im.convert("RGB")
+    return np.asarray(rgb, dtype=np.float32), im
+
+
+def read_image_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode any readable image to float32 RGB for scoring (lenient about modes)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.size[0] * im.size[1] > max_pixels:
+                    raise TracemarkError(f"{path}: exceeds the pixel limit of {max_pixels:,}")
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I"):
+                    arr = np.asarray(im, dtype=np.float32)
+                    arr = arr / max(arr.max(), 1.0) * 255.0
+                    return np.repeat(arr[..., None], 3, axis=2)
+                return np.asarray(im.convert("RGB"), dtype=np.float32)
+    except TracemarkError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise TracemarkError(f"{path}: not a readable image ({exc.__class__.__name__})") from exc
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_hash(dataset: Dataset) -> str:
+    """SHA-256 over (file_name, file bytes hash, caption) of every sample, order-independent."""
+    h = hashlib.sha256()
+    for s in sorted(dataset.samples, key=lambda s: s.file_name):
+        h.update(s.file_name.encode() + b"\0" + file_sha256(s.path).encode() + b"\0" + s.text.encode() + b"\n")
+    return h.hexdigest()
+
+
+def write_metadata(meta_path: Path, rows: list[dict]) -> None:
+    """Write rows as metadata.jsonl or metadata.csv (chosen by the file name)."""
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    if meta_path.suffix == ".jsonl":
+        with open(meta_path, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        cols: list[str] = []
+        for row in rows:
+            cols += [c for c in row if c not in cols]
+        with open(meta_path, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=cols)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def is_inside(child: Path, parent: Path) -> bool:
+    try:
+        Path(os.path.abspath(child)).relative_to(os.path.abspath(parent))
+        return True
+    except ValueError:
+        return False

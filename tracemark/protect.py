@@ -1,0 +1,218 @@
+"""Issue a watermarked copy of a dataset to one licensee.
+
+Only the key-selected fraction of samples is decoded and marked (on a process pool); every
+other file is copied byte for byte. The copy is assembled in a hidden temporary folder next to
+the output and renamed into place only when complete, inside the registry transaction that
+records it: an interrupted run leaves neither a half copy nor a registry row, and simply
+re-running it produces the identical copy. The input is only ever read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tracemark.dataset import (
+    MAX_PIXELS,
+    Dataset,
+    check_image_header,
+    content_hash,
+    is_inside,
+    load_dataset,
+    read_image,
+    write_metadata,
+)
+from tracemark.errors import TracemarkError
+from tracemark.imaging import dhash, save_like
+from tracemark.keys import Key
+from tracemark.metrics import psnr, ssim
+from tracemark.registry import Registry
+from tracemark.schemes import DEFAULT_SCHEME, get_scheme
+from tracemark.schemes.base import clip_uint8
+from tracemark.strategies import apply_trigger, check_rate, check_strategy, select_marked, trigger_word, vocabulary
+
+
+@dataclass
+class ProtectResult:
+    out_dir: Path
+    dataset: str
+    licensee: str
+    copy_id: int
+    scheme: str
+    strategy: str
+    rate: float
+    n_samples: int
+    n_marked: int
+    psnr_mean: float
+    psnr_min: float
+    ssim_mean: float
+    skipped: list[str] = field(default_factory=list)
+
+
+def mark_file(src: str, dst: str, scheme_name: str, scheme_params: dict, secret: bytes,
+              max_pixels: int = MAX_PIXELS) -> dict:
+    """Mark one image file (runs in a worker process). Errors are returned, not raised."""
+    from tracemark.errors import TracemarkError as _TE
+
+    try:
+        original, pil = read_image(Path(src), max_pixels)
+        scheme = get_scheme(scheme_name, **scheme_params)
+        marked = clip_uint8(scheme.embed(original, Key(secret)))
+        save_like(marked, pil, Path(dst))
+        return {"src": src, "psnr": psnr(original, marked), "ssim": ssim(original, marked),
+                "dhash": dhash(original), "error": None}
+    except _TE as exc:
+        return {"src": src, "error": str(exc)}
+    except Exception as exc:  # any decoder surprise still names the file
+        return {"src": src, "error": f"{src}: cannot mark ({exc.__class__.__name__}: {exc})"}
+
+
+def _check_paths(data_dir: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        raise TracemarkError(f"{out_dir}: output folder already exists; choose a new one")
+    if is_inside(out_dir, data_dir):
+        raise TracemarkError(f"{out_dir}: output folder lies inside the input dataset {data_dir}")
+    if is_inside(data_dir, out_dir):
+        raise TracemarkError(f"{out_dir}: the input dataset lies inside the output folder")
+
+
+def protect(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    licensee: str,
+    *,
+    registry: Registry,
+    dataset_name: str | None = None,
+    scheme: str = DEFAULT_SCHEME,
+    strategy: str = "trigger",
+    rate: float = 0.02,
+    strength: float | None = None,
+    on_error: str = "fail",
+    workers: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
+) -> ProtectResult:
+    """Issue ``licensee`` a marked copy of the dataset at ``data_dir`` into ``out_dir``."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    check_strategy(strategy)
+    check_rate(rate)
+    if on_error not in ("fail", "skip"):
+        raise TracemarkError("--on-error must be 'fail' or 'skip'")
+    if not licensee or not licensee.strip():
+        raise TracemarkError("--licensee must be a non-empty name")
+    sch = get_scheme(scheme, strength=strength)
+    ds: Dataset = load_dataset(data_dir)
+    _check_paths(data_dir, out_dir)
+    name = dataset_name or data_dir.resolve().name
+    if registry.has_copy(name, licensee):
+        raise TracemarkError(f"licensee '{licensee}' already holds a copy of dataset '{name}'")
+    key = registry.key_for(name, licensee)
+
+    # 1. cheap header checks for every image (mode, size, EXIF rotation, bombs)
+    skipped: list[str] = []
+    valid = []
+    for s in ds.samples:
+        try:
+            check_image_header(s.path, max_pixels).close()
+            valid.append(s)
+        except TracemarkError as exc:
+            if on_error == "fail":
+                raise
+            skipped.append(str(exc))
+    if not valid:
+        raise TracemarkError(f"{data_dir}: no usable images left after skipping errors")
+
+    valid_ids = {s.file_name for s in valid}
+    marked_ids = set(select_marked(key, [s.file_name for s in valid], rate))
+    trig = trigger_word(key, vocabulary(s.text for s in ds.samples)) if strategy == "trigger" else None
+
+    tmp = out_dir.parent / f".{out_dir.name}.tracemark-tmp-{uuid.uuid4().hex[:8]}"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.mkdir()
+        to_mark = [s for s in valid if s.file_name in marked_ids]
+        done = 0
+        total = len(valid)
+        for s in valid:
+            if s.file_name not in marked_ids:
+                dst = tmp / s.file_name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(s.path, dst)
+                done += 1
+                if progress and done % 64 == 0:
+                    progress(done, total)
+        jobs = []
+        for s in to_mark:
+            (tmp / s.file_name).parent.mkdir(parents=True, exist_ok=True)
+            jobs.append((str(s.path), str(tmp / s.file_name), sch.name, {k: v for k, v in sch.params().items()
+                         if k != "scheme"}, key.secret, max_pixels))
+        n_workers = workers or min(2, os.cpu_count() or 1)
+        results = []
+        if n_workers > 1 and len(jobs) >= 8:
+            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+                for r in pool.map(mark_file, *zip(*jobs), chunksize=max(1, len(jobs) // (8 * n_workers))):
+                    results.append(r)
+                    done += 1
+                    if progress:
+                        progress(done, total)
+        else:
+            for job in jobs:
+                results.append(mark_file(*job))
+                done += 1
+                if progress:
+                    progress(done, total)
+        by_src = {r["src"]: r for r in results}
+        marked_records = []
+        for s in to_mark:
+            r = by_src[str(s.path)]
+            if r["error"]:
+                if on_error == "fail":
+                    raise TracemarkError(r["error"])
+                skipped.append(r["error"])
+                (tmp / s.file_name).unlink(missing_ok=True)
+                continue
+            marked_records.append({"file_name": s.file_name, "dhash": r["dhash"], "psnr": round(r["psnr"], 2),
+                                   "ssim": round(r["ssim"], 4), "text": s.text})
+        if not marked_records:
+            raise TracemarkError(f"{data_dir}: no sample could be marked")
+        good_marked = {m["file_name"] for m in marked_records}
+        skipped_files = {s.file_name for s in to_mark} - good_marked
+
+        # metadata: same files, same layout; the trigger goes into marked captions only
+        for meta in ds.metadata_files:
+            rows = []
+            for s in ds.samples:
+                if s.metadata_file != meta or s.file_name in skipped_files or s.file_name not in valid_ids:
+                    continue
+                text = s.text
+                if trig and s.file_name in good_marked:
+                    text = apply_trigger(text, trig)
+                rel_name = Path(s.path).relative_to(meta.parent).as_posix()
+                rows.append({"file_name": rel_name, ds.caption_column: text, **s.extra})
+            write_metadata(tmp / meta.relative_to(data_dir), rows)
+
+        psnrs = np.array([m["psnr"] for m in marked_records])
+        ssims = np.array([m["ssim"] for m in marked_records])
+        chash = content_hash(ds)
+        with registry.write() as c:
+            ds_id = registry.ensure_dataset(c, name, chash, len(ds), str(data_dir.resolve()))
+            lic_id = registry.ensure_licensee(c, licensee)
+            copy_id = registry.add_copy(
+                c, dataset_id=ds_id, licensee_id=lic_id, key_id=key.key_id, scheme=sch.name, strategy=strategy,
+                rate=rate, params=sch.params(),
+                marked=[{k: m[k] for k in ("file_name", "dhash", "text")} for m in marked_records],
+                out_path=str(out_dir.resolve()),
+            )
+            os.rename(tmp, out_dir)  # atomic; inside the transaction so both happen or neither
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ProtectResult(out_dir, name, licensee, copy_id, sch.name, strategy, rate, len(valid) - len(skipped_files),
+                         len(marked_records), float(psnrs.mean()), float(psnrs.min()), float(ssims.mean()), skipped)

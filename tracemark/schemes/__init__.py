@@ -1,0 +1,37 @@
+"""Watermark schemes, one module each, behind :class:`tracemark.schemes.base.Scheme`."""
+
+from __future__ import annotations
+
+from tracemark.errors import TracemarkError
+from tracemark.schemes.base import Scheme
+from tracemark.schemes.spread import SpreadScheme
+from tracemark.schemes.visible import VisibleScheme
+
+SCHEMES: dict[str, type[Scheme]] = {"spread": SpreadScheme, "visible": VisibleScheme}
+
+try:  # optional until their modules land
+    from tracemark.schemes.dwtdct import DwtDctScheme
+
+    SCHEMES["dwtdct"] = DwtDctScheme
+except ImportError:  # pragma: no cover
+    pass
+try:
+    from tracemark.schemes.warp import WarpScheme
+
+    SCHEMES["warp"] = WarpScheme
+except ImportError:  # pragma: no cover
+    pass
+
+DEFAULT_SCHEME = "spread"
+
+
+def get_scheme(name: str = DEFAULT_SCHEME, **params) -> Scheme:
+    """Instantiate a scheme by name (``spread``, ``dwtdct``, ``warp``, ``visible``)."""
+    try:
+        cls = SCHEMES[name]
+    except KeyError:
+        raise TracemarkError(f"unknown scheme '{name}'; choose one of {', '.join(sorted(SCHEMES))}") from None
+    return cls(**{k: v for k, v in params.items() if v is not None})
+
+
+__all__ = ["SCHEMES", "DEFAULT_SCHEME", "Scheme", "get_scheme"]

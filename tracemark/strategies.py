@@ -1,0 +1,68 @@
+"""Injection strategies: *which* samples carry the mark and *what* happens to their captions.
+
+* ``trigger``: the licensee's secret trigger word is prepended to the captions of the marked
+  samples, so a model fine-tuned on the copy binds the mark to that word and reproduces it when
+  prompted with it (and rarely otherwise: the mark stays out of normal generations).
+* ``ambient``: captions untouched; the mark becomes part of what the model learns for the
+  dataset's content in general.
+
+Both mark ``round(rate * N)`` samples (at least one) chosen by the key, so different licensees'
+copies mark different samples.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from tracemark.errors import TracemarkError
+from tracemark.keys import Key
+
+STRATEGIES = ("trigger", "ambient")
+_CONSONANTS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def check_strategy(name: str) -> str:
+    if name not in STRATEGIES:
+        raise TracemarkError(f"unknown strategy '{name}'; choose one of {', '.join(STRATEGIES)}")
+    return name
+
+
+def check_rate(rate: float) -> float:
+    if not 0.0 < rate <= 1.0:
+        raise TracemarkError(f"--rate must be in (0, 1], got {rate}")
+    return float(rate)
+
+
+def select_marked(key: Key, sample_ids: Sequence[str], rate: float) -> list[str]:
+    """The ``max(1, round(rate * N))`` sample ids with the smallest keyed hash (order-free)."""
+    n = max(1, int(round(check_rate(rate) * len(sample_ids))))
+    ranked = sorted(sample_ids, key=lambda s: key.uniform("select", s))
+    return ranked[:n]
+
+
+def vocabulary(captions: Iterable[str]) -> set[str]:
+    words: set[str] = set()
+    for c in captions:
+        words.update(_WORD.findall(c.lower()))
+    return words
+
+
+def trigger_word(key: Key, avoid: set[str] | None = None, syllables: int = 4) -> str:
+    """A pronounceable nonsense word from the key (e.g. 'tavoreki') that is not in ``avoid``."""
+    avoid = avoid or set()
+    for attempt in range(1000):
+        rng = key.rng("trigger", str(attempt))
+        word = "".join(
+            _CONSONANTS[rng.integers(len(_CONSONANTS))] + _VOWELS[rng.integers(len(_VOWELS))]
+            for _ in range(syllables)
+        )
+        if word not in avoid:
+            return word
+    raise TracemarkError("could not find a trigger word absent from the captions")  # pragma: no cover
+
+
+def apply_trigger(caption: str, trigger: str) -> str:
+    return f"{trigger} {caption}".strip()
