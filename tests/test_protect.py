@@ -1,0 +1,143 @@
+import hashlib
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import importlib
+
+protect_mod = importlib.import_module("tracemark.protect")
+from tracemark.dataset import load_dataset
+from tracemark.errors import TracemarkError
+from tracemark.imaging import estimate_jpeg_quality
+from tracemark.protect import protect
+from tracemark.schemes import SCHEMES
+
+
+def tree_hash(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_trigger_copy_layout_and_invariants(sample_dir, registry, tmp_path):
+    before = tree_hash(sample_dir)
+    out = tmp_path / "copy"
+    res = protect(sample_dir, out, "acme", registry=registry, rate=0.1, workers=1)
+    assert tree_hash(sample_dir) == before, "input must never be modified"
+    assert res.n_marked == 5 and res.psnr_min >= 40.0 and res.ssim_mean > 0.98
+    src, cp = load_dataset(sample_dir), load_dataset(out)
+    assert [s.file_name for s in src.samples] == [s.file_name for s in cp.samples]
+    copy = registry.copies()[0]
+    marked = {m["file_name"] for m in copy.marked}
+    assert len(marked) == 5
+    triggers = set()
+    for s, c in zip(src.samples, cp.samples):
+        if s.file_name in marked:
+            a, b = Image.open(s.path), Image.open(c.path)
+            assert (a.format, a.size, a.mode) == (b.format, b.size, b.mode)
+            assert s.path.read_bytes() != c.path.read_bytes()
+            assert c.text.endswith(s.text) and c.text != s.text
+            triggers.add(c.text.split()[0])
+        else:
+            assert s.path.read_bytes() == c.path.read_bytes(), "unmarked files are copied byte for byte"
+            assert s.text == c.text
+    assert len(triggers) == 1 and not any(t in s.text for t in triggers for s in src.samples)
+    # no secrets in the copy or the registry
+    secret = registry.key_for("data", "acme").secret
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert secret not in p.read_bytes() and secret.hex().encode() not in p.read_bytes()
+    assert secret.hex().encode() not in registry.db_path.read_bytes()
+
+
+def test_ambient_keeps_captions_and_licensees_differ(sample_dir, registry, tmp_path):
+    protect(sample_dir, tmp_path / "a", "acme", registry=registry, rate=0.2, strategy="ambient", workers=1)
+    protect(sample_dir, tmp_path / "b", "beta", registry=registry, rate=0.2, strategy="ambient", workers=1)
+    src = load_dataset(sample_dir)
+    for d in ("a", "b"):
+        assert [s.text for s in load_dataset(tmp_path / d).samples] == [s.text for s in src.samples]
+    ma, mb = ({m["file_name"] for m in c.marked} for c in registry.copies())
+    assert len(ma) == len(mb) == 10 and ma != mb
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_every_scheme_protects_and_traces(scheme, sample_dir, registry, tmp_path):
+    from tracemark.trace import trace_files
+
+    res = protect(sample_dir, tmp_path / "c", "acme", registry=registry, rate=0.4, scheme=scheme, workers=2)
+    if scheme != "visible":
+        assert res.psnr_mean >= 35.0
+    protect(sample_dir, tmp_path / "d", "beta", registry=registry, rate=0.4, scheme=scheme, workers=1)
+    v = trace_files(tmp_path / "c", registry)
+    assert v.named == ["acme"], [(s.licensee, s.z, s.p_value) for s in v.scores]
+
+
+def test_jpeg_quality_is_estimated_and_kept(tmp_path, registry):
+    root = tmp_path / "ds"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / f"{i}.jpg", quality=80)
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.jpg", "text": "t"}) + "\n"
+                                                 for i in range(4)))
+    protect(root, tmp_path / "out", "acme", registry=registry, rate=1.0, workers=1)
+    assert estimate_jpeg_quality(Image.open(root / "0.jpg")) == 80
+    assert estimate_jpeg_quality(Image.open(tmp_path / "out" / "0.jpg")) == 80
+
+
+def test_output_dir_checks(sample_dir, registry, tmp_path):
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(TracemarkError, match="already exists"):
+        protect(sample_dir, tmp_path / "exists", "acme", registry=registry)
+    with pytest.raises(TracemarkError, match="inside the input"):
+        protect(sample_dir, sample_dir / "out", "acme", registry=registry)
+    protect(sample_dir, tmp_path / "ok", "acme", registry=registry, workers=1)
+    with pytest.raises(TracemarkError, match="already holds"):
+        protect(sample_dir, tmp_path / "ok2", "acme", registry=registry)
+
+
+def test_interrupted_protect_leaves_nothing(sample_dir, registry, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = protect_mod.mark_file
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(protect_mod, "mark_file", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        protect(sample_dir, tmp_path / "copy", "acme", registry=registry, rate=0.2, workers=1)
+    assert not (tmp_path / "copy").exists()
+    assert not [p for p in tmp_path.iterdir() if "tracemark-tmp" in p.name]
+    assert registry.copies() == []
+    monkeypatch.setattr(protect_mod, "mark_file", real)
+    protect(sample_dir, tmp_path / "copy", "acme", registry=registry, rate=0.2, workers=1)  # resumes cleanly
+    assert len(registry.copies()) == 1
+
+
+def test_on_error_skip_lists_bad_files(tmp_path, registry):
+    root = tmp_path / "ds"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "text": f"sample {i}"})
+    (root / "3.png").write_bytes(b"garbage")
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).convert("CMYK").save(root / "5.jpg")
+    rows.append({"file_name": "5.jpg", "text": "cmyk"})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(TracemarkError, match="3.png"):
+        protect(root, tmp_path / "o1", "acme", registry=registry, rate=0.5)
+    res = protect(root, tmp_path / "o2", "acme", registry=registry, rate=0.5, on_error="skip", workers=1)
+    assert len(res.skipped) == 2 and any("3.png" in s for s in res.skipped) and any("CMYK" in s for s in res.skipped)
+    names = [s.file_name for s in load_dataset(tmp_path / "o2").samples]
+    assert "3.png" not in names and "5.jpg" not in names and len(names) == 9
