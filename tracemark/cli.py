@@ -150,8 +150,18 @@ def trace_files_cmd(
         console.print(f"JSON written to {json_out}")
 
 
-def _mount_optional() -> None:
-    """Attach sub-apps that live in heavier modules (torch) lazily-importable."""
+HEAVY_COMMANDS = {"sim", "finetune", "generate", "audit"}
+
+
+def _mount_optional(argv: list[str] | None = None) -> None:
+    """Attach the commands that import torch/diffusers only when they may be used.
+
+    Importing torch costs seconds; ``protect`` and ``trace-files`` should not pay for it.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in HEAVY_COMMANDS:
+        return
     try:
         from tracemark.sim.cli import finetune_cmd, generate_cmd, sim_app
 

@@ -190,8 +190,8 @@ def check_image_header(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return im
 
 
-def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Image.Image]:
-    """Decode an image fully; return (float32 HxWx3 array in 0..255, the opened PIL image).
+def read_image(path: Path, max_pixels: int = MAX_PIXELS, dtype=np.float32) -> tuple[np.ndarray, Image.Image]:
+    """Decode an image fully; return (HxWx3 array in 0..255 (float32 by default), the PIL image).
 
     Truncated or corrupt data is an error (Pillow's lenient LOAD_TRUNCATED_IMAGES is off).
     """
@@ -201,8 +201,8 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, Im
         im.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise TracemarkError(f"{path}: image data is corrupt or truncated ({exc})") from exc
-    rgb = im.convert("RGB")
-    return np.asarray(rgb, dtype=np.float32), im
+    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    return np.asarray(rgb, dtype=dtype), im
 
 
 def read_image_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:

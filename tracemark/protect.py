@@ -39,6 +39,10 @@ from tracemark.schemes.base import clip_uint8
 from tracemark.strategies import apply_trigger, check_rate, check_strategy, select_marked, trigger_word, vocabulary
 
 
+#: SSIM is ~5x the cost of marking; above this many marked images it is measured on a sample.
+SSIM_SAMPLE = 16
+
+
 @dataclass
 class ProtectResult:
     out_dir: Path
@@ -56,18 +60,37 @@ class ProtectResult:
     skipped: list[str] = field(default_factory=list)
 
 
+_SCHEME_CACHE: dict[str, object] = {}
+
+
+def _cached_scheme(name: str, params: dict):
+    """One scheme object per worker process, so its pattern cache survives across files."""
+    sig = name + repr(sorted(params.items()))
+    if sig not in _SCHEME_CACHE:
+        p = dict(params)
+        if "band" in p:
+            p["band"] = tuple(p["band"])
+        _SCHEME_CACHE[sig] = get_scheme(name, **p)
+    return _SCHEME_CACHE[sig]
+
+
 def mark_file(src: str, dst: str, scheme_name: str, scheme_params: dict, secret: bytes,
-              max_pixels: int = MAX_PIXELS) -> dict:
+              max_pixels: int = MAX_PIXELS, with_ssim: bool = True) -> dict:
     """Mark one image file (runs in a worker process). Errors are returned, not raised."""
     from tracemark.errors import TracemarkError as _TE
 
     try:
-        original, pil = read_image(Path(src), max_pixels)
-        scheme = get_scheme(scheme_name, **scheme_params)
-        marked = clip_uint8(scheme.embed(original, Key(secret)))
+        original, pil = read_image(Path(src), max_pixels, dtype=np.uint8)
+        scheme = _cached_scheme(scheme_name, scheme_params)
+        marked = scheme.embed_uint8(original, Key(secret))
         save_like(marked, pil, Path(dst))
-        return {"src": src, "psnr": psnr(original, marked), "ssim": ssim(original, marked),
-                "dhash": dhash(original), "error": None}
+        diff = marked.astype(np.int16)
+        diff -= original
+        np.square(diff, out=diff)  # |diff| <= 255 would overflow only for absurd strengths
+        mse = float(diff.sum(dtype=np.int64)) / diff.size
+        return {"src": src, "psnr": 10 * np.log10(255.0**2 / mse) if mse > 0 else float("inf"),
+                "ssim": ssim(original, marked) if with_ssim else None,
+                "dhash": dhash(pil), "error": None}
     except _TE as exc:
         return {"src": src, "error": str(exc)}
     except Exception as exc:  # any decoder surprise still names the file
@@ -152,7 +175,7 @@ def protect(
         for s in to_mark:
             (tmp / s.file_name).parent.mkdir(parents=True, exist_ok=True)
             jobs.append((str(s.path), str(tmp / s.file_name), sch.name, {k: v for k, v in sch.params().items()
-                         if k != "scheme"}, key.secret, max_pixels))
+                         if k != "scheme"}, key.secret, max_pixels, len(jobs) < SSIM_SAMPLE))
         n_workers = workers or min(2, os.cpu_count() or 1)
         results = []
         if n_workers > 1 and len(jobs) >= 8:
@@ -179,7 +202,7 @@ def protect(
                 (tmp / s.file_name).unlink(missing_ok=True)
                 continue
             marked_records.append({"file_name": s.file_name, "dhash": r["dhash"], "psnr": round(r["psnr"], 2),
-                                   "ssim": round(r["ssim"], 4), "text": s.text})
+                                   "ssim": r["ssim"], "text": s.text})
         if not marked_records:
             raise TracemarkError(f"{data_dir}: no sample could be marked")
         good_marked = {m["file_name"] for m in marked_records}
@@ -199,7 +222,7 @@ def protect(
             write_metadata(tmp / meta.relative_to(data_dir), rows)
 
         psnrs = np.array([m["psnr"] for m in marked_records])
-        ssims = np.array([m["ssim"] for m in marked_records])
+        ssims = np.array([m["ssim"] for m in marked_records if m["ssim"] is not None] or [np.nan])
         chash = content_hash(ds)
         with registry.write() as c:
             ds_id = registry.ensure_dataset(c, name, chash, len(ds), str(data_dir.resolve()))

@@ -46,6 +46,10 @@ class Scheme(ABC):
     def embed(self, image: np.ndarray, key: Key) -> np.ndarray:
         """Return the marked image (float32, same shape, unclipped; the caller rounds/clips)."""
 
+    def embed_uint8(self, image: np.ndarray, key: Key) -> np.ndarray:
+        """Mark a uint8 H x W x 3 image and return uint8 (schemes may override with a faster path)."""
+        return clip_uint8(self.embed(image.astype(np.float32), key))
+
     def embed_batch(self, images: Sequence[np.ndarray], key: Key) -> list[np.ndarray]:
         return [self.embed(im, key) for im in images]
 

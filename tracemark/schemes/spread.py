@@ -90,15 +90,30 @@ class SpreadScheme(Scheme):
         up = np.stack([resize_float(pat[..., c], (width, height)) for c in range(3)], axis=-1)
         return up / np.sqrt((up**2).mean())
 
-    def embed(self, image: np.ndarray, key: Key) -> np.ndarray:
-        h, w = image.shape[:2]
+    def _cached(self, key: Key, h: int, w: int) -> np.ndarray:
         cache_key = (key.key_id, h, w)
         pat = self._pattern_cache.get(cache_key)
         if pat is None:
             if len(self._pattern_cache) > 64:
                 self._pattern_cache.clear()
             pat = self._pattern_cache[cache_key] = self.pattern(key, h, w)
-        return image.astype(np.float32) + self.strength * pat
+        return pat
+
+    def embed(self, image: np.ndarray, key: Key) -> np.ndarray:
+        h, w = image.shape[:2]
+        return image.astype(np.float32) + self.strength * self._cached(key, h, w)
+
+    def embed_uint8(self, image: np.ndarray, key: Key) -> np.ndarray:
+        """Fast path for protect: add the pattern pre-rounded to int16, clip once."""
+        h, w = image.shape[:2]
+        ck = ("q", key.key_id, h, w)
+        q = self._pattern_cache.get(ck)
+        if q is None:
+            q = self._pattern_cache[ck] = np.rint(self.strength * self._cached(key, h, w)).astype(np.int16)
+        out = image.astype(np.int16)
+        out += q
+        np.clip(out, 0, 255, out=out)
+        return out.astype(np.uint8)
 
     # image side -----------------------------------------------------------------------------
     def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
