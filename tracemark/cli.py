@@ -163,7 +163,8 @@ def _mount_optional(argv: list[str] | None = None) -> None:
     if first is not None and first not in HEAVY_COMMANDS:
         return
     try:
-        from tracemark.sim.cli import finetune_cmd, generate_cmd, sim_app
+        from tracemark.sim.cli import app as sim_app
+        from tracemark.sim.cli import finetune_cmd, generate_cmd
 
         app.add_typer(sim_app, name="sim", help="The CPU stand-in for Stable Diffusion (tiny model, synthetic data).")
         app.command("finetune")(finetune_cmd)

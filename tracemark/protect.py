@@ -154,7 +154,8 @@ def protect(
 
     valid_ids = {s.file_name for s in valid}
     marked_ids = set(select_marked(key, [s.file_name for s in valid], rate))
-    trig = trigger_word(key, vocabulary(s.text for s in ds.samples)) if strategy == "trigger" else None
+    trig, trig_attempt = (trigger_word(key, vocabulary(s.text for s in ds.samples)) if strategy == "trigger"
+                          else (None, None))
 
     tmp = out_dir.parent / f".{out_dir.name}.tracemark-tmp-{uuid.uuid4().hex[:8]}"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +230,7 @@ def protect(
             lic_id = registry.ensure_licensee(c, licensee)
             copy_id = registry.add_copy(
                 c, dataset_id=ds_id, licensee_id=lic_id, key_id=key.key_id, scheme=sch.name, strategy=strategy,
-                rate=rate, params=sch.params(),
+                rate=rate, params={**sch.params(), **({"trigger_attempt": trig_attempt} if trig else {})},
                 marked=[{k: m[k] for k in ("file_name", "dhash", "text")} for m in marked_records],
                 out_path=str(out_dir.resolve()),
             )

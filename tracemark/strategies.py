@@ -50,17 +50,25 @@ def vocabulary(captions: Iterable[str]) -> set[str]:
     return words
 
 
-def trigger_word(key: Key, avoid: set[str] | None = None, syllables: int = 4) -> str:
-    """A pronounceable nonsense word from the key (e.g. 'tavoreki') that is not in ``avoid``."""
+def trigger_candidate(key: Key, attempt: int = 0, syllables: int = 4) -> str:
+    """The ``attempt``-th pronounceable nonsense word of a key (e.g. 'tavoreki')."""
+    rng = key.rng("trigger", str(attempt))
+    return "".join(
+        _CONSONANTS[rng.integers(len(_CONSONANTS))] + _VOWELS[rng.integers(len(_VOWELS))] for _ in range(syllables)
+    )
+
+
+def trigger_word(key: Key, avoid: set[str] | None = None, syllables: int = 4) -> tuple[str, int]:
+    """The key's first candidate word not in ``avoid``, and its attempt index.
+
+    The index (not secret) is stored in the registry so an audit re-derives the same word
+    without the dataset's vocabulary.
+    """
     avoid = avoid or set()
     for attempt in range(1000):
-        rng = key.rng("trigger", str(attempt))
-        word = "".join(
-            _CONSONANTS[rng.integers(len(_CONSONANTS))] + _VOWELS[rng.integers(len(_VOWELS))]
-            for _ in range(syllables)
-        )
+        word = trigger_candidate(key, attempt, syllables)
         if word not in avoid:
-            return word
+            return word, attempt
     raise TracemarkError("could not find a trigger word absent from the captions")  # pragma: no cover
 
 

@@ -77,6 +77,23 @@ class Verdict:
                 f"{len(self.scores)} copies tested on {self.n_images} images).")
 
 
+def scheme_params(copy: Copy) -> dict:
+    """Constructor arguments of the copy's scheme, from the registry's params record."""
+    params = {k: v for k, v in copy.params.items() if k not in ("scheme", "trigger_attempt")}
+    if "band" in params:
+        params["band"] = tuple(params["band"])
+    return params
+
+
+def trigger_of(copy: Copy, registry: Registry) -> str | None:
+    """Re-derive a trigger copy's secret trigger word (None for the ambient strategy)."""
+    from tracemark.strategies import trigger_candidate
+
+    if copy.strategy != "trigger":
+        return None
+    return trigger_candidate(registry.key_for_copy(copy), int(copy.params.get("trigger_attempt", 0)))
+
+
 def load_images(paths: Sequence[Path]) -> list[np.ndarray]:
     return [read_image_rgb(p) for p in paths]
 
@@ -121,10 +138,7 @@ def score_copies(
     rows = []
     nulls = {}
     for copy in copies:
-        params = dict(copy.params)
-        params.pop("scheme", None)
-        if "band" in params:
-            params["band"] = tuple(params["band"])
+        params = scheme_params(copy)
         sig = f"{copy.scheme}:{sorted(params.items())}"
         if sig not in feats:
             sch = get_scheme(copy.scheme, **params)
@@ -138,6 +152,10 @@ def score_copies(
         elif match_files:
             subset = _subset_for(copy, names, hashes)
         Fi = F if subset is None else F[subset]
+        if len(Fi) == 0:  # no image was queried for this copy: nothing to test, p = 1
+            rows.append(CopyScore(copy.id, copy.dataset, copy.licensee, copy.scheme, copy.strategy, 0.0, 0.0,
+                                  1.0, 1.0, 1.0, 0, subset is not None))
+            continue
         res = stats.test_keys(Fi, P, decoys, sch.kind)
         stat = float(res.stat[0])
         if sch.kind == "message":

@@ -1,0 +1,303 @@
+"""Audit a suspect model (or only its images): was our data used, and whose copy was it?
+
+Query plan (why it does not grow with the number of licensees):
+
+* *Ambient* copies need no special prompt: every generated image is scored against every
+  ambient key.
+* *Trigger* copies each have their own secret trigger word. Stage 1 spends the ``n`` images
+  round-robin over the trigger copies: image ``i`` is prompted with copy ``k = i mod T``'s
+  trigger plus the caption of one of that copy's marked samples (the prompt most likely to make
+  a model reproduce what it learned), and is scored for copy ``k`` only.
+* When there are so many trigger copies that each gets fewer than ``MIN_PER_COPY`` images
+  (``T > n / MIN_PER_COPY``), a stage 2 spends another ``n`` images on the (at most
+  ``MAX_CANDIDATES``) copies with the smallest stage-1 p-values. Stage 2 images are fresh, so its
+  test is independent of the selection; each stage is run at ``alpha / 2`` (Bonferroni over the
+  two stages, Holm over copies within each), so naming any innocent licensee stays below
+  ``alpha`` overall. Total images: ``n`` or ``2n``, whatever the number of licensees.
+
+Seeds are fixed and recorded, so an audit can be reproduced image for image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tracemark import __version__
+from tracemark.dataset import list_images, read_image_rgb
+from tracemark.errors import TracemarkError
+from tracemark.registry import Copy, Registry
+from tracemark.strategies import apply_trigger
+from tracemark.trace import DEFAULT_ALPHA, DEFAULT_DECOYS, Verdict, score_copies, trigger_of
+
+MIN_PER_COPY = 16
+MAX_CANDIDATES = 8
+
+
+@dataclass
+class QueryPlan:
+    """One prompt per image, the copy it is meant for (trigger) or None (shared), and its seed."""
+
+    prompts: list[str]
+    targets: list[int | None]
+    seeds: list[int]
+    stage: int = 1
+
+    def subsets(self, copies: list[Copy]) -> dict[int, np.ndarray]:
+        """Images scored for each copy: its own trigger images, or all images for ambient copies."""
+        out = {}
+        for c in copies:
+            if c.strategy == "trigger":
+                out[c.id] = np.array([i for i, t in enumerate(self.targets) if t == c.id], dtype=int)
+            else:
+                out[c.id] = np.arange(len(self.prompts))
+        return out
+
+    def to_dict(self, registry_free: bool = True) -> dict:
+        # the prompts contain trigger words: keep them out of shareable outputs by default
+        return {"stage": self.stage, "n": len(self.prompts), "seeds": self.seeds, "targets": self.targets,
+                **({} if registry_free else {"prompts": self.prompts})}
+
+
+def _captions(copy: Copy) -> list[str]:
+    caps = [m.get("text", "") for m in copy.marked if m.get("text")]
+    return caps or [""]
+
+
+def build_plan(copies: list[Copy], registry: Registry, n: int, seed: int = 0,
+               only: list[int] | None = None, stage: int = 1) -> QueryPlan:
+    """Stage-1 plan over all copies (or stage-2 plan over the ``only`` copy ids)."""
+    if n <= 0:
+        raise TracemarkError(f"--n must be positive, got {n}")
+    rng = np.random.default_rng(seed + 7919 * stage)
+    trig = [c for c in copies if c.strategy == "trigger" and (only is None or c.id in only)]
+    prompts: list[str] = []
+    targets: list[int | None] = []
+    if trig:
+        words = {c.id: trigger_of(c, registry) for c in trig}
+        caps = {c.id: _captions(c) for c in trig}
+        for i in range(n):
+            c = trig[i % len(trig)]
+            cap = caps[c.id][rng.integers(len(caps[c.id]))]
+            prompts.append(apply_trigger(cap, words[c.id]))
+            targets.append(c.id)
+    else:
+        pool = [cap for c in copies for cap in _captions(c)]
+        for _ in range(n):
+            prompts.append(pool[rng.integers(len(pool))])
+            targets.append(None)
+    seeds = [int(seed * 100_003 + stage * 1_000_003 + i) for i in range(n)]
+    return QueryPlan(prompts, targets, seeds, stage)
+
+
+def model_hash(model_dir: Path, lora: Path | None = None) -> str:
+    """SHA-256 over the pipeline's weight and config files (and the LoRA file)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and p.suffix in
+                   (".safetensors", ".bin", ".json", ".txt", ".pt"))
+    if lora is not None:
+        lora = Path(lora)
+        files += sorted(p for p in lora.rglob("*.safetensors")) if lora.is_dir() else [lora]
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class AuditResult:
+    verdict: Verdict
+    kind: str
+    target: str
+    plans: list[QueryPlan]
+    image_paths: list[Path]
+    model_hash: str | None
+    params: dict
+    timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        v = self.verdict
+        schemes = sorted({s.scheme for s in v.scores})
+        strategies = sorted({s.strategy for s in v.scores})
+        return {
+            "tracemark_version": __version__,
+            "kind": self.kind,
+            "target": self.target,
+            "used": v.used,
+            "p_value": v.p_value,
+            "alpha": v.alpha,
+            "named": v.named,
+            "licensees": [
+                {"id": s.copy_id, "licensee": s.licensee, "dataset": s.dataset, "scheme": s.scheme,
+                 "strategy": s.strategy, "score": s.statistic, "z": s.z, "p_value": s.p_value,
+                 "p_holm": s.p_holm, "p_empirical": s.p_empirical, "n_images": s.n_images, "named": s.named,
+                 "stage": getattr(s, "stage", 1)}
+                for s in v.scores
+            ],
+            "n_images": len(self.image_paths),
+            "n_decoys": v.n_decoys,
+            "scheme": schemes[0] if len(schemes) == 1 else schemes,
+            "strategy": strategies[0] if len(strategies) == 1 else strategies,
+            "model_hash": self.model_hash,
+            "query_plan": [p.to_dict() for p in self.plans],
+            "params": self.params,
+            "timings": self.timings,
+            "sentence": v.sentence(),
+        }
+
+
+def _generate(pipe_args: dict, plan: QueryPlan, out_dir: Path, pipe) -> list[Path]:
+    from tracemark.sim.generate import generate
+
+    # one call per image keeps each image's recorded seed exact whatever the batching
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    batch = pipe_args.get("batch_size", 32)
+    for start in range(0, len(plan.prompts), batch):
+        idx = list(range(start, min(len(plan.prompts), start + batch)))
+        sub = out_dir / f"batch{start:05d}"
+        generate(None, [plan.prompts[i] for i in idx], len(idx), sub, seed=plan.seeds[idx[0]],
+                 steps=pipe_args["steps"], guidance=pipe_args["guidance"], batch_size=len(idx), pipe=pipe)
+        paths += sorted(p for p in sub.iterdir() if p.suffix == ".png")
+    return paths
+
+
+def audit_model(
+    model_dir: str | Path,
+    registry: Registry,
+    *,
+    lora: str | Path | None = None,
+    dataset: str | None = None,
+    n: int = 64,
+    seed: int = 0,
+    steps: int = 25,
+    guidance: float = 6.0,
+    alpha: float = DEFAULT_ALPHA,
+    n_decoys: int = DEFAULT_DECOYS,
+    work_dir: str | Path | None = None,
+    device: str | None = None,
+) -> AuditResult:
+    """Query a diffusers pipeline (plus optional LoRA) with the query plan and test every copy."""
+    import tempfile
+
+    from tracemark.sim.pipeline import load_pipeline
+
+    t0 = time.perf_counter()
+    model_dir = Path(model_dir)
+    copies = registry.copies(dataset)
+    if not copies:
+        raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
+    pipe = load_pipeline(model_dir, lora=lora, device=device)
+    t_load = time.perf_counter()
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tracemark-audit-"))
+    gen_args = {"steps": steps, "guidance": guidance}
+    n_trig = sum(c.strategy == "trigger" for c in copies)
+    two_stage = n_trig > n // MIN_PER_COPY
+    stage_alpha = alpha / 2 if two_stage else alpha
+
+    plan1 = build_plan(copies, registry, n, seed)
+    paths1 = _generate(gen_args, plan1, work / "stage1", pipe)
+    t_gen = time.perf_counter()
+    images1 = [read_image_rgb(p) for p in paths1]
+    v1 = score_copies(images1, copies, registry, match_files=False, subsets=plan1.subsets(copies),
+                      n_decoys=n_decoys, alpha=stage_alpha, seed=seed)
+    plans, paths, verdict = [plan1], list(paths1), v1
+    if two_stage:
+        cands = [s.copy_id for s in sorted(v1.scores, key=lambda s: s.p_value)
+                 if s.strategy == "trigger"][:MAX_CANDIDATES]
+        plan2 = build_plan(copies, registry, n, seed, only=cands, stage=2)
+        paths2 = _generate(gen_args, plan2, work / "stage2", pipe)
+        images2 = [read_image_rgb(p) for p in paths2]
+        cand_copies = [c for c in copies if c.id in cands]
+        v2 = score_copies(images2, cand_copies, registry, match_files=False, subsets=plan2.subsets(cand_copies),
+                          n_decoys=n_decoys, alpha=stage_alpha, seed=seed + 1)
+        verdict = merge_stages(v1, v2, alpha)
+        plans.append(plan2)
+        paths += paths2
+    t_end = time.perf_counter()
+    timings = {"load_s": round(t_load - t0, 2), "generate_s": round(t_gen - t_load, 2),
+               "total_s": round(t_end - t0, 2)}
+    params = {"n": n, "seed": seed, "steps": steps, "guidance": guidance, "alpha": alpha, "n_decoys": n_decoys,
+              "dataset": dataset, "lora": str(lora) if lora else None, "model": str(model_dir),
+              "two_stage": two_stage, "work_dir": str(work)}
+    return AuditResult(verdict, "model", str(model_dir), plans, paths, model_hash(model_dir, lora), params, timings)
+
+
+def merge_stages(v1: Verdict, v2: Verdict, alpha: float) -> Verdict:
+    """Union of names; each copy's reported p is 2 x its best stage's Holm p (Bonferroni over stages)."""
+    by_id = {s.copy_id: s for s in v1.scores}
+    for s in v2.scores:
+        s1 = by_id[s.copy_id]
+        if s.p_holm < s1.p_holm:
+            s.stage = 2  # type: ignore[attr-defined]
+            by_id[s.copy_id] = s
+    scores = list(by_id.values())
+    for s in scores:
+        s.p_holm = min(1.0, 2 * s.p_holm)
+        s.named = s.p_holm < alpha
+    named = [s.licensee for s in sorted(scores, key=lambda s: s.p_value) if s.named]
+    return Verdict(bool(named), float(min(s.p_holm for s in scores)), alpha, v1.n_images + v2.n_images,
+                   v1.n_decoys, named, scores, null={**v1.null, **{f"stage2-{k}": v for k, v in v2.null.items()}},
+                   timings={"scoring_s": v1.timings["scoring_s"] + v2.timings["scoring_s"]})
+
+
+def audit_images(
+    images_dir: str | Path,
+    registry: Registry,
+    *,
+    dataset: str | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    n_decoys: int = DEFAULT_DECOYS,
+) -> AuditResult:
+    """Black box: score images a suspect model produced. Prompts in a metadata.jsonl, if present,
+    route each image to the trigger copy whose trigger word it was prompted with."""
+    t0 = time.perf_counter()
+    images_dir = Path(images_dir)
+    paths = list_images(images_dir)
+    copies = registry.copies(dataset)
+    if not copies:
+        raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
+    images = [read_image_rgb(p) for p in paths]
+    prompts = _prompts_for(images_dir, paths)
+    subsets = None
+    if prompts is not None:
+        subsets = {}
+        for c in copies:
+            if c.strategy == "trigger":
+                word = trigger_of(c, registry)
+                subsets[c.id] = np.array([i for i, pr in enumerate(prompts) if word in pr.split()], dtype=int)
+            else:
+                subsets[c.id] = np.arange(len(paths))
+        if not any(len(v) for k, v in subsets.items() if any(c.id == k and c.strategy == "trigger" for c in copies)):
+            # no image was prompted with a trigger: score every image for every copy
+            subsets = {c.id: np.arange(len(paths)) for c in copies}
+    verdict = score_copies(images, copies, registry, match_files=False, subsets=subsets, n_decoys=n_decoys,
+                           alpha=alpha)
+    plan = QueryPlan(prompts or [""] * len(paths), [None] * len(paths), [])
+    params = {"alpha": alpha, "n_decoys": n_decoys, "dataset": dataset, "images": str(images_dir),
+              "prompts_known": prompts is not None}
+    return AuditResult(verdict, "images", str(images_dir), [plan], paths, None, params,
+                       {"total_s": round(time.perf_counter() - t0, 2)})
+
+
+def _prompts_for(folder: Path, paths: list[Path]) -> list[str] | None:
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        return None
+    by_name = {}
+    for line in meta.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "file_name" in row:
+            by_name[row["file_name"]] = str(row.get("text", row.get("prompt", "")))
+    out = [by_name.get(p.relative_to(folder).as_posix()) for p in paths]
+    return None if any(o is None for o in out) else out  # type: ignore[return-value]

@@ -1,0 +1,80 @@
+"""``tracemark audit``: query a suspect model (or read its images) and write JSON + HTML evidence."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from tracemark.errors import TracemarkError
+
+console = Console()
+
+
+def audit_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", help="Suspect diffusers pipeline folder."),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA weights (file or folder) to load on the model."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Black box: a folder of images the model generated."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only test copies of this registered dataset."),
+    n: int = typer.Option(64, "--n", help="Images to generate (per stage)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the query plan and generations."),
+    steps: int = typer.Option(25, "--steps", help="Sampling steps."),
+    guidance: float = typer.Option(6.0, "--guidance", help="Classifier-free guidance scale."),
+    alpha: float = typer.Option(0.01, "--alpha", help="Family-wise false-accusation rate."),
+    decoys: int = typer.Option(1000, "--decoys", help="Decoy keys for the null distribution."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the verdict as JSON here."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the HTML evidence report here."),
+    keep_images: Optional[Path] = typer.Option(None, "--keep-images", help="Keep generated images in this folder."),
+    json_only: bool = typer.Option(False, "--json-only", help="Print only the JSON verdict (automation)."),
+    home: Optional[Path] = typer.Option(None, "--home", envvar="TRACEMARK_HOME", help="Registry folder."),
+) -> None:
+    """Was this model fine-tuned on our data, and whose copy was it? Verdict with a p-value."""
+    from tracemark.audit import audit_images, audit_model
+    from tracemark.registry import Registry
+
+    if (model is None) == (images is None):
+        raise TracemarkError("give exactly one of --model DIR or --images DIR")
+    if lora is not None and model is None:
+        raise TracemarkError("--lora needs --model")
+    reg = Registry(home)
+    if model is not None:
+        if keep_images is not None and keep_images.exists():
+            raise TracemarkError(f"{keep_images}: already exists")
+        with console.status("generating and scoring images...", spinner="dots") if not json_only else _null():
+            result = audit_model(model, reg, lora=lora, dataset=dataset, n=n, seed=seed, steps=steps,
+                                 guidance=guidance, alpha=alpha, n_decoys=decoys, work_dir=keep_images)
+    else:
+        result = audit_images(images, reg, dataset=dataset, alpha=alpha, n_decoys=decoys)
+    data = result.to_dict()
+    reg.add_audit("audit-" + result.kind, result.target, result.verdict.used, result.verdict.p_value, data)
+    if json_out:
+        tmp = json_out.with_name(json_out.name + ".part")
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+        os.replace(tmp, json_out)
+    if report:
+        from tracemark.report import write_report
+
+        write_report(result, report)
+    if json_only:
+        print(json.dumps(data, default=float))
+        return
+    from tracemark.cli import _print_verdict
+
+    _print_verdict(result.verdict)
+    if json_out:
+        console.print(f"JSON: {json_out}")
+    if report:
+        console.print(f"Report: {report.resolve()}")
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
