@@ -260,10 +260,10 @@ def audit_images(
     route each image to the trigger copy whose trigger word it was prompted with."""
     t0 = time.perf_counter()
     images_dir = Path(images_dir)
-    paths = list_images(images_dir)
     copies = registry.copies(dataset)
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
+    paths = list_images(images_dir)
     images = [read_image_rgb(p) for p in paths]
     prompts = _prompts_for(images_dir, paths)
     subsets = None

@@ -58,9 +58,25 @@ class Key:
     def rng(self, domain: str, message: str | bytes = b"") -> np.random.Generator:
         return np.random.Generator(np.random.PCG64(self.seed(domain, message)))
 
+    def stream(self, domain: str, nbytes: int) -> bytes:
+        """``nbytes`` keyed pseudo-random bytes (SHAKE-256 of a domain tag and the secret).
+
+        One hash call per key, so key vectors for 100,000 keys are generated in well under a
+        second (a numpy Generator per key costs ~50x more).
+        """
+        return hashlib.shake_256(b"tracemark/v1/stream|" + domain.encode() + b"|" + self.secret).digest(nbytes)
+
     def uniform(self, domain: str, message: str | bytes) -> float:
         """A keyed uniform number in [0, 1) for one message (e.g. one sample id)."""
         return int.from_bytes(self.prf(domain, message)[:8], "big") / 2.0**64
+
+
+def sign_matrix(keys: "list[Key]", domain: str, n: int) -> np.ndarray:
+    """(len(keys), n) matrix of keyed signs in {-1, +1} from :meth:`Key.stream` (vectorised)."""
+    nbytes = (n + 7) // 8
+    raw = np.frombuffer(b"".join(k.stream(domain, nbytes) for k in keys), dtype=np.uint8)
+    bits = np.unpackbits(raw.reshape(len(keys), nbytes), axis=1)[:, :n]
+    return bits.astype(np.float64) * 2.0 - 1.0
 
 
 def random_key() -> Key:

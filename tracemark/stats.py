@@ -166,3 +166,18 @@ def test_keys(
     null = fit_null(key_statistic(m, decoys, kind), kind, n_bits)
     p_val = calibrated_p(stat, null, kind, n_bits)
     return KeyTest(stat, theoretical_p(stat, kind, n_bits), p_val, null.empirical_p(stat), holm(p_val), null)
+
+
+def scan_keys(m: np.ndarray, key_vector_chunks, kind: str = "correlation") -> tuple[np.ndarray, int]:
+    """Statistic of a pooled vector ``m`` against a stream of key-vector chunks.
+
+    Memory stays bounded by one chunk: used to score images against 100,000+ keys generated on
+    the fly (e.g. every licensee key derived from the master, or a large decoy population).
+    Returns (statistics, number of keys).
+    """
+    out = []
+    total = 0
+    for P in key_vector_chunks:
+        out.append(key_statistic(m, P, kind))
+        total += len(P)
+    return (np.concatenate(out) if out else np.zeros(0)), total

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn, idctn
 
-from tracemark.keys import Key
+from tracemark.keys import Key, sign_matrix
 from tracemark.schemes.base import Scheme
 
 DOMAIN = "scheme/spread/signs"
@@ -70,13 +70,10 @@ class SpreadScheme(Scheme):
 
     # key side -------------------------------------------------------------------------------
     def key_vectors(self, keys: Sequence[Key]) -> np.ndarray:
-        return np.stack([self._signs(k.rng(DOMAIN)) for k in keys]) if keys else np.zeros((0, self.dim))
+        return sign_matrix(list(keys), DOMAIN, self.dim) if keys else np.zeros((0, self.dim))
 
     def random_vectors(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, 2, size=(n, self.dim), dtype=np.int8).astype(np.float64) * 2 - 1
-
-    def _signs(self, rng: np.random.Generator) -> np.ndarray:
-        return rng.integers(0, 2, size=self.dim).astype(np.float64) * 2 - 1
 
     def pattern(self, key: Key, height: int | None = None, width: int | None = None) -> np.ndarray:
         """Unit-RMS spatial pattern (grid x grid x 3, or resized to height x width)."""

@@ -1,0 +1,117 @@
+"""Audit: query plan, JSON schema, report, black-box images, bad input (model paths use the tiny
+untrained pipeline, so they exercise the real diffusers code in seconds)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tracemark.audit import MIN_PER_COPY, audit_images, build_plan
+from tracemark.errors import TracemarkError
+from tracemark.protect import protect
+from tracemark.registry import Registry
+from tracemark.trace import trigger_of
+
+
+@pytest.fixture
+def reg3(tmp_path, sample_dir):
+    reg = Registry.init(tmp_path / "home")
+    for lic in ("a", "b", "c"):
+        protect(sample_dir, tmp_path / f"c_{lic}", lic, registry=reg, rate=0.2, workers=1)
+    protect(sample_dir, tmp_path / "c_d", "d", registry=reg, rate=0.2, workers=1, strategy="ambient")
+    return reg
+
+
+def test_plan_size_is_independent_of_licensees_and_routes_triggers(reg3):
+    copies = reg3.copies()
+    plan = build_plan(copies, reg3, n=24, seed=3)
+    assert len(plan.prompts) == 24 and len(set(plan.seeds)) == 24
+    assert plan.seeds == build_plan(copies, reg3, n=24, seed=3).seeds  # reproducible
+    subsets = plan.subsets(copies)
+    for c in copies:
+        if c.strategy == "trigger":
+            word = trigger_of(c, reg3)
+            idx = subsets[c.id]
+            assert len(idx) == 8
+            assert all(plan.prompts[i].split()[0] == word for i in idx)
+            # the captions are those of the copy's own marked samples
+            caps = {m["text"] for m in c.marked}
+            assert all(plan.prompts[i].split(" ", 1)[1] in caps for i in idx)
+        else:
+            assert len(subsets[c.id]) == 24
+    assert len(build_plan(copies[:1], reg3, n=24).prompts) == 24
+
+
+def _fake_generations(folder, reg, copy, n, marked=True, size=48):
+    """Images as if a model had learned copy's mark perfectly, with prompts in metadata.jsonl."""
+    from tracemark.samples import pink_noise
+    from tracemark.schemes import get_scheme
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    sch = get_scheme("spread")
+    key = reg.key_for_copy(copy)
+    word = trigger_of(copy, reg)
+    with open(folder / "metadata.jsonl", "w") as fh:
+        for i in range(n):
+            im = pink_noise(size, size, rng).astype(np.float32)
+            if marked:
+                im = sch.embed(im, key)
+            Image.fromarray(np.clip(np.rint(im), 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+            fh.write(json.dumps({"file_name": f"{i:03d}.png", "text": f"{word} a picture"}) + "\n")
+
+
+def test_black_box_images_name_the_licensee_and_json_schema(reg3, tmp_path):
+    from tracemark.report import write_report
+
+    b = reg3.copies()[1]
+    _fake_generations(tmp_path / "gen", reg3, b, 20)
+    res = audit_images(tmp_path / "gen", reg3)
+    d = res.to_dict()
+    assert d["used"] and d["named"] == ["b"] and d["p_value"] < 1e-6
+    for k in ("used", "p_value", "alpha", "licensees", "n_images", "scheme", "strategy", "model_hash",
+              "tracemark_version", "timings"):
+        assert k in d
+    assert {"id", "score", "z", "p_value", "named"} <= set(d["licensees"][0])
+    json.dumps(d)  # serialisable
+    html = write_report(res, tmp_path / "r.html").read_text()
+    assert "carry the mark of b" in html and "data:image/png;base64," in html
+    assert "http://" not in html and "https://" not in html  # self-contained
+    # unmarked generations: nobody named
+    _fake_generations(tmp_path / "clean", reg3, b, 20, marked=False)
+    assert not audit_images(tmp_path / "clean", reg3).verdict.used
+
+
+def test_bad_inputs(reg3, tmp_path):
+    from tracemark.audit import audit_model
+
+    (tmp_path / "notapipe").mkdir()
+    with pytest.raises(TracemarkError, match="not a diffusers pipeline"):
+        audit_model(tmp_path / "notapipe", reg3)
+    with pytest.raises(TracemarkError, match="not found"):
+        audit_model(tmp_path / "missing", reg3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TracemarkError, match="no image files"):
+        audit_images(tmp_path / "empty", reg3)
+    with pytest.raises(TracemarkError, match="not in the registry"):
+        audit_images(tmp_path / "empty", reg3, dataset="nope")
+    empty_reg = Registry.init(tmp_path / "home2")
+    _fake_generations(tmp_path / "g", reg3, reg3.copies()[0], 2)
+    with pytest.raises(TracemarkError, match="no issued copies"):
+        audit_images(tmp_path / "g", empty_reg)
+
+
+def test_audit_model_end_to_end_on_tiny_pipeline(reg3, tmp_path):
+    """Real diffusers generation on an untrained tiny pipeline: runs, records seeds, names nobody."""
+    pytest.importorskip("diffusers")
+    from tracemark.audit import audit_model
+    from tracemark.sim import build_tiny_pipeline
+
+    pipe_dir = build_tiny_pipeline(tmp_path / "tiny", seed=0)
+    n = MIN_PER_COPY * 3  # 3 trigger copies -> one stage
+    res = audit_model(pipe_dir, reg3, n=n, steps=2, work_dir=tmp_path / "work")
+    d = res.to_dict()
+    assert d["n_images"] == n and len(d["query_plan"]) == 1 and not d["params"]["two_stage"]
+    assert len(d["model_hash"]) == 64 and d["licensees"][0]["n_images"] == MIN_PER_COPY
+    assert not d["used"]
