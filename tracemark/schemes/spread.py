@@ -44,11 +44,18 @@ def to_grid(image: np.ndarray, grid: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def band_mask(grid: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of DCT coefficients with lo <= radius <= hi, and their radius (rounded)."""
+def band_mask(grid: int, lo: float, hi: float, flip_invariant: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of DCT coefficients with lo <= radius <= hi, and their radius (rounded).
+
+    ``flip_invariant``: keep only even horizontal frequencies. A horizontal flip multiplies the
+    DCT-II coefficient of column frequency k by (-1)^k, so a pattern on even k is unchanged by
+    the random flips of the standard fine-tuning recipe (odd-k components would average out).
+    """
     u, v = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
     r = np.sqrt(u * u + v * v)
     mask = (r >= lo) & (r <= hi)
+    if flip_invariant:
+        mask &= v % 2 == 0
     return mask, np.rint(r[mask]).astype(int)
 
 
@@ -57,16 +64,18 @@ class SpreadScheme(Scheme):
     kind = "correlation"
     default_strength = 2.0
 
-    def __init__(self, strength: float | None = None, grid: int = 32, band: tuple[float, float] = (3.0, 16.0)) -> None:
+    def __init__(self, strength: float | None = None, grid: int = 32, band: tuple[float, float] = (3.0, 16.0),
+                 flip_invariant: bool = True) -> None:
         super().__init__(strength)
         self.grid = int(grid)
         self.band = (float(band[0]), float(band[1]))
-        self._mask, self._radius = band_mask(self.grid, *self.band)
+        self.flip_invariant = bool(flip_invariant)
+        self._mask, self._radius = band_mask(self.grid, *self.band, self.flip_invariant)
         self.dim = 3 * int(self._mask.sum())
         self._pattern_cache: dict[tuple[str, int, int], np.ndarray] = {}
 
     def params(self) -> dict:
-        return {**super().params(), "grid": self.grid, "band": list(self.band)}
+        return {**super().params(), "grid": self.grid, "band": list(self.band), "flip_invariant": self.flip_invariant}
 
     # key side -------------------------------------------------------------------------------
     def key_vectors(self, keys: Sequence[Key]) -> np.ndarray:
