@@ -162,6 +162,9 @@ def _mount_optional(argv: list[str] | None = None) -> None:
     first = next((a for a in argv if not a.startswith("-")), None)
     if first is not None and first not in HEAVY_COMMANDS:
         return
+    # transformers warns about optional image-processing backends we never use
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     try:
         from tracemark.sim.cli import app as sim_app
         from tracemark.sim.cli import finetune_cmd, generate_cmd
