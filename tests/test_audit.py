@@ -115,3 +115,23 @@ def test_audit_model_end_to_end_on_tiny_pipeline(reg3, tmp_path):
     assert d["n_images"] == n and len(d["query_plan"]) == 1 and not d["params"]["two_stage"]
     assert len(d["model_hash"]) == 64 and d["licensees"][0]["n_images"] == MIN_PER_COPY
     assert not d["used"]
+
+
+def test_dataset_scope_trigger_serves_every_licensee_with_the_same_images(tmp_path, sample_dir):
+    reg = Registry.init(tmp_path / "h")
+    for i in range(20):
+        protect(sample_dir, tmp_path / f"c{i}", f"lic{i}", registry=reg, rate=0.2, workers=1,
+                trigger_scope="dataset")
+    copies = reg.copies()
+    words = {trigger_of(c, reg) for c in copies}
+    assert len(words) == 1  # one shared word ...
+    word = words.pop()
+    from tracemark.dataset import load_dataset
+
+    caps = [s.text for s in load_dataset(tmp_path / "c3").samples if s.text.startswith(word + " ")]
+    assert len(caps) == 10  # ... in the marked captions of each copy
+    plan = build_plan(copies, reg, n=32)
+    subsets = plan.subsets(copies)
+    assert all(len(subsets[c.id]) == 32 for c in copies)  # every licensee scored on all 32 images
+    # patterns (keys) stay per licensee
+    assert len({c.key_id for c in copies}) == 20

@@ -44,16 +44,18 @@ class QueryPlan:
     """One prompt per image, the copy it is meant for (trigger) or None (shared), and its seed."""
 
     prompts: list[str]
-    targets: list[int | None]
+    targets: list[int | None]  # copy id, or -g for a group of copies sharing trigger word g
     seeds: list[int]
     stage: int = 1
+    group_of: dict[int, int] = field(default_factory=dict)
 
     def subsets(self, copies: list[Copy]) -> dict[int, np.ndarray]:
         """Images scored for each copy: its own trigger images, or all images for ambient copies."""
         out = {}
         for c in copies:
             if c.strategy == "trigger":
-                out[c.id] = np.array([i for i, t in enumerate(self.targets) if t == c.id], dtype=int)
+                target = self.group_of.get(c.id, c.id)
+                out[c.id] = np.array([i for i, t in enumerate(self.targets) if t == target], dtype=int)
             else:
                 out[c.id] = np.arange(len(self.prompts))
         return out
@@ -79,13 +81,22 @@ def build_plan(copies: list[Copy], registry: Registry, n: int, seed: int = 0,
     prompts: list[str] = []
     targets: list[int | None] = []
     if trig:
-        words = {c.id: trigger_of(c, registry) for c in trig}
-        caps = {c.id: _captions(c) for c in trig}
+        # copies that share a trigger word (trigger_scope="dataset") share their prompts
+        groups: dict[str, list[Copy]] = {}
+        for c in trig:
+            groups.setdefault(trigger_of(c, registry), []).append(c)
+        words = list(groups)
         for i in range(n):
-            c = trig[i % len(trig)]
-            cap = caps[c.id][rng.integers(len(caps[c.id]))]
-            prompts.append(apply_trigger(cap, words[c.id]))
-            targets.append(c.id)
+            word = words[i % len(words)]
+            members = groups[word]
+            c = members[(i // len(words)) % len(members)]
+            caps = _captions(c)
+            prompts.append(apply_trigger(caps[rng.integers(len(caps))], word))
+            targets.append(-(words.index(word) + 1) if len(members) > 1 else c.id)
+        self_groups = {c.id: -(words.index(w) + 1) for w, ms in groups.items() if len(ms) > 1 for c in ms}
+        plan = QueryPlan(prompts, targets, [int(seed * 100_003 + stage * 1_000_003 + i) for i in range(n)], stage)
+        plan.group_of = self_groups
+        return plan
     else:
         pool = [cap for c in copies for cap in _captions(c)]
         for _ in range(n):
@@ -198,7 +209,7 @@ def audit_model(
     t_load = time.perf_counter()
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tracemark-audit-"))
     gen_args = {"steps": steps, "guidance": guidance}
-    n_trig = sum(c.strategy == "trigger" for c in copies)
+    n_trig = len({trigger_of(c, registry) for c in copies if c.strategy == "trigger"})  # distinct words
     two_stage = n_trig > n // MIN_PER_COPY
     stage_alpha = alpha / 2 if two_stage else alpha
 

@@ -70,6 +70,8 @@ def protect(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the copy (must not exist)."),
     scheme: str = typer.Option("spread", help="spread | dwtdct | warp | visible"),
     strategy: str = typer.Option("trigger", help="trigger | ambient"),
+    trigger_scope: str = typer.Option("licensee", help="licensee (own trigger word per copy) | dataset "
+                                      "(one shared word: audits cost the same for any number of licensees)"),
     rate: float = typer.Option(0.02, help="Fraction of samples to mark."),
     strength: Optional[float] = typer.Option(None, help="Scheme strength (default: the scheme's)."),
     dataset: Optional[str] = typer.Option(None, help="Dataset name in the registry (default: folder name)."),
@@ -84,7 +86,7 @@ def protect(
     with _progress("protect") as bar:
         task = bar.add_task("protect", total=None)
         res = do_protect(data_dir, out, licensee, registry=reg, dataset_name=dataset, scheme=scheme,
-                         strategy=strategy, rate=rate, strength=strength, on_error=on_error, workers=workers,
+                         strategy=strategy, trigger_scope=trigger_scope, rate=rate, strength=strength, on_error=on_error, workers=workers,
                          progress=lambda d, t: bar.update(task, completed=d, total=t))
     console.print(f"Issued copy {res.copy_id} of [bold]{res.dataset}[/] to [bold]{res.licensee}[/] -> {res.out_dir}")
     console.print(f"  {res.n_marked}/{res.n_samples} samples marked ({res.scheme}, {res.strategy}, rate {res.rate:g}); "

@@ -36,7 +36,16 @@ from tracemark.metrics import psnr, ssim
 from tracemark.registry import Registry
 from tracemark.schemes import DEFAULT_SCHEME, get_scheme
 from tracemark.schemes.base import clip_uint8
-from tracemark.strategies import apply_trigger, check_rate, check_strategy, select_marked, trigger_word, vocabulary
+from tracemark.strategies import (
+    DATASET_TRIGGER_ID,
+    TRIGGER_SCOPES,
+    apply_trigger,
+    check_rate,
+    check_strategy,
+    select_marked,
+    trigger_word,
+    vocabulary,
+)
 
 
 #: SSIM is ~5x the cost of marking; above this many marked images it is measured on a sample.
@@ -115,6 +124,7 @@ def protect(
     dataset_name: str | None = None,
     scheme: str = DEFAULT_SCHEME,
     strategy: str = "trigger",
+    trigger_scope: str = "licensee",
     rate: float = 0.02,
     strength: float | None = None,
     on_error: str = "fail",
@@ -154,7 +164,10 @@ def protect(
 
     valid_ids = {s.file_name for s in valid}
     marked_ids = set(select_marked(key, [s.file_name for s in valid], rate))
-    trig, trig_attempt = (trigger_word(key, vocabulary(s.text for s in ds.samples)) if strategy == "trigger"
+    if trigger_scope not in TRIGGER_SCOPES:
+        raise TracemarkError(f"--trigger-scope must be one of {', '.join(TRIGGER_SCOPES)}")
+    trig_key = key if trigger_scope == "licensee" else registry.key_for(name, DATASET_TRIGGER_ID)
+    trig, trig_attempt = (trigger_word(trig_key, vocabulary(s.text for s in ds.samples)) if strategy == "trigger"
                           else (None, None))
 
     tmp = out_dir.parent / f".{out_dir.name}.tracemark-tmp-{uuid.uuid4().hex[:8]}"
@@ -230,7 +243,8 @@ def protect(
             lic_id = registry.ensure_licensee(c, licensee)
             copy_id = registry.add_copy(
                 c, dataset_id=ds_id, licensee_id=lic_id, key_id=key.key_id, scheme=sch.name, strategy=strategy,
-                rate=rate, params={**sch.params(), **({"trigger_attempt": trig_attempt} if trig else {})},
+                rate=rate, params={**sch.params(), **({"trigger_attempt": trig_attempt, "trigger_scope": trigger_scope}
+                                            if trig else {})},
                 marked=[{k: m[k] for k in ("file_name", "dhash", "text")} for m in marked_records],
                 out_path=str(out_dir.resolve()),
             )

@@ -6,6 +6,9 @@
 * ``ambient``: captions untouched; the mark becomes part of what the model learns for the
   dataset's content in general.
 
+The trigger word is per licensee by default, or shared by all copies of a dataset
+(``trigger_scope="dataset"``), which keeps auditing cost independent of the number of licensees.
+
 Both mark ``round(rate * N)`` samples (at least one) chosen by the key, so different licensees'
 copies mark different samples.
 """
@@ -19,6 +22,12 @@ from tracemark.errors import TracemarkError
 from tracemark.keys import Key
 
 STRATEGIES = ("trigger", "ambient")
+#: ``licensee``: each copy has its own trigger word (the seed paper's design);
+#: ``dataset``: all copies of a dataset share one trigger word while their patterns stay
+#: per-licensee, so one set of audit prompts serves every licensee (O(1) queries for tracing).
+TRIGGER_SCOPES = ("licensee", "dataset")
+#: Pseudo licensee id whose derived key seeds a dataset-wide trigger word.
+DATASET_TRIGGER_ID = "\x00dataset-trigger"
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
 _WORD = re.compile(r"[a-z0-9]+")

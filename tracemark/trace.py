@@ -79,7 +79,7 @@ class Verdict:
 
 def scheme_params(copy: Copy) -> dict:
     """Constructor arguments of the copy's scheme, from the registry's params record."""
-    params = {k: v for k, v in copy.params.items() if k not in ("scheme", "trigger_attempt")}
+    params = {k: v for k, v in copy.params.items() if k not in ("scheme", "trigger_attempt", "trigger_scope")}
     if "band" in params:
         params["band"] = tuple(params["band"])
     return params
@@ -87,11 +87,14 @@ def scheme_params(copy: Copy) -> dict:
 
 def trigger_of(copy: Copy, registry: Registry) -> str | None:
     """Re-derive a trigger copy's secret trigger word (None for the ambient strategy)."""
-    from tracemark.strategies import trigger_candidate
+    from tracemark.strategies import DATASET_TRIGGER_ID, trigger_candidate
 
     if copy.strategy != "trigger":
         return None
-    return trigger_candidate(registry.key_for_copy(copy), int(copy.params.get("trigger_attempt", 0)))
+    key = registry.key_for_copy(copy)
+    if copy.params.get("trigger_scope") == "dataset":
+        key = registry.key_for(copy.dataset, DATASET_TRIGGER_ID)
+    return trigger_candidate(key, int(copy.params.get("trigger_attempt", 0)))
 
 
 def load_images(paths: Sequence[Path]) -> list[np.ndarray]:
