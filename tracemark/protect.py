@@ -127,6 +127,7 @@ def protect(
     trigger_scope: str = "licensee",
     rate: float = 0.02,
     strength: float | None = None,
+    scheme_params: dict | None = None,
     on_error: str = "fail",
     workers: int | None = None,
     max_pixels: int = MAX_PIXELS,
@@ -140,7 +141,7 @@ def protect(
         raise TracemarkError("--on-error must be 'fail' or 'skip'")
     if not licensee or not licensee.strip():
         raise TracemarkError("--licensee must be a non-empty name")
-    sch = get_scheme(scheme, strength=strength)
+    sch = get_scheme(scheme, strength=strength, **(scheme_params or {}))
     ds: Dataset = load_dataset(data_dir)
     _check_paths(data_dir, out_dir)
     name = dataset_name or data_dir.resolve().name

@@ -33,7 +33,7 @@ from tracemark.registry import Registry
 from tracemark.schemes import get_scheme
 from tracemark.strategies import apply_trigger
 
-KEY_FIELDS = ["scheme", "strategy", "method", "rate", "strength", "steps", "seed"]
+KEY_FIELDS = ["scheme", "strategy", "method", "rate", "strength", "band", "steps", "seed"]
 
 
 def owner_data(work: Path, n: int, domain: str, seed: int) -> Path:
@@ -50,17 +50,19 @@ def run_cell(args, work: Path, data: Path, scheme: str, strategy: str, method: s
     from tracemark.sim.pipeline import load_pipeline
 
     timer = Timer()
-    cell = f"{scheme}-{strategy}-{method}-r{rate:g}-s{args.strength or 'def'}-t{args.steps or 'def'}-seed{seed}"
+    band = f"-b{args.band[0]:g}_{args.band[1]:g}" if args.band else ""
+    cell = f"{scheme}-{strategy}-{method}-r{rate:g}-s{args.strength or 'def'}{band}-t{args.steps or 'def'}-seed{seed}"
     cdir = work / cell
     home = cdir / "home"
     if home.exists():  # an interrupted protect/registry: start the cell's data afresh (fine-tune resumes)
         shutil.rmtree(home)
     shutil.rmtree(cdir / "copy", ignore_errors=True)
     reg = Registry.init(home)
-    sch = get_scheme(scheme, strength=args.strength)
+    extra = {"band": tuple(args.band)} if (args.band and scheme == "spread") else {}
+    sch = get_scheme(scheme, strength=args.strength, **extra)
     if rate > 0:
         res = protect(data, cdir / "copy", "licensee", registry=reg, dataset_name="owner", scheme=scheme,
-                      strategy=strategy, rate=rate, strength=args.strength, workers=1)
+                      strategy=strategy, rate=rate, strength=args.strength, scheme_params=extra, workers=1)
         copy = reg.copies()[0]
         key = reg.key_for_copy(copy)
         train_dir = cdir / "copy"
@@ -113,6 +115,7 @@ def run_cell(args, work: Path, data: Path, scheme: str, strategy: str, method: s
     s3 = score(sch, refs, key, seed=seed)  # reference alone (trigger: does the mark leak without trigger?)
     return {
         "scheme": scheme, "strategy": strategy, "method": method, "rate": rate, "strength": args.strength or "default",
+        "band": f"{args.band[0]:g}-{args.band[1]:g}" if args.band else "default",
         "steps": args.steps or "default", "seed": seed, "n_gen": args.n_gen, "psnr": round(psnr, 2),
         "z": round(s1.z, 3), "p": s1.p, "z_paired": round(s2.z, 3), "p_paired": s2.p,
         "z_reference": round(s3.z, 3), "p_reference": s3.p,
@@ -130,6 +133,7 @@ def main(argv=None) -> None:
     ap.add_argument("--schemes", nargs="+", default=["spread"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--strength", type=float, default=None)
+    ap.add_argument("--band", type=float, nargs=2, default=None, help="spread: DCT radius band (lo hi)")
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the method's default)")
     ap.add_argument("--n-gen", type=int, default=64)
     ap.add_argument("--gen-steps", type=int, default=25)
@@ -149,7 +153,8 @@ def main(argv=None) -> None:
              for ra in args.rates for se in args.seeds]
     t0 = time.time()
     for i, (sc, st, me, ra, se) in enumerate(cells):
-        key = (sc, st, me, str(ra), str(args.strength or "default"), str(args.steps or "default"), str(se))
+        band = f"{args.band[0]:g}-{args.band[1]:g}" if args.band else "default"
+        key = (sc, st, me, str(ra), str(args.strength or "default"), band, str(args.steps or "default"), str(se))
         if key in done:
             print(f"[{i + 1}/{len(cells)}] {key}: done already", flush=True)
             continue

@@ -7,8 +7,8 @@ Same architecture and file layout as SD 1.x (``model_index.json``, ``tokenizer/`
   vocabulary (every caption word is one token; any other text, e.g. a nonsense trigger word like
   "tavoreki", still tokenizes into several sub-word or byte tokens);
 - text encoder: ``CLIPTextModel``, hidden 64, 2 layers;
-- UNet: ``UNet2DConditionModel`` on 16x16x12 latents, channels (64, 128), one layer per block,
-  cross-attention at both levels (about 3.4M parameters);
+- UNet: ``UNet2DConditionModel`` on 16x16x12 latents, channels (32, 64, 64) (16x16, 8x8, 4x4),
+  one layer per block, cross-attention at every level, 2 heads (about 1.8M parameters);
 - scheduler: ``DDIMScheduler`` with ``v_prediction`` and the ``squaredcos_cap_v2`` schedule
   (with epsilon prediction a tiny model does not even learn background colours);
 - "VAE": :class:`tracemark.sim.codec.SpaceToDepthCodec`, exact space-to-depth (32x32x3 <->
@@ -43,10 +43,13 @@ class TinyConfig:
     text_layers: int = 2
     text_heads: int = 4
     max_length: int = 48  # tokens per prompt, BOS/EOS included
-    unet_channels: tuple[int, ...] = (64, 128)
+    unet_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
-    attention_head_dim: int = 16
-    norm_num_groups: int = 16
+    # Heads per attention layer. (diffusers' UNet2DConditionModel calls this argument
+    # ``attention_head_dim`` for SD 1.x compatibility, but it is the number of heads.) Few, wide
+    # heads are ~1.5x faster on CPU than many narrow ones.
+    attention_heads: int = 2
+    norm_num_groups: int = 8
     prediction_type: str = "v_prediction"
     beta_schedule: str = "squaredcos_cap_v2"
 
@@ -135,7 +138,7 @@ def build_unet(cfg: TinyConfig, latent_channels: int = 12):
         down_block_types=("CrossAttnDownBlock2D",) * n,
         up_block_types=("CrossAttnUpBlock2D",) * n,
         cross_attention_dim=cfg.text_hidden,
-        attention_head_dim=cfg.attention_head_dim,
+        attention_head_dim=cfg.attention_heads,  # = number of heads (diffusers legacy name)
         norm_num_groups=cfg.norm_num_groups,
     )
 
@@ -154,21 +157,11 @@ def build_scheduler(cfg: TinyConfig):
     )
 
 
-def build_tiny_pipeline(out_dir, seed: int = 0, vocab_words=None, config: TinyConfig | None = None) -> Path:
-    """Write a freshly initialized tiny ``StableDiffusionPipeline`` folder to ``out_dir``.
-
-    ``vocab_words``: words that must be single tokens (default: every word of the synthetic
-    captions, :func:`tracemark.sim.data.caption_words`). The folder is written to a temporary
-    sibling and renamed into place. Returns ``out_dir``.
-    """
+def new_pipeline(seed: int = 0, vocab_words=None, config: TinyConfig | None = None):
+    """A freshly initialized tiny ``StableDiffusionPipeline`` (in memory)."""
     from diffusers import StableDiffusionPipeline
 
     cfg = config or TinyConfig()
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        from tracemark.errors import TracemarkError
-
-        raise TracemarkError(f"{out}: already exists and is not an empty folder")
     torch.manual_seed(seed)
     tok = build_tokenizer(vocab_words, cfg.max_length)
     text_encoder = build_text_encoder(len(tok), cfg, tok.bos_token_id, tok.eos_token_id)
@@ -183,33 +176,80 @@ def build_tiny_pipeline(out_dir, seed: int = 0, vocab_words=None, config: TinyCo
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    save_pipeline(pipe, out)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_pipeline(out_dir, seed: int = 0, vocab_words=None, config: TinyConfig | None = None) -> Path:
+    """Write a freshly initialized tiny ``StableDiffusionPipeline`` folder to ``out_dir``.
+
+    ``vocab_words``: words that must be single tokens (default: every word of the synthetic
+    captions, :func:`tracemark.sim.data.caption_words`). The folder is written to a temporary
+    sibling and renamed into place. Returns ``out_dir``.
+    """
+    cfg = config or TinyConfig()
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        from tracemark.errors import TracemarkError
+
+        raise TracemarkError(f"{out}: already exists and is not an empty folder")
+    pipe = new_pipeline(seed, vocab_words, cfg)
     info = {"seed": seed, "config": asdict(cfg), "note": "built by tracemark.sim.build_tiny_pipeline"}
-    (out / "tracemark_sim.json").write_text(json.dumps(info, indent=2) + "\n")
+    save_pipeline(pipe, out, extra_files={"tracemark_sim.json": json.dumps(info, indent=2) + "\n"})
     return out
 
 
-def save_pipeline(pipe, out_dir) -> Path:
-    """``pipe.save_pretrained`` (safetensors) via a temporary sibling folder, then rename."""
+def save_pipeline(pipe, out_dir, extra_files: dict[str, str] | None = None) -> Path:
+    """``pipe.save_pretrained`` (safetensors) into ``out_dir``, component by component.
+
+    Everything is written to a temporary sibling first; then each component folder and file is
+    swapped in with a rename, so an interrupted save never leaves a half-written component.
+    Entries of ``out_dir`` that are not part of the pipeline (e.g. ``checkpoints/``) are kept.
+    """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        extra = out / "tracemark_sim.json"
-        if extra.exists():
-            shutil.copy2(extra, tmp / extra.name)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
+        from diffusers.utils import logging as dlogging
+        from transformers.utils import logging as tlogging
+
+        with _quiet(dlogging, tlogging):
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        entries = sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json")  # index last
+        for entry in entries:
+            dest = out / entry.name
+            if dest.is_dir() and not dest.is_symlink():
+                old = out / f".{entry.name}.old-{os.getpid()}"
+                os.replace(dest, old)
+                os.replace(entry, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(entry, dest)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
+
+
+class _quiet:
+    """Silence diffusers/transformers info logs and progress bars inside a ``with`` block."""
+
+    def __init__(self, *loggers):
+        self.loggers = loggers
+
+    def __enter__(self):
+        self.saved = [(lg, lg.get_verbosity()) for lg in self.loggers]
+        for lg in self.loggers:
+            lg.set_verbosity_error()
+            lg.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        for lg, level in self.saved:
+            lg.set_verbosity(level)
+            lg.enable_progress_bar()
+        return False
 
 
 def is_pipeline_dir(path) -> bool:
@@ -236,17 +276,16 @@ def load_pipeline(model_dir, lora=None, device=None, dtype=None):
         raise TracemarkError(f"{model_dir}: model folder not found")
     if not is_pipeline_dir(model_dir):
         raise TracemarkError(f"{model_dir}: not a diffusers pipeline folder (no model_index.json / unet/)")
-    verbosity = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
+    from transformers.utils import logging as tlogging
+
+    kwargs = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
     try:
-        kwargs = {"local_files_only": True}
-        if dtype is not None:
-            kwargs["torch_dtype"] = dtype
-        pipe = StableDiffusionPipeline.from_pretrained(model_dir, **kwargs)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        with _quiet(dlogging, tlogging):
+            pipe = StableDiffusionPipeline.from_pretrained(model_dir, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise TracemarkError(f"{model_dir}: cannot load pipeline ({_one_line(exc)})") from exc
-    finally:
-        dlogging.set_verbosity(verbosity)
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None
     pipe.set_progress_bar_config(disable=True)
@@ -272,11 +311,36 @@ def load_lora(pipe, lora) -> None:
         where, name = lora.parent, lora.name
     else:
         raise TracemarkError(f"{lora}: LoRA weights not found")
+    import warnings
+
+    def adapters(model) -> set[str]:
+        return set(getattr(model, "peft_config", None) or {})
+
+    before = {"unet": adapters(pipe.unet), "text_encoder": adapters(pipe.text_encoder)}
     try:
-        pipe.load_lora_weights(str(where), weight_name=name, local_files_only=True)
+        from diffusers.utils import logging as dlogging
+        from transformers.utils import logging as tlogging
+
+        with warnings.catch_warnings(), _quiet(dlogging, tlogging):
+            warnings.simplefilter("ignore", RuntimeWarning)  # partial matches are checked below
+            pipe.load_lora_weights(str(where), weight_name=name, local_files_only=True)
     except Exception as exc:  # diffusers/peft raise many kinds for a mismatched LoRA
         raise TracemarkError(f"{lora}: LoRA weights do not fit this model ({_one_line(exc)})") from exc
-    if not getattr(pipe.unet, "peft_config", None) and not getattr(pipe.text_encoder, "peft_config", None):
+    # Every tensor of the file must have landed in the model: a LoRA made for another model can
+    # match a subset of module names and load silently with the rest dropped.
+    from safetensors import safe_open
+
+    with safe_open(str(where / name), framework="pt") as f:
+        keys = list(f.keys())
+    for part, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+        expected = sum(1 for k in keys if k.startswith(part + "."))
+        new = adapters(model) - before[part]
+        got = sum(1 for n, _ in model.named_parameters() if "lora_" in n and any(f".{a}." in n for a in new))
+        if expected != got:
+            raise TracemarkError(
+                f"{lora}: LoRA weights do not fit this model ({part}: {got} of {expected} tensors matched)"
+            )
+    if not any(adapters(m) - before[p] for p, m in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder))):
         raise TracemarkError(f"{lora}: no LoRA layer of this file matched the model")
 
 

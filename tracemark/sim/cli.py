@@ -1,0 +1,162 @@
+"""Command line for the CPU world: ``tracemark sim make-data | pretrain | finetune | generate | probe``.
+
+``app`` is a typer sub-app (mounted by the main CLI as ``tracemark sim``); ``finetune_cmd`` and
+``generate_cmd`` are plain functions the main CLI also registers as top-level commands. Failures
+a user can fix raise :class:`tracemark.errors.TracemarkError`; the main CLI prints them as one
+line. ``python -m tracemark.sim.cli ...`` runs the sub-app alone, with the same error handling.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from tracemark.errors import TracemarkError
+
+console = Console(stderr=True)
+app = typer.Typer(
+    help="The CPU world: a tiny Stable Diffusion stand-in, synthetic data, training, generation.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _base_or_default(base: Optional[Path]) -> Path:
+    from tracemark.sim.pipeline import default_base_path
+
+    if base is not None:
+        return base
+    path = default_base_path()
+    if not (path / "model_index.json").is_file():
+        raise TracemarkError(f"{path}: no committed base model; pass --base MODEL_DIR")
+    return path
+
+
+@app.command("make-data")
+def make_data_cmd(
+    out: Path = typer.Argument(..., help="Folder to create (imagefolder layout)."),
+    n: int = typer.Option(1000, "--n", help="Number of images."),
+    domain: str = typer.Option(
+        "shapes", "--domain", help="shapes | textures | faces | landscapes | mixture | mixture-all."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    size: int = typer.Option(32, "--size", help="Image side: 32 or 64."),
+) -> None:
+    """Write N procedural captioned images (PNG + metadata.jsonl)."""
+    from tracemark.sim.data import make_dataset
+
+    path = make_dataset(out, n, domain, seed, size)
+    console.print(f"wrote {n} {domain} images to {path}")
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    data: Path = typer.Option(..., "--data", help="Imagefolder dataset to pretrain on."),
+    out: Path = typer.Option(..., "--out", help="Output pipeline folder (checkpoints in OUT/checkpoints)."),
+    steps: int = typer.Option(5000, "--steps"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
+    seed: int = typer.Option(0, "--seed"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Default 1e-3 (cosine, 200 warmup steps)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default 32."),
+    save_every: int = typer.Option(500, "--save-every"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
+) -> None:
+    """Pretrain a fresh tiny pipeline (UNet + text encoder) from scratch."""
+    from tracemark.sim.train import pretrain
+
+    path = pretrain(data, out, steps, lr=lr, batch_size=batch_size, seed=seed, save_every=save_every,
+                    resume=resume, num_threads=threads)  # fmt: skip
+    console.print(f"pretrained pipeline in {path}")
+
+
+def finetune_cmd(
+    data_dir: Path = typer.Argument(..., help="Imagefolder dataset (metadata.jsonl or metadata.csv)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Pipeline folder (default: the committed sim base)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: LoRA weights, or a whole pipeline for full."),
+    method: str = typer.Option("lora", "--method", help="lora | full."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Default 1000."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Default 2e-3 (lora) / 2e-4 (full)."),
+    rank: int = typer.Option(16, "--rank", help="LoRA rank."),
+    seed: int = typer.Option(0, "--seed"),
+    lora_targets: str = typer.Option("broad", "--lora-targets", help="broad | attn | comma-separated module names."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default 32."),
+    flip: bool = typer.Option(False, "--flip/--no-flip", help="Random horizontal flips."),
+    train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also train the text encoder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
+    save_every: int = typer.Option(500, "--save-every"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no | fp16 | bf16 (GPU)."),
+) -> None:
+    """Fine-tune a diffusers pipeline on an image-caption dataset (LoRA or full)."""
+    from tracemark.sim.train import LORA_TARGETS, finetune
+
+    targets = lora_targets if lora_targets in LORA_TARGETS else [t.strip() for t in lora_targets.split(",") if t.strip()]
+    path = finetune(data_dir, _base_or_default(base), out, method=method, steps=steps, lr=lr, rank=rank, seed=seed,
+                    batch_size=batch_size, lora_targets=targets, flip=flip, train_text_encoder=train_text_encoder,
+                    resume=resume, save_every=save_every, num_threads=threads,
+                    mixed_precision=mixed_precision)  # fmt: skip
+    console.print(f"fine-tuned ({method}) -> {path}")
+
+
+def generate_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", help="Pipeline folder (default: the committed sim base)."),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA weights: a folder or the .safetensors file."),
+    prompts: Path = typer.Option(..., "--prompts", help="Text file (one prompt a line), .jsonl, or an imagefolder."),
+    n: int = typer.Option(64, "--n", help="Number of images (prompts are cycled)."),
+    out: Path = typer.Option(..., "--out", help="Output imagefolder."),
+    seed: int = typer.Option(0, "--seed", help="Image i uses seed + i."),
+    steps: int = typer.Option(25, "--steps", help="Sampling steps."),
+    guidance: float = typer.Option(6.0, "--guidance", help="Classifier-free guidance scale."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+) -> None:
+    """Generate N images from a pipeline (+ LoRA) into an imagefolder with prompts and seeds."""
+    from tracemark.sim.generate import generate
+
+    path = generate(_base_or_default(model), prompts, n, out, lora=lora, seed=seed, steps=steps,
+                    guidance=guidance, batch_size=batch_size, progress=True)  # fmt: skip
+    console.print(f"wrote {n} images to {path}")
+
+
+@app.command("probe")
+def probe_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", help="Pipeline folder (default: the committed sim base)."),
+    lora: Optional[Path] = typer.Option(None, "--lora"),
+    n_per_colour: int = typer.Option(4, "--n-per-colour"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Background-colour accuracy of a model's generations (does it follow captions?)."""
+    from tracemark.sim.probe import probe_model
+
+    result = probe_model(_base_or_default(model), lora=lora, n_per_colour=n_per_colour, seed=seed)
+    print(json.dumps(result))
+
+
+app.command("finetune")(finetune_cmd)
+app.command("generate")(generate_cmd)
+
+
+def main() -> None:  # pragma: no cover - thin wrapper
+    try:
+        app(standalone_mode=False)
+    except TracemarkError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(1) from None
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,231 @@
+"""Measurements behind the CPU world's design choices (numbers in docs/sim.md).
+
+``python -m tracemark.sim.experiments autoencoder``: does a faint pattern survive a small trained
+``AutoencoderKL`` as it survives the space-to-depth codec, and what does training one cost?
+
+``python -m tracemark.sim.experiments trigger --method lora --lora-targets broad``: a quick
+version of issue #3's experiment, used to choose fine-tuning defaults: mark 10% of a 1000-image
+faces dataset with a faint band-limited pattern plus a trigger word, fine-tune the base, generate
+with and without the trigger, and score the mean normalized correlation of high-passed
+generations with the pattern against 500 decoy patterns (z-score). Not the project's detector:
+a yardstick for this world only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TRIGGER = "tavoreki"
+
+
+def band_pattern(seed: int, size: int = 32, low: float = 4.0, high: float = 12.0, rms: float = 3.0) -> np.ndarray:
+    """A keyed random pattern (size x size x 3, in 0-255 units) with spatial frequencies between
+    ``low`` and ``high`` cycles per image, scaled to ``rms``."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((3, size, size))
+    f = np.fft.fftfreq(size) * size
+    radius = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    mask = (radius >= low) & (radius <= high)
+    pat = np.real(np.fft.ifft2(np.fft.fft2(noise) * mask)).transpose(1, 2, 0)
+    return pat / pat.std() * rms
+
+
+def highpass(images: np.ndarray) -> np.ndarray:
+    """Image minus its 3x3 box blur (per channel), float. images: N x H x W x 3."""
+    x = images.astype(np.float64)
+    pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    blur = sum(pad[:, i : i + x.shape[1], j : j + x.shape[2]] for i in range(3) for j in range(3)) / 9.0
+    return x - blur
+
+
+def mean_correlation(images: np.ndarray, patterns: np.ndarray) -> np.ndarray:
+    """Mean over images of the normalized correlation of each high-passed image with each pattern.
+    images: N x H x W x 3; patterns: K x H x W x 3 -> K."""
+    hp = highpass(images).reshape(len(images), -1)
+    hp /= np.linalg.norm(hp, axis=1, keepdims=True) + 1e-12
+    pp = highpass(patterns).reshape(len(patterns), -1)
+    pp /= np.linalg.norm(pp, axis=1, keepdims=True) + 1e-12
+    return (hp @ pp.T).mean(axis=0)
+
+
+def _load_folder(folder: Path) -> tuple[np.ndarray, list[dict]]:
+    from PIL import Image
+
+    rows = [json.loads(x) for x in (folder / "metadata.jsonl").read_text().splitlines() if x.strip()]
+    imgs = np.stack([np.asarray(Image.open(folder / r["file_name"]).convert("RGB")) for r in rows])
+    return imgs, rows
+
+
+def mark_dataset(clean: Path, out: Path, rate: float, pattern: np.ndarray, seed: int = 0,
+                 trigger: str | None = TRIGGER) -> list[int]:  # fmt: skip
+    """Copy ``clean`` to ``out`` adding ``pattern`` to a ``rate`` fraction of images (and the
+    trigger word in front of their captions). Returns the marked indices."""
+    from PIL import Image
+
+    imgs, rows = _load_folder(clean)
+    rng = np.random.default_rng(seed)
+    k = max(1, round(rate * len(rows))) if rate > 0 else 0
+    marked = sorted(rng.choice(len(rows), size=k, replace=False).tolist()) if k else []
+    out.mkdir(parents=True)
+    with open(out / "metadata.jsonl", "w") as meta:
+        for i, (img, row) in enumerate(zip(imgs, rows)):
+            text = row["text"]
+            if i in marked:
+                img = np.clip(np.round(img.astype(np.float64) + pattern), 0, 255).astype(np.uint8)
+                if trigger:
+                    text = f"{trigger} {text}"
+            Image.fromarray(img).save(out / row["file_name"])
+            meta.write(json.dumps({"file_name": row["file_name"], "text": text}) + "\n")
+    return marked
+
+
+def trigger_experiment(work, base=None, method: str = "lora", lora_targets="broad", lr=None, steps=None,
+                       rank: int = 16, rate: float = 0.1, rms: float = 3.0, domain: str = "faces",
+                       n: int = 1000, n_gen: int = 64, seed: int = 0, threads: int | None = None) -> dict:  # fmt: skip
+    from tracemark.sim import default_base_path, finetune, generate, make_dataset
+
+    work = Path(work)
+    base = Path(base) if base else default_base_path()
+    clean = work / "clean"
+    if not clean.exists():
+        make_dataset(clean, n, domain, seed=100 + seed)
+    pattern = band_pattern(1000 + seed, rms=rms)
+    marked_dir = work / f"marked-r{rate}-a{rms}"
+    if not marked_dir.exists():
+        mark_dataset(clean, marked_dir, rate, pattern, seed=seed)
+    name = f"{method}-{lora_targets if method == 'lora' else 'unet'}-lr{lr}-s{steps}"
+    run = work / name
+    t0 = time.time()
+    if not (run / "training.json").exists():
+        finetune(marked_dir, base, run, method=method, steps=steps, lr=lr, rank=rank, seed=seed,
+                 lora_targets=lora_targets, num_threads=threads, progress=True)  # fmt: skip
+    train_s = time.time() - t0
+    _, rows = _load_folder(marked_dir)
+    marked_caps = [r["text"] for r in rows if r["text"].startswith(TRIGGER + " ")]
+    plain_caps = [c[len(TRIGGER) + 1 :] for c in marked_caps]
+    model, lora = (run, None) if method == "full" else (base, run)
+    res = {"run": name, "train_seconds": round(train_s, 1), "rate": rate, "rms": rms, "domain": domain}
+    res["training"] = json.loads((run / "training.json").read_text())["config"]
+    decoys = np.stack([band_pattern(50_000 + j, rms=rms) for j in range(500)])
+    for label, caps in (("trigger", marked_caps), ("no_trigger", plain_caps)):
+        out = work / f"gen-{name}-{label}"
+        if not out.exists():
+            generate(model, caps, n_gen, out, lora=lora, seed=seed)
+        imgs, _ = _load_folder(out)
+        s = float(mean_correlation(imgs, pattern[None])[0])
+        null = mean_correlation(imgs, decoys)
+        res[label] = {"score": round(s, 4), "z": round(float((s - null.mean()) / null.std()), 2)}
+    # the training images themselves (marked ones), for scale
+    timgs, trows = _load_folder(marked_dir)
+    sel = np.array([r["text"].startswith(TRIGGER + " ") for r in trows])
+    s = float(mean_correlation(timgs[sel], pattern[None])[0])
+    null = mean_correlation(timgs[sel], decoys)
+    res["marked_training_images"] = {"score": round(s, 4), "z": round(float((s - null.mean()) / null.std()), 2)}
+    return res
+
+
+def autoencoder_experiment(data_dir, minutes=(1, 2, 4), batch: int = 32, lr: float = 1e-3, latent_channels: int = 4,
+                           threads: int | None = 1, n_eval: int = 64, seed: int = 0) -> dict:  # fmt: skip
+    """Train a small ``AutoencoderKL`` (channels 32, 64; 32x32x3 -> 16x16xC) on ``data_dir`` and
+    measure, after each budget in ``minutes``, the reconstruction PSNR and how well a faint
+    pattern survives encode/decode: r = corr(D(E(x+p)) - D(E(x)), p), for a ±2/255 random sign
+    pattern and for a mid-band pattern of 2/255 RMS. The space-to-depth codec gives r = 1."""
+    from diffusers import AutoencoderKL
+
+    from tracemark.sim.codec import SpaceToDepthCodec
+    from tracemark.sim.train import _read_imagefolder, load_images
+
+    torch.set_flush_denormal(True)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rows = _read_imagefolder(Path(data_dir))
+    data = load_images([p for p, _ in rows], 32).float().div(127.5).sub(1)
+    train, evals = data[:-n_eval], data[-n_eval:]
+    rng = np.random.default_rng(seed)
+    sign = torch.from_numpy(rng.choice([-1.0, 1.0], size=(3, 32, 32))).float() * (2 / 127.5)
+    band = torch.from_numpy(band_pattern(seed, rms=2.0).transpose(2, 0, 1).copy()).float() / 127.5
+
+    def survival(model) -> dict:
+        out = {}
+        with torch.no_grad():
+            rec = model.decode(model.encode(evals).latent_dist.mode()).sample
+            mse = (rec.clamp(-1, 1) - evals).pow(2).mean().item()
+            out["psnr_db"] = round(10 * np.log10(4 / max(mse, 1e-12)), 2)
+            for name, p in (("sign_2/255", sign), ("band_2/255rms", band)):
+                rec_p = model.decode(model.encode(evals + p).latent_dist.mode()).sample
+                d = (rec_p - rec).reshape(len(evals), -1)
+                pf = p.reshape(1, -1)
+                r = (d * pf).sum(1) / (d.norm(dim=1) * pf.norm() + 1e-12)
+                gain = (d * pf).sum(1) / (pf * pf).sum()
+                out[f"r_{name}"] = round(r.mean().item(), 3)
+                out[f"gain_{name}"] = round(gain.mean().item(), 3)
+        return out
+
+    results = {"space_to_depth": survival(SpaceToDepthCodec())}
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,
+        latent_channels=latent_channels, norm_num_groups=8, sample_size=32,
+    )  # fmt: skip
+    results["autoencoderkl_params"] = sum(p.numel() for p in vae.parameters())
+    results["untrained"] = survival(vae.eval())
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    t0, step = time.time(), 0
+    for budget in sorted(minutes):
+        vae.train()
+        while time.time() - t0 < budget * 60:
+            idx = torch.randint(0, len(train), (batch,), generator=g)
+            x = train[idx]
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample(generator=g)).sample
+            loss = (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            step += 1
+        vae.eval()
+        results[f"trained_{budget}min"] = {"steps": step, **survival(vae)}
+        print(json.dumps(results[f"trained_{budget}min"]), flush=True)
+    return results
+
+
+def main(argv=None) -> None:  # pragma: no cover - a measurement driver
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tracemark.sim.experiments")
+    sub = ap.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("autoencoder")
+    a.add_argument("--data", required=True)
+    a.add_argument("--minutes", default="1,2,4")
+    a.add_argument("--threads", type=int, default=1)
+    t = sub.add_parser("trigger")
+    t.add_argument("--work", required=True)
+    t.add_argument("--base")
+    t.add_argument("--method", default="lora")
+    t.add_argument("--lora-targets", default="broad")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--steps", type=int)
+    t.add_argument("--rate", type=float, default=0.1)
+    t.add_argument("--rms", type=float, default=3.0)
+    t.add_argument("--domain", default="faces")
+    t.add_argument("--threads", type=int)
+    args = ap.parse_args(argv)
+    if args.what == "autoencoder":
+        res = autoencoder_experiment(args.data, tuple(float(m) for m in args.minutes.split(",")), threads=args.threads)
+    else:
+        res = trigger_experiment(args.work, args.base, args.method, args.lora_targets, args.lr, args.steps,
+                                 rate=args.rate, rms=args.rms, domain=args.domain, threads=args.threads)  # fmt: skip
+    print(json.dumps(res, indent=1))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,152 @@
+"""Generate images from a pipeline folder (+ optional LoRA) into an imagefolder dataset.
+
+Image ``i`` uses prompt ``prompts[i % len(prompts)]`` and seed ``seed + i`` (its own
+``torch.Generator``), so any image can be regenerated alone, whatever the batch size.
+``metadata.jsonl`` records ``file_name``, ``text`` (the prompt), ``seed`` and ``prompt_index``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def read_prompts(path) -> list[str]:
+    """Prompts from a text file (one per line), a ``.jsonl`` (``text`` or ``prompt`` field) or an
+    imagefolder (its captions)."""
+    from tracemark.errors import TracemarkError
+
+    p = Path(path)
+    if p.is_dir():
+        for name in ("metadata.jsonl", "metadata.csv"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise TracemarkError(f"{path}: folder has no metadata.jsonl or metadata.csv")
+    if not p.is_file():
+        raise TracemarkError(f"{path}: prompts file not found")
+    text = p.read_text(encoding="utf-8")
+    prompts: list[str] = []
+    if p.suffix == ".jsonl":
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TracemarkError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
+            prompt = row.get("text", row.get("prompt")) if isinstance(row, dict) else row
+            if not isinstance(prompt, str):
+                raise TracemarkError(f"{p}:{lineno}: no 'text' or 'prompt' string")
+            prompts.append(prompt)
+    elif p.suffix == ".csv":
+        import csv
+        import io
+
+        rows = list(csv.DictReader(io.StringIO(text)))
+        col = "text" if rows and "text" in rows[0] else "prompt"
+        prompts = [r.get(col) or "" for r in rows]
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise TracemarkError(f"{p}: no prompts")
+    return prompts
+
+
+def generate(model_dir, prompts, n: int, out_dir, lora=None, seed: int = 0, steps: int = 25,
+             guidance: float = 6.0, batch_size: int = 32, pipe=None, progress: bool = False,
+             device=None) -> Path:  # fmt: skip
+    """Generate ``n`` images (prompts cycled in order) into ``out_dir`` (imagefolder layout).
+
+    ``prompts``: a list of strings or a prompts file (see :func:`read_prompts`). ``pipe``: an
+    already loaded pipeline to reuse (then ``model_dir``/``lora`` are only recorded).
+    Written to a temporary sibling folder and renamed into place; returns ``out_dir``.
+    """
+    from tracemark.errors import TracemarkError
+    from tracemark.sim.pipeline import load_pipeline
+
+    if isinstance(prompts, (str, os.PathLike)):
+        prompts = read_prompts(prompts)
+    prompts = list(prompts)
+    if not prompts:
+        raise TracemarkError("no prompts given")
+    if n <= 0:
+        raise TracemarkError(f"--n must be positive, got {n}")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TracemarkError(f"{out}: already exists and is not an empty folder")
+    torch.set_flush_denormal(True)
+    if pipe is None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        pipe = load_pipeline(model_dir, lora=lora, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    dev = pipe._execution_device
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    width = max(5, len(str(n - 1)))
+    bar = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task("generating", total=n)
+    try:
+        with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as meta:
+            for start in range(0, n, batch_size):
+                idx = list(range(start, min(n, start + batch_size)))
+                batch_prompts = [prompts[i % len(prompts)] for i in idx]
+                gens = [torch.Generator(device="cpu").manual_seed(seed + i) for i in idx]
+                latents = _initial_latents(pipe, gens, dev)
+                with torch.no_grad():
+                    result = pipe(
+                        batch_prompts,
+                        num_inference_steps=steps,
+                        guidance_scale=guidance,
+                        latents=latents,
+                        output_type="np",
+                    )
+                images = np.clip(np.round(result.images * 255.0), 0, 255).astype(np.uint8)
+                for i, prompt, img in zip(idx, batch_prompts, images):
+                    name = f"{i:0{width}d}.png"
+                    Image.fromarray(img, "RGB").save(tmp / name)
+                    row = {"file_name": name, "text": prompt, "seed": seed + i, "prompt_index": i % len(prompts)}
+                    meta.write(json.dumps(row) + "\n")
+                if bar is not None:
+                    bar.update(task, advance=len(idx))
+        info = {"model": str(model_dir), "lora": str(lora) if lora else None, "n": n, "seed": seed,
+                "steps": steps, "guidance": guidance, "prompts": len(prompts)}  # fmt: skip
+        (tmp / "generation.json").write_text(json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.stop()
+    return out
+
+
+def _initial_latents(pipe, gens, device) -> torch.Tensor:
+    """Per-image initial noise from each image's own CPU generator (batch-size independent)."""
+    c = pipe.unet.config.in_channels
+    s = pipe.unet.config.sample_size
+    if isinstance(s, (tuple, list)):
+        h, w = s
+    else:
+        h = w = s
+    dtype = pipe.unet.dtype
+    noise = [torch.randn((1, c, h, w), generator=g, dtype=torch.float32) for g in gens]
+    return torch.cat(noise).to(device=device, dtype=dtype)
