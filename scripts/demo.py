@@ -63,9 +63,12 @@ def part2() -> None:
         print(f"(no committed base model at {base}; skipping part 2)")
         return
     print("\n=== Part 2: the CPU world: fine-tune on a licensee's copy, then audit the model ===", flush=True)
-    tm("sim", "make-data", OUT / "owner", "--n", "1000", "--domain", "shapes", "--seed", "11")
+    # The invisible spread mark is not learned by this tiny model within a demo's budget (see
+    # docs/learnability.md); the visible scheme at 10% is, so the demo uses it to show the audit.
+    tm("sim", "make-data", OUT / "owner", "--n", "1000", "--domain", "faces", "--seed", "11")
     for lic in ("acme", "globex", "initech"):
-        tm("protect", OUT / "owner", "--licensee", lic, "--out", OUT / f"owner_{lic}", "--rate", "0.1")
+        tm("protect", OUT / "owner", "--licensee", lic, "--out", OUT / f"owner_{lic}", "--rate", "0.1",
+           "--scheme", "visible")
     tm("finetune", OUT / "owner_initech", "--base", base, "--out", OUT / "abuser_model", "--method", "lora")
     tm("audit", "--model", base, "--lora", OUT / "abuser_model", "--dataset", "owner", "--n", "64",
        "--json", OUT / "audit.json", "--report", OUT / "audit.html")
