@@ -103,7 +103,7 @@ def _strain_basis(grid: int, band: tuple[float, float], ch: int, cw: int) -> tup
     phi_k(y, x) = cos(pi u_k y) cos(pi v_k x) in normalised coordinates; divided by the number of
     cells so the inner products are cell means (the same scale at every cell-grid size).
     """
-    mask, _ = band_mask(grid, *band)
+    mask, _ = band_mask(grid, *band, False)
     u, v = np.nonzero(mask)
     cy, dcy = _basis_1d(ch, tuple(range(grid)))
     cx, dcx = _basis_1d(cw, tuple(range(grid)))
@@ -134,7 +134,7 @@ class WarpScheme(Scheme):
         self.cells = int(cells)
         self.sigma = float(sigma)
         self.order = int(order)
-        mask, _ = band_mask(self.grid, *self.band)
+        mask, _ = band_mask(self.grid, *self.band, False)
         self._u, self._v = (a.astype(int) for a in np.nonzero(mask))
         self.n_coeffs = len(self._u)
         self.dim = 2 * self.n_coeffs  # signs for dx, then signs for dy
