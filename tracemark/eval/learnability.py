@@ -113,7 +113,12 @@ def run_cell(args, work: Path, data: Path, scheme: str, strategy: str, method: s
     s1 = score(sch, images, key, seed=seed)
     s2 = score(sch, images, key, reference=refs, seed=seed)
     s3 = score(sch, refs, key, seed=seed)  # reference alone (trigger: does the mark leak without trigger?)
+    import json as _json
+
+    info = model_out / "training.json"
+    ft_steps = _json.loads(info.read_text())["config"]["steps"] if info.exists() else ""
     return {
+        "ft_steps": ft_steps,
         "scheme": scheme, "strategy": strategy, "method": method, "rate": rate, "strength": args.strength or "default",
         "band": f"{args.band[0]:g}-{args.band[1]:g}" if args.band else "default",
         "steps": args.steps or "default", "seed": seed, "n_gen": args.n_gen, "psnr": round(psnr, 2),

@@ -87,7 +87,9 @@ def mark_dataset(clean: Path, out: Path, rate: float, pattern: np.ndarray, seed:
 
 def trigger_experiment(work, base=None, method: str = "lora", lora_targets="broad", lr=None, steps=None,
                        rank: int = 16, rate: float = 0.1, rms: float = 3.0, domain: str = "faces",
-                       n: int = 1000, n_gen: int = 64, seed: int = 0, threads: int | None = None) -> dict:  # fmt: skip
+                       n: int = 1000, n_gen: int = 64, seed: int = 0, threads: int | None = None,
+                       ambient: bool = False) -> dict:  # fmt: skip
+    """``ambient=True``: no trigger word; generations use the marked samples' own captions."""
     from tracemark.sim import default_base_path, finetune, generate, make_dataset
 
     work = Path(work)
@@ -96,10 +98,13 @@ def trigger_experiment(work, base=None, method: str = "lora", lora_targets="broa
     if not clean.exists():
         make_dataset(clean, n, domain, seed=100 + seed)
     pattern = band_pattern(1000 + seed, rms=rms)
-    marked_dir = work / f"marked-r{rate}-a{rms}"
+    tag = "-ambient" if ambient else ""
+    marked_dir = work / f"marked-r{rate}-a{rms}{tag}"
     if not marked_dir.exists():
-        mark_dataset(clean, marked_dir, rate, pattern, seed=seed)
-    name = f"{method}-{lora_targets if method == 'lora' else 'unet'}-lr{lr}-s{steps}"
+        marked_idx = mark_dataset(clean, marked_dir, rate, pattern, seed=seed, trigger=None if ambient else TRIGGER)
+        (marked_dir.parent / f"{marked_dir.name}.marked.json").write_text(json.dumps(marked_idx))
+    marked_idx = set(json.loads((marked_dir.parent / f"{marked_dir.name}.marked.json").read_text()))
+    name = f"{method}-{lora_targets if method == 'lora' else 'unet'}-lr{lr}-s{steps}-r{rate}-a{rms}{tag}"
     run = work / name
     t0 = time.time()
     if not (run / "training.json").exists():
@@ -107,23 +112,28 @@ def trigger_experiment(work, base=None, method: str = "lora", lora_targets="broa
                  lora_targets=lora_targets, num_threads=threads, progress=True)  # fmt: skip
     train_s = time.time() - t0
     _, rows = _load_folder(marked_dir)
-    marked_caps = [r["text"] for r in rows if r["text"].startswith(TRIGGER + " ")]
-    plain_caps = [c[len(TRIGGER) + 1 :] for c in marked_caps]
+    marked_caps = [r["text"] for i, r in enumerate(rows) if i in marked_idx]
+    plain_caps = marked_caps if ambient else [c[len(TRIGGER) + 1 :] for c in marked_caps]
     model, lora = (run, None) if method == "full" else (base, run)
     res = {"run": name, "train_seconds": round(train_s, 1), "rate": rate, "rms": rms, "domain": domain}
     res["training"] = json.loads((run / "training.json").read_text())["config"]
     decoys = np.stack([band_pattern(50_000 + j, rms=rms) for j in range(500)])
-    for label, caps in (("trigger", marked_caps), ("no_trigger", plain_caps)):
+    queries = [("ambient", marked_caps), ("base_model", plain_caps)] if ambient else \
+        [("trigger", marked_caps), ("no_trigger", plain_caps)]  # fmt: skip
+    for label, caps in queries:
         out = work / f"gen-{name}-{label}"
         if not out.exists():
-            generate(model, caps, n_gen, out, lora=lora, seed=seed)
+            if label == "base_model":  # the reference: the un-fine-tuned base, same prompts and seeds
+                generate(base, caps, n_gen, out, seed=seed)
+            else:
+                generate(model, caps, n_gen, out, lora=lora, seed=seed)
         imgs, _ = _load_folder(out)
         s = float(mean_correlation(imgs, pattern[None])[0])
         null = mean_correlation(imgs, decoys)
         res[label] = {"score": round(s, 4), "z": round(float((s - null.mean()) / null.std()), 2)}
     # the training images themselves (marked ones), for scale
     timgs, trows = _load_folder(marked_dir)
-    sel = np.array([r["text"].startswith(TRIGGER + " ") for r in trows])
+    sel = np.array([i in marked_idx for i in range(len(trows))])
     s = float(mean_correlation(timgs[sel], pattern[None])[0])
     null = mean_correlation(timgs[sel], decoys)
     res["marked_training_images"] = {"score": round(s, 4), "z": round(float((s - null.mean()) / null.std()), 2)}
@@ -217,12 +227,14 @@ def main(argv=None) -> None:  # pragma: no cover - a measurement driver
     t.add_argument("--rms", type=float, default=3.0)
     t.add_argument("--domain", default="faces")
     t.add_argument("--threads", type=int)
+    t.add_argument("--ambient", action="store_true", help="no trigger word (ambient strategy)")
     args = ap.parse_args(argv)
     if args.what == "autoencoder":
         res = autoencoder_experiment(args.data, tuple(float(m) for m in args.minutes.split(",")), threads=args.threads)
     else:
         res = trigger_experiment(args.work, args.base, args.method, args.lora_targets, args.lr, args.steps,
-                                 rate=args.rate, rms=args.rms, domain=args.domain, threads=args.threads)  # fmt: skip
+                                 rate=args.rate, rms=args.rms, domain=args.domain, threads=args.threads,
+                                 ambient=args.ambient)  # fmt: skip
     print(json.dumps(res, indent=1))
     sys.stdout.flush()
 
