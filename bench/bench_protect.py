@@ -31,10 +31,11 @@ def decode_encode(src: str, dst: str) -> None:
     im = Image.open(src)
     arr = np.asarray(im.convert("RGB"))
     out = Image.fromarray(arr)
+    # the same encoder settings protect uses (tracemark.imaging.save_like), so the ratio is fair
     if im.format == "JPEG":
         out.save(dst, "JPEG", quality=95)
     else:
-        out.save(dst, im.format)
+        out.save(dst, im.format, compress_level=1)
 
 
 def iwm_embed(src: str, dst: str) -> None:
