@@ -86,8 +86,3 @@ def dhash(image: np.ndarray | Image.Image) -> int:
     a = np.asarray(g, dtype=np.int16)
     bits = (a[:, 1:] > a[:, :-1]).ravel()
     return int(sum(1 << i for i, b in enumerate(bits) if b))
-
-
-def hamming(a: np.ndarray, b: int) -> np.ndarray:
-    x = np.bitwise_xor(a.astype(np.uint64), np.uint64(b))
-    return np.array([bin(int(v)).count("1") for v in x]) if x.size else np.zeros(0, dtype=int)

@@ -32,10 +32,9 @@ from tracemark.dataset import (
 from tracemark.errors import TracemarkError
 from tracemark.imaging import dhash, save_like
 from tracemark.keys import Key
-from tracemark.metrics import psnr, ssim
+from tracemark.metrics import ssim
 from tracemark.registry import Registry
 from tracemark.schemes import DEFAULT_SCHEME, get_scheme
-from tracemark.schemes.base import clip_uint8
 from tracemark.strategies import (
     DATASET_TRIGGER_ID,
     TRIGGER_SCOPES,
@@ -76,10 +75,7 @@ def _cached_scheme(name: str, params: dict):
     """One scheme object per worker process, so its pattern cache survives across files."""
     sig = name + repr(sorted(params.items()))
     if sig not in _SCHEME_CACHE:
-        p = dict(params)
-        if "band" in p:
-            p["band"] = tuple(p["band"])
-        _SCHEME_CACHE[sig] = get_scheme(name, **p)
+        _SCHEME_CACHE[sig] = get_scheme(name, **params)
     return _SCHEME_CACHE[sig]
 
 

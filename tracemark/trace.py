@@ -79,10 +79,7 @@ class Verdict:
 
 def scheme_params(copy: Copy) -> dict:
     """Constructor arguments of the copy's scheme, from the registry's params record."""
-    params = {k: v for k, v in copy.params.items() if k not in ("scheme", "trigger_attempt", "trigger_scope")}
-    if "band" in params:
-        params["band"] = tuple(params["band"])
-    return params
+    return {k: v for k, v in copy.params.items() if k not in ("scheme", "trigger_attempt", "trigger_scope")}
 
 
 def trigger_of(copy: Copy, registry: Registry) -> str | None:
