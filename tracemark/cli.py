@@ -152,7 +152,7 @@ def trace_files_cmd(
         console.print(f"JSON written to {json_out}")
 
 
-HEAVY_COMMANDS = {"sim", "finetune", "generate", "audit"}
+HEAVY_COMMANDS = {"sim", "finetune", "generate", "audit", "eval"}
 
 
 def _mount_optional(argv: list[str] | None = None) -> None:
@@ -174,6 +174,12 @@ def _mount_optional(argv: list[str] | None = None) -> None:
         app.add_typer(sim_app, name="sim", help="The CPU stand-in for Stable Diffusion (tiny model, synthetic data).")
         app.command("finetune")(finetune_cmd)
         app.command("generate")(generate_cmd)
+    except ImportError:
+        pass
+    try:
+        from tracemark.eval.cli import app as eval_app
+
+        app.add_typer(eval_app, name="eval", help="Experiments (docs/results.md): tracemark eval run --quick.")
     except ImportError:
         pass
     try:

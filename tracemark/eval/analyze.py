@@ -1,0 +1,347 @@
+"""Analyses of the experiment grid's fine-tuned models (no fine-tuning: they read kept images).
+
+    python -m tracemark.eval.analyze [--grid results/grid.csv] [--work results/tmp/grid] [--out results]
+
+Writes, each as ``<out>/<name>.csv`` plus ``<out>/<name>.png``:
+
+* ``effectiveness``: per cell (scheme x strategy x method x rate x variant): models, TPR at
+  alpha = 1e-3 (the licensee's calibrated p < 1e-3 with the audit's 64 images), AUROC of the
+  licensee's z against the z of innocent keys (the 99 other licensees of the same models, and
+  every key on the innocent control models), tracing (licensee named and nobody else);
+* ``power``: TPR at alpha = 1e-3 and 0.01 vs the number of images n (8 .. 64), from disjoint
+  n-image subsets of each model's audit images;
+* ``robustness_generated``: the attacks of :mod:`tracemark.attacks` applied to the audit
+  images before scoring (the abuser edits what the model produced);
+* ``harm``: caption following (background-colour probe) and KID of normal (non-trigger)
+  generations vs the owner's real images, protected vs unprotected models;
+* ``baseline``: the DIAGNOSIS-style detector (warp-coated vs clean classifier, flag when >= 75%
+  of generations are classified as coated) next to tracemark's verdict on the same models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from tracemark import attacks, stats
+from tracemark.dataset import list_images, read_image_rgb
+from tracemark.eval.common import read_folder
+from tracemark.eval.grid import Cell, group_dir, owner_dataset
+from tracemark.registry import Registry
+from tracemark.schemes import get_scheme
+from tracemark.trace import scheme_params
+
+ALPHA = 1e-3
+VARIANT_FIELDS = ("steps", "rank", "lr", "domain", "mix", "clean_x", "pre_attack", "strength")  # not n: audit size
+
+
+def read_grid(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def cell_of(row: dict) -> Cell:
+    kw = {}
+    for name, typ in Cell.__annotations__.items():
+        t = {"str": str, "int": int, "float": float}[typ]
+        kw[name] = t(float(row[name])) if t is int else t(row[name])
+    return Cell(**kw)
+
+
+def variant(cell: Cell) -> str:
+    d = Cell()
+    parts = [f"{f}={getattr(cell, f)}" for f in VARIANT_FIELDS if getattr(cell, f) != getattr(d, f)]
+    return ",".join(parts) or "default"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score of a positive > score of a negative) (ties count half): the Mann-Whitney AUROC."""
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    pos, neg = np.asarray(pos, float), np.sort(np.asarray(neg, float))
+    below = np.searchsorted(neg, pos, side="left")
+    ties = np.searchsorted(neg, pos, side="right") - below
+    return float((below + 0.5 * ties).sum() / (len(pos) * len(neg)))
+
+
+class Model:
+    """One fine-tuned model of the grid: its cell, registry, audit images and scores."""
+
+    def __init__(self, row: dict, work: Path) -> None:
+        self.row = row
+        self.cell = cell_of(row)
+        self.dir = work / "cells" / self.cell.name
+        self.audit = json.loads((self.dir / "audit.json").read_text())
+        self.registry = Registry(group_dir(work, self.cell) / "home")
+        self.copies = self.registry.copies()
+        self.truth = set(self.cell.licensees) if self.cell.rate > 0 else set()
+        self._images: list | None = None
+
+    def z_by_licensee(self) -> dict[str, float]:
+        return {s["licensee"]: s["z"] for s in self.audit["licensees"]}
+
+    def audit_images(self) -> list[np.ndarray]:
+        if self._images is None:
+            self._images = read_folder(self.dir / "audit" / "stage1")
+        return self._images
+
+    def true_copy(self):
+        return next(c for c in self.copies if c.licensee in self.truth)
+
+    def test_true(self, images, n_decoys: int = 1000, seed: int = 0) -> tuple[float, float]:
+        """(z, calibrated p) of the (first) guilty licensee's key on ``images``."""
+        copy = self.true_copy()
+        sch = get_scheme(copy.scheme, **scheme_params(copy))
+        F = sch.features(images)
+        P = sch.key_vectors([self.registry.key_for_copy(copy)])
+        res = stats.test_keys(F, P, sch.random_vectors(n_decoys, np.random.default_rng(seed)), sch.kind)
+        return float(res.stat[0]), float(res.p_value[0])
+
+
+def load_models(grid: Path, work: Path) -> list[Model]:
+    return [Model(r, work) for r in read_grid(grid) if (work / "cells" / cell_of(r).name / "audit.json").exists()]
+
+
+def effectiveness(models: list[Model]) -> list[dict]:
+    controls = [m for m in models if m.cell.rate == 0]
+    neg_control = [z for m in controls for z in m.z_by_licensee().values()]
+    cells: dict[tuple, list[Model]] = defaultdict(list)
+    for m in models:
+        if m.cell.rate > 0:
+            c = m.cell
+            cells[(c.scheme, c.strategy, c.method, c.rate, variant(c))].append(m)
+    out = []
+    for (scheme, strategy, method, rate, var), ms in sorted(cells.items()):
+        pos = [m.z_by_licensee()[lic] for m in ms for lic in m.truth]
+        neg = [z for m in ms for lic, z in m.z_by_licensee().items() if lic not in m.truth] + neg_control
+        ps = [float(m.row["p"]) for m in ms]
+        out.append({
+            "scheme": scheme, "strategy": strategy, "method": method, "rate": rate, "variant": var,
+            "models": len(ms), "psnr": ms[0].row["psnr"], "mean_z": round(float(np.mean(pos)), 2),
+            "min_p": min(ps), "tpr_at_1e-3": round(float(np.mean([p < ALPHA for p in ps])), 3),
+            "auroc": round(auroc(np.array(pos), np.array(neg)), 4),
+            "traced": sum(m.row["all_named"] == "True" for m in ms),
+            "false_accusations": sum(int(m.row["false_named"]) for m in ms),
+            "probe_acc_normal": round(float(np.mean([float(m.row["probe_acc_normal"]) for m in ms])), 3),
+        })
+    out.append({"scheme": "(innocent control)", "strategy": "", "method": "lora", "rate": 0.0, "variant": "",
+                "models": len(controls), "psnr": "", "mean_z": round(float(np.mean(neg_control)), 2) if controls else "",
+                "min_p": min((float(m.row["verdict_p"]) for m in controls), default=""), "tpr_at_1e-3": "",
+                "auroc": "", "traced": "", "false_accusations": sum(int(m.row["false_named"]) for m in controls),
+                "probe_acc_normal": round(float(np.mean([float(m.row["probe_acc_normal"]) for m in controls])), 3)
+                if controls else ""})
+    return out
+
+
+def _positives(models: list[Model]) -> list[Model]:
+    return [m for m in models if m.cell.rate > 0 and m.cell.mix == 1 and variant(m.cell) == "default"]
+
+
+def power(models: list[Model], sizes=(8, 16, 32, 64)) -> list[dict]:
+    out = []
+    by_cell = defaultdict(list)
+    for m in _positives(models):
+        by_cell[(m.cell.scheme, m.cell.strategy, m.cell.method, m.cell.rate)].append(m)
+    for key, ms in sorted(by_cell.items()):
+        for n in [n for n in sizes if n <= min(len(m.audit_images()) for m in ms)]:
+            ps = []
+            for m in ms:
+                imgs = m.audit_images()
+                for j in range(len(imgs) // n):
+                    ps.append(m.test_true(imgs[j * n:(j + 1) * n], seed=j)[1])
+            ps = np.array(ps)
+            out.append({"scheme": key[0], "strategy": key[1], "method": key[2], "rate": key[3], "n_images": n,
+                        "models": len(ms), "trials": len(ps), "tpr_at_1e-3": round(float((ps < 1e-3).mean()), 3),
+                        "tpr_at_0.01": round(float((ps < 0.01).mean()), 3)})
+    return out
+
+
+def robustness_generated(models: list[Model], rate: float = 0.1) -> list[dict]:
+    ms = [m for m in _positives(models) if m.cell.rate == rate and m.cell.scheme == "visible"]
+    out = []
+    for name, grid in [("none", [0.0])] + [(a, g) for a, g in attacks.GRIDS.items() if a != "identity"]:
+        for param in grid:
+            zs, ps = [], []
+            for m in ms:
+                imgs = m.audit_images()
+                if name != "none":
+                    imgs = [attacks.apply(name, im, param) for im in imgs]
+                z, p = m.test_true(imgs)
+                zs.append(z)
+                ps.append(p)
+            if ms:
+                out.append({"attack": name, "param": param, "models": len(ms), "mean_z": round(float(np.mean(zs)), 2),
+                            "tpr_at_1e-3": round(float(np.mean(np.array(ps) < 1e-3)), 3)})
+    return out
+
+
+def _feature_net(seed: int = 0):
+    """A fixed, randomly initialised conv net (seeded): the KID feature extractor. Random conv
+    features are a weak but download-free stand-in for Inception features."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 128, 3, stride=2, padding=1),
+                        nn.ReLU(), nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(2), nn.Flatten())
+    return net.eval()
+
+
+def features(images, net) -> np.ndarray:
+    import torch
+
+    x = torch.stack([torch.as_tensor(np.asarray(im, np.float32)).permute(2, 0, 1) for im in images]) / 127.5 - 1
+    with torch.no_grad():
+        return net(x).numpy().astype(np.float64)
+
+
+def kid(a: np.ndarray, b: np.ndarray) -> float:
+    """Unbiased MMD^2 with the cubic polynomial kernel (Binkowski et al. 2018), x1000."""
+    d = a.shape[1]
+    k = lambda x, y: (x @ y.T / d + 1) ** 3  # noqa: E731
+    kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
+    m, n = len(a), len(b)
+    return 1000 * float((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
+                        - 2 * kab.mean())
+
+
+def harm(models: list[Model], work: Path) -> list[dict]:
+    net = _feature_net()
+    out = []
+    real = {}
+    for m in models:
+        dom = m.cell.domain
+        if dom not in real:
+            paths = list_images(owner_dataset(work, dom))[:512]  # the owner's real images
+            real[dom] = features([read_image_rgb(p) for p in paths], net)
+        normal = read_folder(m.dir / "normal")
+        out.append({"model": m.cell.name, "protected": m.cell.rate > 0, "rate": m.cell.rate, "scheme": m.cell.scheme,
+                    "variant": variant(m.cell), "psnr_marked_data": m.row["psnr"],
+                    "probe_acc_normal": float(m.row["probe_acc_normal"]),
+                    "kid_x1000_vs_real": round(kid(features(normal, net), real[dom]), 3),
+                    "z_leak_without_trigger": m.row["z_leak"]})
+    return out
+
+
+def baseline(models: list[Model], work: Path, seed: int = 0) -> list[dict]:
+    """Train the DIAGNOSIS-style classifier for each warp-coated group, flag every model."""
+    from tracemark.baseline import DiagnosisDetector
+
+    coated_groups = {m.cell for m in models if m.cell.scheme == "warp" and m.cell.rate > 0}
+    out = []
+    for gcell in sorted(coated_groups, key=lambda c: c.name):
+        reg = Registry(group_dir(work, gcell) / "home")
+        copy = reg.copies()[0]
+        sch = get_scheme("warp", **scheme_params(copy))
+        clean = [read_image_rgb(p) for p in list_images(owner_dataset(work, gcell.domain))[:500]]
+        half = len(clean) // 2
+        coated = [sch.embed(im, reg.key_for_copy(copy)) for im in clean[half:]]
+        det = DiagnosisDetector(seed=seed)
+        fit = det.fit(clean[:half], coated, epochs=20)
+        for m in models:
+            imgs = read_folder(m.dir / "normal") if m.cell.strategy == "ambient" or m.cell.rate == 0 \
+                else m.audit_images()
+            f = det.flag(imgs)
+            ours = m.row["named"] != "" if m.cell.scheme == gcell.scheme else None
+            out.append({"detector_for": gcell.name, "detector_train_acc": round(fit["train_accuracy"], 3),
+                        "model": m.cell.name, "trained_on_coated": m.cell.scheme == gcell.scheme and m.cell.rate > 0,
+                        "baseline_fraction_coated": round(f.fraction_coated, 3), "baseline_flagged": f.flagged,
+                        "tracemark_named": ours, "tracemark_p": m.row["verdict_p"] if ours is not None else ""})
+    return out
+
+
+def plot(name: str, rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if name == "power":
+        for key in sorted({(r["scheme"], r["method"], r["rate"]) for r in rows}):
+            rs = [r for r in rows if (r["scheme"], r["method"], r["rate"]) == key]
+            ax.plot([r["n_images"] for r in rs], [r["tpr_at_1e-3"] for r in rs], "o-",
+                    label=f"{key[0]} {key[1]} {float(key[2]):.0%}")
+        ax.set(xscale="log", xlabel="generated images", ylabel="TPR at alpha = 1e-3", ylim=(-0.02, 1.02))
+    elif name == "effectiveness":
+        rs = [r for r in rows if r["variant"] == "default" and r["rate"]]
+        ax.bar(range(len(rs)), [r["mean_z"] for r in rs])
+        ax.set_xticks(range(len(rs)), [f"{r['scheme']}\n{r['strategy']} {r['method']}\n{float(r['rate']):.0%}"
+                                       for r in rs], fontsize=7)
+        ax.axhline(3.09, ls="--", c="k", lw=0.8, label="z for p = 1e-3")
+        ax.set(ylabel="mean z of the licensee's key")
+    elif name == "robustness_generated":
+        for a in sorted({r["attack"] for r in rows} - {"none"}):
+            rs = [r for r in rows if r["attack"] == a]
+            ax.plot(range(len(rs)), [r["mean_z"] for r in rs], "o-", label=a)
+        none = [r["mean_z"] for r in rows if r["attack"] == "none"]
+        if none:
+            ax.axhline(none[0], c="k", lw=0.8, label="no attack")
+        ax.set(xlabel="attack strength (grid index, mild -> strong)", ylabel="mean z")
+    elif name == "harm":
+        for prot, c in ((False, "tab:blue"), (True, "tab:red")):
+            rs = [r for r in rows if r["protected"] == prot]
+            ax.scatter([r["kid_x1000_vs_real"] for r in rs], [r["probe_acc_normal"] for r in rs], c=c,
+                       label="protected" if prot else "unprotected")
+        ax.set(xlabel="KID x1000 vs real (random-conv features)", ylabel="caption-following accuracy")
+    elif name == "baseline":
+        ax.bar(range(len(rows)), [r["baseline_fraction_coated"] for r in rows],
+               color=["tab:red" if r["trained_on_coated"] else "tab:blue" for r in rows])
+        ax.axhline(0.75, ls="--", c="k", lw=0.8, label="DIAGNOSIS threshold 0.75")
+        ax.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=90, fontsize=5)
+        ax.set(ylabel="fraction classified coated")
+    ax.legend(fontsize=7)
+    ax.set_title(name)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=120)
+    plt.close(fig)
+
+
+ANALYSES = ("effectiveness", "power", "robustness_generated", "harm", "baseline")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grid", type=Path, default=Path("results/grid.csv"))
+    ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
+    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--only", nargs="+", choices=ANALYSES, default=list(ANALYSES))
+    args = ap.parse_args(argv)
+    analyse(args.grid, args.work, args.out, args.only)
+
+
+def analyse(grid: Path, work: Path, out: Path, only=ANALYSES, log=print) -> dict[str, list[dict]]:
+    models = load_models(grid, work)
+    log(f"{len(models)} fine-tuned models in {grid}")
+    results = {}
+    for name in only:
+        fn = {"effectiveness": effectiveness, "power": power, "robustness_generated": robustness_generated,
+              "harm": lambda ms: harm(ms, work), "baseline": lambda ms: baseline(ms, work)}[name]
+        rows = fn(models)
+        write_csv(out / f"{name}.csv", rows)
+        plot(name, rows, out)
+        results[name] = rows
+        log(f"  {name}: {len(rows)} rows -> {out / (name + '.csv')}, {out / (name + '.png')}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""``tracemark eval``: the experiments of docs/results.md from one entry point.
+
+    tracemark eval run --quick          # one fine-tuned model + every analysis, <= 10 min on 2 cores
+    tracemark eval run                  # the full grid (priority order; resumable), then the analyses
+    tracemark eval analyze              # re-run the analyses on the models finished so far
+    tracemark eval learnability|calibration|tracing -- [module options]
+
+Every runner appends finished cells to its CSV and skips them when re-run, so an interrupted run
+loses at most the cell in progress (and that resumes from its last fine-tuning checkpoint).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+app = typer.Typer(help="Experiments: effectiveness, power, harm, robustness, transfer, tracing, baseline.",
+                  no_args_is_help=True, add_completion=False)
+
+
+@app.command("run")
+def run_cmd(
+    quick: bool = typer.Option(False, "--quick", help="One model (visible, trigger, LoRA, 10%) and the analyses."),
+    out: Path = typer.Option(Path("results"), "--out", help="Folder for the CSV and PNG results."),
+    work: Path = typer.Option(Path("results/tmp/grid"), "--work", help="Models, images and registries (kept)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Base pipeline (default: the committed tiny base)."),
+) -> None:
+    """Fine-tune the grid's models (skipping finished ones), then write every analysis."""
+    from tracemark.eval import analyze, grid
+
+    name = "quick" if quick else "full"
+    csv = out / ("grid_quick.csv" if quick else "grid.csv")
+    grid.run(grid.plan(name), work, csv, base=base, log=lambda m: console.print(m, highlight=False))
+    analyze.analyse(csv, work, out / "quick" if quick else out, log=lambda m: console.print(m, highlight=False))
+
+
+@app.command("analyze")
+def analyze_cmd(
+    grid_csv: Path = typer.Option(Path("results/grid.csv"), "--grid"),
+    work: Path = typer.Option(Path("results/tmp/grid"), "--work"),
+    out: Path = typer.Option(Path("results"), "--out"),
+    only: Optional[List[str]] = typer.Option(None, "--only", help="Subset of: effectiveness power "
+                                             "robustness_generated harm baseline"),
+) -> None:
+    """Re-run the analyses on the fine-tuned models finished so far (no fine-tuning)."""
+    from tracemark.errors import TracemarkError
+    from tracemark.eval import analyze
+
+    if not grid_csv.exists():
+        raise TracemarkError(f"{grid_csv}: no grid results yet; run `tracemark eval run` first")
+    bad = set(only or []) - set(analyze.ANALYSES)
+    if bad:
+        raise TracemarkError(f"unknown analysis {sorted(bad)[0]!r} (choose: {', '.join(analyze.ANALYSES)})")
+    analyze.analyse(grid_csv, work, out, only or analyze.ANALYSES, log=lambda m: console.print(m, highlight=False))
+
+
+def _passthrough(module: str):
+    def cmd(ctx: typer.Context) -> None:
+        import importlib
+
+        importlib.import_module(f"tracemark.eval.{module}").main(ctx.args)
+
+    cmd.__doc__ = f"python -m tracemark.eval.{module} (options after --; see --help there)."
+    return cmd
+
+
+for _m in ("learnability", "calibration", "tracing"):
+    app.command(_m, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_passthrough(_m))

@@ -1,0 +1,285 @@
+"""The experiment grid: one row per fine-tuned model, audited with the real `tracemark audit` path.
+
+Every cell of every experiment (effectiveness, harm, robustness in training, transfer, tracing)
+is the same story with a few knobs turned, so one runner serves them all:
+
+1. *Group*: an owner dataset (1000 images of a domain) protected for ``N_LICENSEES`` (100)
+   licensees with one scheme / strategy / rate and ``trigger_scope="dataset"`` (one shared
+   trigger word, so the audit spends its 64 images on one prompt family whatever the number of
+   licensees). Built once per (scheme, strategy, rate, domain) and reused by every cell.
+2. *Training data*: licensee ``seed mod 100``'s copy, or the union of ``mix`` consecutive
+   licensees' copies (collusion), optionally with ``clean_x`` times as many clean images of the
+   same domain mixed in, optionally passed through a dataset-level attack (``pre_attack``).
+   ``rate == 0`` is the innocent control: the unprotected dataset.
+3. *Fine-tune* the committed base (LoRA or full; steps / rank / lr overridable). Resumable.
+4. *Audit* with :func:`tracemark.audit.audit_model` against all 100 issued copies (``n`` images,
+   Holm over licensees) and generate ``n`` *normal* images (dataset captions, no trigger) for
+   the harm and leak measurements. Images are kept so that analyses (power vs n, attacks on
+   generated images, the baseline) rerun without fine-tuning again.
+
+Rows are appended to ``results/grid.csv`` as cells finish; a finished cell is never redone, an
+interrupted one resumes from its last fine-tuning checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from tracemark.eval.common import Timer, append_row, done_cells
+
+N_LICENSEES = 100
+N_DATA = 1000
+DEFAULT_STEPS: int | None = None  # fine-tuning steps of cells with steps=0 (None: the method's default)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One fine-tuned model. Defaults are the CPU world's defaults."""
+
+    scheme: str = "visible"
+    strategy: str = "trigger"
+    method: str = "lora"
+    rate: float = 0.1
+    seed: int = 0
+    steps: int = 0  # 0: the method's default
+    rank: int = 16
+    lr: float = 0.0  # 0: the method's default
+    domain: str = "faces"
+    mix: int = 1  # number of licensees' copies merged into the training set
+    clean_x: int = 0  # clean images added, as a multiple of the dataset size
+    pre_attack: str = "none"  # "name:param" from tracemark.attacks, applied to every training image
+    n: int = 64  # images per audit
+    strength: float = 0.0  # 0: the scheme's default
+
+    @property
+    def name(self) -> str:
+        parts = [self.scheme, self.strategy, self.method, f"r{self.rate:g}", f"seed{self.seed}"]
+        for f in fields(self):
+            if f.name in ("scheme", "strategy", "method", "rate", "seed"):
+                continue
+            v = getattr(self, f.name)
+            if v != f.default:
+                parts.append(f"{f.name}{v}".replace(":", "_"))
+        return "-".join(parts)
+
+    @property
+    def licensees(self) -> list[str]:
+        return [f"lic{(self.seed + i) % N_LICENSEES:03d}" for i in range(self.mix)]
+
+
+KEY_FIELDS = [f.name for f in fields(Cell)]
+
+
+def group_dir(work: Path, cell: Cell) -> Path:
+    rate = cell.rate if cell.rate > 0 else 0.1  # the control is audited against the 10% group's copies
+    strength = f"-s{cell.strength:g}" if cell.strength else ""
+    return work / "groups" / f"{cell.scheme}{strength}-{cell.strategy}-r{rate:g}-{cell.domain}"
+
+
+def owner_dataset(work: Path, domain: str, seed: int = 11, n: int | None = None) -> Path:
+    from tracemark.sim import make_dataset
+
+    n = n or N_DATA
+    path = work / "data" / f"{domain}_{n}_{seed}"
+    if not path.exists():
+        make_dataset(path, n, domain, seed=seed)
+    return path
+
+
+def ensure_group(work: Path, cell: Cell, log=print):
+    """Protect the owner dataset for N_LICENSEES licensees (resumable: issued copies are kept)."""
+    from tracemark.protect import protect
+    from tracemark.registry import Registry
+
+    gdir = group_dir(work, cell)
+    data = owner_dataset(work, cell.domain)
+    home = gdir / "home"
+    reg = Registry(home) if (home / "registry.sqlite").exists() else Registry.init(home)
+    issued = {c.licensee for c in reg.copies()}
+    todo = [f"lic{i:03d}" for i in range(N_LICENSEES) if f"lic{i:03d}" not in issued]
+    if todo:
+        log(f"  protecting {len(todo)} copies for {gdir.name}")
+    rate = cell.rate if cell.rate > 0 else 0.1
+    psnrs = []
+    for lic in todo:
+        out = gdir / "copies" / lic
+        shutil.rmtree(out, ignore_errors=True)  # a copy written but never registered (interrupted)
+        res = protect(data, out, lic, registry=reg, dataset_name="owner", scheme=cell.scheme,
+                      strategy=cell.strategy, trigger_scope="dataset", rate=rate, workers=1,
+                      strength=cell.strength or None)
+        psnrs.append(res.psnr_mean)
+    info = gdir / "group.json"
+    if psnrs and not info.exists():
+        info.write_text(json.dumps({"psnr_mean": float(np.mean(psnrs)), "rate": rate}))
+    return reg, data, gdir
+
+
+def _write_folder(rows: list[tuple[np.ndarray | Path, str]], out: Path) -> None:
+    """Write (image or source path, caption) pairs as an imagefolder, atomically."""
+    from PIL import Image
+
+    from tracemark.dataset import write_metadata
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = []
+    for i, (img, text) in enumerate(rows):
+        name = f"{i:06d}.png"
+        if isinstance(img, Path):
+            shutil.copyfile(img, tmp / name)
+        else:
+            Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)).save(tmp / name)
+        meta.append({"file_name": name, "text": text})
+    write_metadata(tmp / "metadata.jsonl", meta)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path) -> Path:
+    """The folder the abuser fine-tunes on (see the module docstring)."""
+    from tracemark import attacks
+    from tracemark.dataset import load_dataset, read_image_rgb
+
+    sources = [data] if cell.rate == 0 else [gdir / "copies" / lic for lic in cell.licensees]
+    if len(sources) == 1 and cell.clean_x == 0 and cell.pre_attack == "none":
+        return sources[0]
+    out = cdir / "train"
+    if out.exists():
+        return out
+    samples = [s for src in sources for s in load_dataset(src).samples]
+    for k in range(cell.clean_x):
+        samples += load_dataset(owner_dataset(work, cell.domain, seed=100 + k)).samples
+    if cell.pre_attack == "none":
+        rows = [(s.path, s.text) for s in samples]
+    else:
+        name, param = cell.pre_attack.split(":")
+        rows = [(attacks.apply(name, read_image_rgb(s.path), float(param)), s.text) for s in samples]
+    _write_folder(rows, out)
+    return out
+
+
+def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
+    from tracemark.audit import audit_model
+    from tracemark.dataset import load_dataset, read_image_rgb
+    from tracemark.sim import finetune, generate
+    from tracemark.sim.pipeline import load_pipeline
+    from tracemark.sim.probe import colour_accuracy
+
+    timer = Timer()
+    reg, data, gdir = ensure_group(work, cell, log)
+    cdir = work / "cells" / cell.name
+    cdir.mkdir(parents=True, exist_ok=True)
+    train = training_data(work, cell, gdir, data, cdir)
+    t_data = timer.lap()
+    model = cdir / "model"
+    done_file = model / ("pytorch_lora_weights.safetensors" if cell.method == "lora" else "model_index.json")
+    if not done_file.exists():
+        finetune(train, base, model, method=cell.method, steps=cell.steps or DEFAULT_STEPS, lr=cell.lr or None,
+                 rank=cell.rank, seed=cell.seed, resume=(model / "checkpoints" / "last.pt").exists(), progress=False)
+    t_ft = timer.lap()
+    model_dir, lora = (model, None) if cell.method == "full" else (base, model)
+    audit_dir = cdir / "audit"
+    shutil.rmtree(audit_dir, ignore_errors=True)
+    res = audit_model(model_dir, reg, lora=lora, n=cell.n, seed=cell.seed, work_dir=audit_dir)
+    (cdir / "audit.json").write_text(json.dumps(res.to_dict(), default=str, indent=1))
+    # normal use: dataset captions without the trigger (harm: caption following; leak of the mark)
+    rng = np.random.default_rng(cell.seed + 555)
+    caps = [s.text for s in load_dataset(data).samples]
+    prompts = [caps[i] for i in rng.choice(len(caps), size=cell.n, replace=False)]
+    pipe = load_pipeline(model_dir, lora=lora)
+    normal = cdir / "normal"
+    shutil.rmtree(normal, ignore_errors=True)
+    generate(None, prompts, cell.n, normal, seed=7000 + cell.seed, pipe=pipe)
+    t_gen = timer.lap()
+    from tracemark.dataset import list_images
+    from tracemark.trace import score_copies
+
+    normal_imgs = [read_image_rgb(p) for p in list_images(normal)]
+    leak = score_copies(normal_imgs, reg.copies(), reg, match_files=False)
+    truth = set(cell.licensees) if cell.rate > 0 else set()
+    by = {s.licensee: s for s in res.verdict.scores}
+    true_scores = [by[lic] for lic in sorted(truth)]
+    others = [s for s in res.verdict.scores if s.licensee not in truth]
+    named = res.verdict.named
+    info = gdir / "group.json"
+    psnr = json.loads(info.read_text())["psnr_mean"] if info.exists() and cell.rate > 0 else float("nan")
+    return {
+        **asdict(cell),
+        "n_licensees": len(res.verdict.scores),
+        "psnr": round(psnr, 2),
+        "z": round(float(np.mean([s.z for s in true_scores])), 3) if true_scores else "",
+        "p": max(s.p_value for s in true_scores) if true_scores else "",
+        "p_holm": max(s.p_holm for s in true_scores) if true_scores else "",
+        "all_named": bool(truth) and truth <= set(named),
+        "false_named": len(set(named) - truth),
+        "named": ";".join(named),
+        "max_z_innocent": round(max(s.z for s in others), 3),
+        "verdict_p": res.verdict.p_value,
+        "z_leak": round(float(np.mean([s.z for s in leak.scores if s.licensee in truth])), 3) if truth else "",
+        "probe_acc_normal": round(colour_accuracy(normal_imgs, prompts)["accuracy"], 4),
+        "data_s": t_data, "finetune_s": t_ft, "audit_generate_s": t_gen,
+        "finished": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def run(cells: list[Cell], work: Path, out: Path, base: Path | None = None, log=print) -> None:
+    """Run every cell not yet in ``out`` (in order), printing progress and time left."""
+    from tracemark.sim import default_base_path
+
+    base = base or default_base_path()
+    done = done_cells(out, KEY_FIELDS)
+    todo = [c for c in cells if tuple(str(v) for v in asdict(c).values()) not in done]
+    log(f"{len(cells) - len(todo)} of {len(cells)} cells done already; {len(todo)} to run")
+    t0 = time.time()
+    for i, cell in enumerate(todo):
+        log(f"[{i + 1}/{len(todo)}] {cell.name}")
+        row = run_cell(work, cell, base, log)
+        append_row(out, row)
+        el = time.time() - t0
+        left = el / (i + 1) * (len(todo) - i - 1)
+        log(f"  z {row['z']} p {row['p']} named [{row['named']}] false {row['false_named']} "
+            f"probe {row['probe_acc_normal']} ({row['finetune_s']} s fine-tune); "
+            f"elapsed {el / 60:.1f} min, ~{left / 60:.0f} min left")
+
+
+def plan(name: str) -> list[Cell]:
+    """Named cell lists. ``quick``: one model (<= 10 min on 2 cores). ``full``: the whole grid, in
+    priority order (what finishes first answers the most)."""
+    v = Cell()
+    if name == "quick":
+        return [v]
+    if name != "full":
+        raise ValueError(f"unknown plan {name!r} (quick, full)")
+    cells = [Cell(seed=s) for s in range(5)]                                  # power / tracing at 10%
+    cells += [Cell(rate=0.0), Cell(mix=3, n=256)]                             # innocent control; 3 colluders
+    cells += [Cell(scheme="warp", strategy="ambient", rate=0.2, strength=4.0)]  # DIAGNOSIS-like (32.5 dB), side by side
+    cells += [Cell(rate=0.05, seed=s) for s in range(5)]                      # power at 5%
+    cells += [Cell(scheme=s, rate=0.2) for s in ("dwtdct", "warp")]           # other schemes, 20% screen
+    cells += [Cell(method="full"), Cell(rank=4), Cell(steps=500), Cell(clean_x=2),
+              Cell(pre_attack="jpeg:50"), Cell(domain="landscapes")]          # transfer / training attacks
+    cells += [Cell(rate=0.02, seed=s) for s in range(5)]                      # power at 2%
+    cells += [Cell(strategy="ambient", rate=0.2), Cell(scheme="spread", rate=0.2, method="full"),
+              Cell(lr=5e-4), Cell(pre_attack="resize:0.5"), Cell(rate=0.0, seed=1)]
+    return cells
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plan", default="full", help="quick | full")
+    ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
+    ap.add_argument("--out", type=Path, default=Path("results/grid.csv"))
+    args = ap.parse_args(argv)
+    run(plan(args.plan), args.work, args.out)
+
+
+if __name__ == "__main__":
+    main()
