@@ -7,13 +7,12 @@ tested against realistic content energy, with nothing downloaded.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from tracemark.fsutil import atomic_dir
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 200), "yellow": (220, 200, 40),
            "purple": (130, 50, 160), "orange": (230, 130, 30), "white": (235, 235, 235), "black": (25, 25, 25)}
@@ -58,10 +57,8 @@ def make_sample_dataset(out: str | Path, n: int = 100, size: int = 128, seed: in
         from tracemark.errors import TracemarkError
 
         raise TracemarkError(f"{out}: already exists")
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    try:
+    with atomic_dir(out) as tmp:
         with open(tmp / "metadata.jsonl", "w") as meta:
             for i in range(n):
                 arr, caption = sample_image(rng, size)
@@ -72,8 +69,4 @@ def make_sample_dataset(out: str | Path, n: int = 100, size: int = 128, seed: in
                 else:
                     Image.fromarray(arr).save(tmp / name)
                 meta.write(json.dumps({"file_name": name, "text": caption}) + "\n")
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -126,20 +126,18 @@ def _write_folder(rows: list[tuple[np.ndarray | Path, str]], out: Path) -> None:
 
     from tracemark.dataset import write_metadata
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    meta = []
-    for i, (img, text) in enumerate(rows):
-        name = f"{i:06d}.png"
-        if isinstance(img, Path):
-            shutil.copyfile(img, tmp / name)
-        else:
-            Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)).save(tmp / name)
-        meta.append({"file_name": name, "text": text})
-    write_metadata(tmp / "metadata.jsonl", meta)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    from tracemark.fsutil import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        meta = []
+        for i, (img, text) in enumerate(rows):
+            name = f"{i:06d}.png"
+            if isinstance(img, Path):
+                shutil.copyfile(img, tmp / name)
+            else:
+                Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)).save(tmp / name)
+            meta.append({"file_name": name, "text": text})
+        write_metadata(tmp / "metadata.jsonl", meta)
 
 
 def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path) -> Path:

@@ -26,15 +26,14 @@ folder next to ``out_dir`` and renamed into place, so a crash never leaves half 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tracemark.fsutil import atomic_dir
 
 #: Named colours (sRGB, 0-255). Well separated so a colour can be read back from pixels.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -377,9 +376,7 @@ def make_dataset(out_dir, n: int, domain: str = "shapes", seed: int = 0, size: i
         raise TracemarkError(str(exc)) from None
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TracemarkError(f"{out}: already exists and is not an empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         width = max(5, len(str(n - 1)))
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as meta:
             for i, scene in enumerate(render(domain, n, seed, size)):
@@ -387,10 +384,4 @@ def make_dataset(out_dir, n: int, domain: str = "shapes", seed: int = 0, size: i
                 Image.fromarray(scene.image, "RGB").save(tmp / name, optimize=False)
                 row = {"file_name": name, "text": scene.caption, "domain": scene.domain}
                 meta.write(json.dumps(row) + "\n")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
