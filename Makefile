@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench bench-learn clean
+.PHONY: venv test demo bench bench-learn eval-quick eval clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ bench: $(STAMP)
 
 bench-learn: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
+
+eval-quick: $(STAMP)
+	$(VENV)/bin/tracemark eval run --quick
+
+eval: $(STAMP)
+	$(VENV)/bin/tracemark eval run
 
 clean:
 	rm -rf demo_out bench_out .pytest_cache

@@ -148,6 +148,23 @@ def effectiveness(models: list[Model]) -> list[dict]:
     return out
 
 
+def null_check(models: list[Model]) -> list[dict]:
+    """Empirical false-positive rate of the per-licensee p-value on keys that were *not* used to
+    train a model (the other licensees of every model, all keys of the control models)."""
+    out = []
+    for m in models:
+        ps = np.array([s["p_value"] for s in m.audit["licensees"] if s["licensee"] not in m.truth])
+        out.append({"model": m.cell.name, "innocent_keys": len(ps), "p_below_1e-3": int((ps < 1e-3).sum()),
+                    "p_below_0.01": int((ps < 0.01).sum()), "p_below_0.05": int((ps < 0.05).sum()),
+                    "mean_p": round(float(ps.mean()), 3)})
+    if out:
+        tot = {k: sum(r[k] for r in out) for k in ("innocent_keys", "p_below_1e-3", "p_below_0.01", "p_below_0.05")}
+        lo, hi = stats.binomial_ci(tot["p_below_1e-3"], tot["innocent_keys"])
+        out.append({"model": f"ALL (95% CI of FPR at 1e-3: {lo:.2g}-{hi:.2g})", **tot,
+                    "mean_p": round(float(np.mean([r["mean_p"] for r in out])), 3)})
+    return out
+
+
 def _positives(models: list[Model]) -> list[Model]:
     return [m for m in models if m.cell.rate > 0 and m.cell.mix == 1 and variant(m.cell) == "default"]
 
@@ -302,6 +319,11 @@ def plot(name: str, rows: list[dict], out: Path) -> None:
             ax.scatter([r["kid_x1000_vs_real"] for r in rs], [r["probe_acc_normal"] for r in rs], c=c,
                        label="protected" if prot else "unprotected")
         ax.set(xlabel="KID x1000 vs real (random-conv features)", ylabel="caption-following accuracy")
+    elif name == "null_check":
+        ps = [r for r in rows if not r["model"].startswith("ALL")]
+        ax.bar(range(len(ps)), [r["p_below_0.01"] / max(1, r["innocent_keys"]) for r in ps])
+        ax.axhline(0.01, ls="--", c="k", lw=0.8, label="alpha = 0.01")
+        ax.set(ylabel="fraction of innocent keys with p < 0.01", xlabel="model")
     elif name == "baseline":
         ax.bar(range(len(rows)), [r["baseline_fraction_coated"] for r in rows],
                color=["tab:red" if r["trained_on_coated"] else "tab:blue" for r in rows])
@@ -315,7 +337,7 @@ def plot(name: str, rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-ANALYSES = ("effectiveness", "power", "robustness_generated", "harm", "baseline")
+ANALYSES = ("effectiveness", "null_check", "power", "robustness_generated", "harm", "baseline")
 
 
 def main(argv=None) -> None:
@@ -333,7 +355,7 @@ def analyse(grid: Path, work: Path, out: Path, only=ANALYSES, log=print) -> dict
     log(f"{len(models)} fine-tuned models in {grid}")
     results = {}
     for name in only:
-        fn = {"effectiveness": effectiveness, "power": power, "robustness_generated": robustness_generated,
+        fn = {"effectiveness": effectiveness, "null_check": null_check, "power": power, "robustness_generated": robustness_generated,
               "harm": lambda ms: harm(ms, work), "baseline": lambda ms: baseline(ms, work)}[name]
         rows = fn(models)
         write_csv(out / f"{name}.csv", rows)

@@ -33,29 +33,17 @@ def read_prompts(path) -> list[str]:
             raise TracemarkError(f"{path}: folder has no metadata.jsonl or metadata.csv")
     if not p.is_file():
         raise TracemarkError(f"{path}: prompts file not found")
-    text = p.read_text(encoding="utf-8")
-    prompts: list[str] = []
-    if p.suffix == ".jsonl":
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TracemarkError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
-            prompt = row.get("text", row.get("prompt")) if isinstance(row, dict) else row
-            if not isinstance(prompt, str):
-                raise TracemarkError(f"{p}:{lineno}: no 'text' or 'prompt' string")
-            prompts.append(prompt)
-    elif p.suffix == ".csv":
-        import csv
-        import io
+    if p.suffix in (".jsonl", ".csv"):  # the dataset reader: same parsing, same one-line errors
+        from tracemark.dataset import _read_rows
 
-        rows = list(csv.DictReader(io.StringIO(text)))
-        col = "text" if rows and "text" in rows[0] else "prompt"
-        prompts = [r.get(col) or "" for r in rows]
+        prompts = []
+        for row in _read_rows(p):
+            prompt = row.get("text", row.get("prompt"))
+            if not isinstance(prompt, str):
+                raise TracemarkError(f"{p}:{row['__line__']}: no 'text' or 'prompt' string")
+            prompts.append(prompt)
     else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
         raise TracemarkError(f"{p}: no prompts")
     return prompts
