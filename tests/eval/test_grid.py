@@ -25,7 +25,7 @@ def grid_run(tmp_path_factory):
     mp.setattr(grid, "DEFAULT_STEPS", 2)
     base = build_tiny_pipeline(tmp / "tiny", seed=0)
     cells = [grid.Cell(n=8), grid.Cell(n=8, rate=0.0),
-             grid.Cell(n=8, mix=2, pre_attack="jpeg:50"),
+             grid.Cell(n=8, mix=2, pre_attack="jpeg:50"), grid.Cell(n=8, pre_attack="regen:0.2"),
              grid.Cell(scheme="warp", strategy="ambient", rate=0.2, n=8, strength=4.0)]
     grid.run(cells, tmp / "work", tmp / "grid.csv", base=base, log=lambda *a: None)
     yield tmp, cells, base, grid
@@ -35,14 +35,14 @@ def grid_run(tmp_path_factory):
 def test_grid_rows_and_resume(grid_run):
     tmp, cells, base, grid = grid_run
     r = rows(tmp / "grid.csv")
-    assert [x["scheme"] for x in r] == ["visible", "visible", "visible", "warp"]
+    assert [x["scheme"] for x in r] == ["visible", "visible", "visible", "visible", "warp"]
     assert all(int(x["n_licensees"]) == 4 for x in r)
     assert r[1]["z"] == "" and r[1]["all_named"] == "False"  # the control has no guilty licensee
     assert r[2]["mix"] == "2" and (tmp / "work" / "cells" / cells[2].name / "train").is_dir()
     assert 0.0 <= float(r[0]["probe_acc_normal"]) <= 1.0
     seen = []
     grid.run(cells, tmp / "work", tmp / "grid.csv", base=base, log=seen.append)
-    assert len(rows(tmp / "grid.csv")) == 4 and "4 of 4 cells done already" in seen[0]
+    assert len(rows(tmp / "grid.csv")) == 5 and "5 of 5 cells done already" in seen[0]
 
 
 def test_analyses_write_csv_and_png(grid_run):
@@ -57,8 +57,8 @@ def test_analyses_write_csv_and_png(grid_run):
     assert 0.0 <= eff[("visible", 0.1, "default")]["auroc"] <= 1.0
     assert {x["n_images"] for x in res["power"]} == {8}  # only 8 images per model here
     assert any(x["attack"] == "jpeg" for x in res["robustness_generated"])
-    assert sum(x["protected"] for x in res["harm"]) == 3
-    assert all(x["detector_for"].startswith("warp") for x in res["baseline"]) and len(res["baseline"]) == 4
+    assert sum(x["protected"] for x in res["harm"]) == 4
+    assert all(x["detector_for"].startswith("warp") for x in res["baseline"]) and len(res["baseline"]) == 5
 
 
 def test_auroc_and_kid():

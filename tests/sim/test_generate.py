@@ -51,3 +51,18 @@ def test_generate_refuses_existing_output(tiny_pipeline_dir, tmp_path):
     (tmp_path / "o" / "x").write_text("")
     with pytest.raises(TracemarkError):
         generate(tiny_pipeline_dir, ["x"], 1, tmp_path / "o", steps=1)
+
+
+
+def test_regenerate_changes_images_more_with_strength(tmp_path):
+    from tracemark.sim import build_tiny_pipeline
+    from tracemark.sim.generate import regenerate
+    from tracemark.sim.pipeline import load_pipeline
+
+    pipe = load_pipeline(build_tiny_pipeline(tmp_path / "tiny", seed=0))
+    rng = np.random.default_rng(0)
+    ims = [rng.integers(0, 256, (32, 32, 3)).astype(np.float32) for _ in range(3)]
+    out = {s: regenerate(ims, ["a face"] * 3, pipe, strength=s, steps=10) for s in (0.1, 0.9)}
+    d = {s: np.mean([np.abs(a - b.astype(np.float32)).mean() for a, b in zip(ims, o)]) for s, o in out.items()}
+    assert all(o[0].shape == (32, 32, 3) and o[0].dtype == np.uint8 for o in out.values())
+    assert 0 < d[0.1] < d[0.9]

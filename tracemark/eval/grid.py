@@ -140,7 +140,7 @@ def _write_folder(rows: list[tuple[np.ndarray | Path, str]], out: Path) -> None:
         write_metadata(tmp / "metadata.jsonl", meta)
 
 
-def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path) -> Path:
+def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path, base: Path | None = None) -> Path:
     """The folder the abuser fine-tunes on (see the module docstring)."""
     from tracemark import attacks
     from tracemark.dataset import load_dataset, read_image_rgb
@@ -156,6 +156,13 @@ def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path) ->
         samples += load_dataset(owner_dataset(work, cell.domain, seed=100 + k)).samples
     if cell.pre_attack == "none":
         rows = [(s.path, s.text) for s in samples]
+    elif cell.pre_attack.startswith("regen:"):  # launder every image through the base model (img2img)
+        from tracemark.sim.generate import regenerate
+        from tracemark.sim.pipeline import load_pipeline
+
+        imgs = regenerate([read_image_rgb(s.path) for s in samples], [s.text for s in samples],
+                          load_pipeline(base), strength=float(cell.pre_attack.split(":")[1]))
+        rows = list(zip(imgs, [s.text for s in samples]))
     else:
         name, param = cell.pre_attack.split(":")
         rows = [(attacks.apply(name, read_image_rgb(s.path), float(param)), s.text) for s in samples]
@@ -174,7 +181,7 @@ def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
     reg, data, gdir = ensure_group(work, cell, log)
     cdir = work / "cells" / cell.name
     cdir.mkdir(parents=True, exist_ok=True)
-    train = training_data(work, cell, gdir, data, cdir)
+    train = training_data(work, cell, gdir, data, cdir, base)
     t_data = timer.lap()
     model = cdir / "model"
     done_file = model / ("pytorch_lora_weights.safetensors" if cell.method == "lora" else "model_index.json")
@@ -265,7 +272,8 @@ def plan(name: str) -> list[Cell]:
     cells += [Cell(rate=0.05, seed=s) for s in range(5)]                      # power at 5%
     cells += [Cell(scheme=s, rate=0.2) for s in ("dwtdct", "warp")]           # other schemes, 20% screen
     cells += [Cell(method="full"), Cell(rank=4), Cell(steps=500), Cell(clean_x=2),
-              Cell(pre_attack="jpeg:50"), Cell(domain="landscapes")]          # transfer / training attacks
+              Cell(pre_attack="jpeg:50"), Cell(pre_attack="regen:0.1"),
+              Cell(domain="landscapes")]                                      # transfer / training attacks
     cells += [Cell(rate=0.02, seed=s) for s in range(5)]                      # power at 2%
     cells += [Cell(strategy="ambient", rate=0.2), Cell(scheme="spread", rate=0.2, method="full"),
               Cell(lr=5e-4), Cell(pre_attack="resize:0.5"), Cell(rate=0.0, seed=1)]

@@ -138,3 +138,28 @@ def _initial_latents(pipe, gens, device) -> torch.Tensor:
     dtype = pipe.unet.dtype
     noise = [torch.randn((1, c, h, w), generator=g, dtype=torch.float32) for g in gens]
     return torch.cat(noise).to(device=device, dtype=dtype)
+
+
+def regenerate(images, prompts: list[str], pipe, strength: float = 0.3, seed: int = 0, steps: int = 25,
+               guidance: float = 6.0, batch_size: int = 32) -> list[np.ndarray]:
+    """The regeneration attack: launder images through a diffusion model (noise them to
+    ``strength`` of the schedule, denoise with their captions; diffusers' img2img pipeline built
+    from ``pipe``'s components). An abuser does this to a dataset before fine-tuning to wash out
+    pixel-level marks; it is the dataset-level counterpart of the attacks in tracemark.attacks."""
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    comps = {k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    i2i = StableDiffusionImg2ImgPipeline(**comps, safety_checker=None, feature_extractor=None,
+                                         requires_safety_checker=False)
+    i2i.set_progress_bar_config(disable=True)
+    out: list[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        x = torch.stack([torch.as_tensor(np.asarray(im, np.float32)).permute(2, 0, 1) / 255.0 for im in batch])
+        gens = [torch.Generator(device="cpu").manual_seed(seed + start + i) for i in range(len(batch))]
+        with torch.no_grad():
+            r = i2i(list(prompts[start:start + len(batch)]), image=x, strength=strength, num_inference_steps=steps,
+                    guidance_scale=guidance, generator=gens, output_type="np")
+        out += list(np.clip(np.round(r.images * 255.0), 0, 255).astype(np.uint8))
+    return out
