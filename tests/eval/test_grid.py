@@ -55,7 +55,7 @@ def test_analyses_write_csv_and_png(grid_run):
     eff = {(x["scheme"], x["rate"], x["variant"]): x for x in res["effectiveness"]}
     assert eff[("visible", 0.1, "default")]["models"] == 1
     assert 0.0 <= eff[("visible", 0.1, "default")]["auroc"] <= 1.0
-    assert {x["n_images"] for x in res["power"]} == {8}  # only 8 images per model here
+    assert {x["n_images"] for x in res["power"]} == {8, 16}  # 8 images per audit, and its replicate
     assert any(x["attack"] == "jpeg" for x in res["robustness_generated"])
     assert sum(x["protected"] for x in res["harm"]) == 4
     assert all(x["detector_for"].startswith("warp") for x in res["baseline"]) and len(res["baseline"]) == 5

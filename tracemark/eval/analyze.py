@@ -95,10 +95,12 @@ class Model:
     def z_by_licensee(self) -> dict[str, float]:
         return {s["licensee"]: s["z"] for s in self.audit["licensees"]}
 
-    def audit_images(self) -> list[np.ndarray]:
+    def audit_images(self, replicate: bool = False) -> list[np.ndarray]:
+        """The audit's images; with ``replicate``, followed by the replicate audit's (if any)."""
         if self._images is None:
             self._images = read_folder(self.dir / "audit" / "stage1")
-        return self._images
+            self._replicate = read_folder(self.dir / "audit2" / "stage1") if (self.dir / "audit2").exists() else []
+        return self._images + self._replicate if replicate else self._images
 
     def true_copy(self):
         return next(c for c in self.copies if c.licensee in self.truth)
@@ -169,16 +171,16 @@ def _positives(models: list[Model]) -> list[Model]:
     return [m for m in models if m.cell.rate > 0 and m.cell.mix == 1 and variant(m.cell) == "default"]
 
 
-def power(models: list[Model], sizes=(8, 16, 32, 64)) -> list[dict]:
+def power(models: list[Model], sizes=(8, 16, 32, 64, 128)) -> list[dict]:
     out = []
     by_cell = defaultdict(list)
     for m in _positives(models):
         by_cell[(m.cell.scheme, m.cell.strategy, m.cell.method, m.cell.rate)].append(m)
     for key, ms in sorted(by_cell.items()):
-        for n in [n for n in sizes if n <= min(len(m.audit_images()) for m in ms)]:
+        for n in [n for n in sizes if n <= min(len(m.audit_images(True)) for m in ms)]:
             ps = []
             for m in ms:
-                imgs = m.audit_images()
+                imgs = m.audit_images(True)
                 for j in range(len(imgs) // n):
                     ps.append(m.test_true(imgs[j * n:(j + 1) * n], seed=j)[1])
             ps = np.array(ps)

@@ -170,6 +170,17 @@ def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path, ba
     return out
 
 
+def replicate_audit(cdir: Path, cell: Cell, reg, model_dir: Path, lora: Path | None) -> None:
+    """A second, independent audit (other seeds): its images extend the power curve to 2n."""
+    from tracemark.audit import audit_model
+
+    if (cdir / "audit2.json").exists():
+        return
+    shutil.rmtree(cdir / "audit2", ignore_errors=True)
+    res = audit_model(model_dir, reg, lora=lora, n=cell.n, seed=cell.seed + 1000, work_dir=cdir / "audit2")
+    (cdir / "audit2.json").write_text(json.dumps(res.to_dict(), default=str, indent=1))
+
+
 def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
     from tracemark.audit import audit_model
     from tracemark.dataset import load_dataset, read_image_rgb
@@ -194,6 +205,7 @@ def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
     shutil.rmtree(audit_dir, ignore_errors=True)
     res = audit_model(model_dir, reg, lora=lora, n=cell.n, seed=cell.seed, work_dir=audit_dir)
     (cdir / "audit.json").write_text(json.dumps(res.to_dict(), default=str, indent=1))
+    replicate_audit(cdir, cell, reg, model_dir, lora)
     # normal use: dataset captions without the trigger (harm: caption following; leak of the mark)
     rng = np.random.default_rng(cell.seed + 555)
     caps = [s.text for s in load_dataset(data).samples]
