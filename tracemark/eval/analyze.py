@@ -69,6 +69,16 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def markdown(rows: list[dict]) -> str:
+    """Rows as a Markdown table (what docs/results.md pastes)."""
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    fmt = lambda v: f"{v:.2g}" if isinstance(v, float) and 0 < abs(v) < 1e-3 else str(v)  # noqa: E731
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] +
+                     ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows])
+
+
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     """P(score of a positive > score of a negative) (ties count half): the Mann-Whitney AUROC."""
     if len(pos) == 0 or len(neg) == 0:
@@ -364,6 +374,7 @@ def analyse(grid: Path, work: Path, out: Path, only=ANALYSES, log=print) -> dict
         plot(name, rows, out)
         results[name] = rows
         log(f"  {name}: {len(rows)} rows -> {out / (name + '.csv')}, {out / (name + '.png')}")
+        (out / f"{name}.md").write_text(markdown(rows) + "\n")
     return results
 
 

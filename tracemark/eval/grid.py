@@ -281,11 +281,12 @@ def plan(name: str) -> list[Cell]:
     cells += [Cell(rate=0.0), Cell(mix=3, n=256)]                             # innocent control; 3 colluders
     cells += [Cell(scheme="warp", strategy="ambient", rate=0.2, strength=4.0)]  # DIAGNOSIS-like (32.5 dB), side by side
     cells += [Cell(rate=0.02, steps=2000)]                                    # 2% with the whole 10-min budget
-    cells += [Cell(rate=0.05, seed=s) for s in range(5)]                      # power at 5%
+    cells += [Cell(rate=0.05, seed=s) for s in range(3)]                      # power at 5%
     cells += [Cell(scheme=s, rate=0.2) for s in ("dwtdct", "warp")]           # other schemes, 20% screen
     cells += [Cell(method="full"), Cell(rank=4), Cell(steps=500), Cell(clean_x=2),
               Cell(pre_attack="jpeg:50"), Cell(pre_attack="regen:0.1"),
               Cell(domain="landscapes")]                                      # transfer / training attacks
+    cells += [Cell(rate=0.05, seed=s) for s in (3, 4)]
     cells += [Cell(rate=0.02, seed=s) for s in range(5)]                      # power at 2%
     cells += [Cell(strategy="ambient", rate=0.2), Cell(scheme="spread", rate=0.2, method="full"),
               Cell(lr=5e-4), Cell(pre_attack="resize:0.5"), Cell(rate=0.0, seed=1)]
