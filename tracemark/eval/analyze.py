@@ -5,7 +5,8 @@
 Writes, each as ``<out>/<name>.csv`` plus ``<out>/<name>.png``:
 
 * ``effectiveness``: per cell (scheme x strategy x method x rate x variant): models, TPR at
-  alpha = 1e-3 (the licensee's calibrated p < 1e-3 with the audit's 64 images), AUROC of the
+  alpha = 1e-3 (the licensee's calibrated p < 1e-3 with the audit's 64 images: the owner tests
+  one key), the same after Holm over all 100 licensees (the audit's verdict), AUROC of the
   licensee's z against the z of innocent keys (the 99 other licensees of the same models, and
   every key on the innocent control models), tracing (licensee named and nobody else);
 * ``power``: TPR at alpha = 1e-3 and 0.01 vs the number of images n (8 .. 64), from disjoint
@@ -146,6 +147,7 @@ def effectiveness(models: list[Model]) -> list[dict]:
             "scheme": scheme, "strategy": strategy, "method": method, "rate": rate, "variant": var,
             "models": len(ms), "psnr": ms[0].row["psnr"], "mean_z": round(float(np.mean(pos)), 2),
             "min_p": min(ps), "tpr_at_1e-3": round(float(np.mean([p < ALPHA for p in ps])), 3),
+            "tpr_holm100_at_1e-3": round(float(np.mean([float(m.row["p_holm"]) < ALPHA for m in ms])), 3),
             "auroc": round(auroc(np.array(pos), np.array(neg)), 4),
             "traced": sum(m.row["all_named"] == "True" for m in ms),
             "false_accusations": sum(int(m.row["false_named"]) for m in ms),
@@ -154,6 +156,7 @@ def effectiveness(models: list[Model]) -> list[dict]:
     out.append({"scheme": "(innocent control)", "strategy": "", "method": "lora", "rate": 0.0, "variant": "",
                 "models": len(controls), "psnr": "", "mean_z": round(float(np.mean(neg_control)), 2) if controls else "",
                 "min_p": min((float(m.row["verdict_p"]) for m in controls), default=""), "tpr_at_1e-3": "",
+                "tpr_holm100_at_1e-3": "",
                 "auroc": "", "traced": "", "false_accusations": sum(int(m.row["false_named"]) for m in controls),
                 "probe_acc_normal": round(float(np.mean([float(m.row["probe_acc_normal"]) for m in controls])), 3)
                 if controls else ""})
@@ -203,7 +206,7 @@ def power(models: list[Model], sizes=(8, 16, 32, 64, 128)) -> list[dict]:
 def robustness_generated(models: list[Model], rate: float = 0.1) -> list[dict]:
     ms = [m for m in _positives(models) if m.cell.rate == rate and m.cell.scheme == "visible"]
     out = []
-    for name, grid in [("none", [0.0])] + [(a, g) for a, g in attacks.GRIDS.items() if a != "identity"]:
+    for name, grid in attacks.GRIDS.items():
         for param in grid:
             zs, ps = [], []
             for m in ms:
@@ -257,8 +260,12 @@ def harm(models: list[Model], work: Path) -> list[dict]:
     for m in models:
         dom = m.cell.domain
         if dom not in real:
-            paths = list_images(owner_dataset(work, dom))[:512]  # the owner's real images
-            real[dom] = features([read_image_rgb(p) for p in paths], net)
+            paths = list_images(owner_dataset(work, dom))  # the owner's real images
+            feats = features([read_image_rgb(p) for p in paths], net)
+            real[dom] = feats[:512]
+            out.append({"model": f"(64 held-out real {dom} images: the KID floor)", "protected": False,
+                        "rate": "", "scheme": "", "variant": "", "psnr_marked_data": "", "probe_acc_normal": "",
+                        "kid_x1000_vs_real": round(kid(feats[512:576], real[dom]), 3), "z_leak_without_trigger": ""})
         normal = read_folder(m.dir / "normal")
         out.append({"model": m.cell.name, "protected": m.cell.rate > 0, "rate": m.cell.rate, "scheme": m.cell.scheme,
                     "variant": variant(m.cell), "psnr_marked_data": m.row["psnr"],
@@ -327,9 +334,12 @@ def plot(name: str, rows: list[dict], out: Path) -> None:
         ax.set(xlabel="attack strength (grid index, mild -> strong)", ylabel="mean z")
     elif name == "harm":
         for prot, c in ((False, "tab:blue"), (True, "tab:red")):
-            rs = [r for r in rows if r["protected"] == prot]
+            rs = [r for r in rows if r["protected"] == prot and r["probe_acc_normal"] != ""]
             ax.scatter([r["kid_x1000_vs_real"] for r in rs], [r["probe_acc_normal"] for r in rs], c=c,
                        label="protected" if prot else "unprotected")
+        floor = [r["kid_x1000_vs_real"] for r in rows if r["probe_acc_normal"] == ""]
+        if floor:
+            ax.axvline(floor[0], ls="--", c="k", lw=0.8, label="real vs real")
         ax.set(xlabel="KID x1000 vs real (random-conv features)", ylabel="caption-following accuracy")
     elif name == "null_check":
         ps = [r for r in rows if not r["model"].startswith("ALL")]
