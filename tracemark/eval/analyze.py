@@ -262,10 +262,11 @@ def harm(models: list[Model], work: Path) -> list[dict]:
         if dom not in real:
             paths = list_images(owner_dataset(work, dom))  # the owner's real images
             feats = features([read_image_rgb(p) for p in paths], net)
-            real[dom] = feats[:512]
+            half = min(512, len(feats) // 2)
+            real[dom] = feats[:half]
             out.append({"model": f"(64 held-out real {dom} images: the KID floor)", "protected": False,
                         "rate": "", "scheme": "", "variant": "", "psnr_marked_data": "", "probe_acc_normal": "",
-                        "kid_x1000_vs_real": round(kid(feats[512:576], real[dom]), 3), "z_leak_without_trigger": ""})
+                        "kid_x1000_vs_real": round(kid(feats[half:half + 64], real[dom]), 3), "z_leak_without_trigger": ""})
         normal = read_folder(m.dir / "normal")
         out.append({"model": m.cell.name, "protected": m.cell.rate > 0, "rate": m.cell.rate, "scheme": m.cell.scheme,
                     "variant": variant(m.cell), "psnr_marked_data": m.row["psnr"],
