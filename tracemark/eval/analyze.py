@@ -5,18 +5,22 @@
 Writes, each as ``<out>/<name>.csv`` plus ``<out>/<name>.png``:
 
 * ``effectiveness``: per cell (scheme x strategy x method x rate x variant): models, TPR at
-  alpha = 1e-3 (the licensee's calibrated p < 1e-3 with the audit's 64 images: the owner tests
-  one key), the same after Holm over all 100 licensees (the audit's verdict), AUROC of the
-  licensee's z against the z of innocent keys (the 99 other licensees of the same models, and
-  every key on the innocent control models), tracing (licensee named and nobody else);
-* ``power``: TPR at alpha = 1e-3 and 0.01 vs the number of images n (8 .. 64), from disjoint
-  n-image subsets of each model's audit images;
+  alpha = 1e-3 (the licensee's calibrated p < 1e-3 with the audit's ``n`` images, 64 unless the
+  cell says otherwise: the owner tests one key), the same p after Holm over all 100 licensees,
+  AUROC of the licensee's z against the z of innocent keys (the 99 other licensees of the same
+  models, and every key of innocent control models audited against the same kind of keys),
+  tracing (the audit's verdict at alpha = 0.01: guilty named, innocent named);
+* ``null_check``: how often keys that were not used get p < 1e-3 / 0.01 / 0.05 (empirical FPR);
+* ``power``: TPR at alpha = 1e-3 and 0.01 vs the number of images n (8 .. 128), from disjoint
+  n-image subsets of each model's audit images followed by its replicate audit's (other seeds);
 * ``robustness_generated``: the attacks of :mod:`tracemark.attacks` applied to the audit
   images before scoring (the abuser edits what the model produced);
 * ``harm``: caption following (background-colour probe) and KID of normal (non-trigger)
   generations vs the owner's real images, protected vs unprotected models;
 * ``baseline``: the DIAGNOSIS-style detector (warp-coated vs clean classifier, flag when >= 75%
   of generations are classified as coated) next to tracemark's verdict on the same models.
+
+Each analysis also writes its table as Markdown (``<name>.md``); one with no rows writes nothing.
 """
 
 from __future__ import annotations
@@ -123,7 +127,10 @@ class Model:
         F = sch.features(images)
         P = sch.key_vectors([self.registry.key_for_copy(copy)])
         res = stats.test_keys(F, P, sch.random_vectors(n_decoys, np.random.default_rng(seed)), sch.kind)
-        return float(res.stat[0]), float(res.p_value[0])
+        z = float(res.stat[0])
+        if sch.kind == "message":  # bit agreement -> z, as the audit reports it
+            z = (z - P.shape[1] / 2) / np.sqrt(P.shape[1] / 4)
+        return z, float(res.p_value[0])
 
 
 def load_models(grid: Path, work: Path) -> list[Model]:
@@ -132,7 +139,7 @@ def load_models(grid: Path, work: Path) -> list[Model]:
 
 def effectiveness(models: list[Model]) -> list[dict]:
     controls = [m for m in models if m.cell.rate == 0]
-    neg_control = [z for m in controls for z in m.z_by_licensee().values()]
+    same_keys = lambda a, b: (a.scheme, a.strategy, a.domain, a.strength) == (b.scheme, b.strategy, b.domain, b.strength)  # noqa: E731
     cells: dict[tuple, list[Model]] = defaultdict(list)
     for m in models:
         if m.cell.rate > 0:
@@ -141,7 +148,10 @@ def effectiveness(models: list[Model]) -> list[dict]:
     out = []
     for (scheme, strategy, method, rate, var), ms in sorted(cells.items()):
         pos = [m.z_by_licensee()[lic] for m in ms for lic in m.truth]
-        neg = [z for m in ms for lic, z in m.z_by_licensee().items() if lic not in m.truth] + neg_control
+        # negatives: the other licensees' keys on these models, and every key of an innocent control
+        # model audited against the same kind of keys (scheme, strength, strategy, domain)
+        neg = [z for m in ms for lic, z in m.z_by_licensee().items() if lic not in m.truth]
+        neg += [z for c in controls if same_keys(c.cell, ms[0].cell) for z in c.z_by_licensee().values()]
         ps = [float(m.row["p"]) for m in ms]
         out.append({
             "scheme": scheme, "strategy": strategy, "method": method, "rate": rate, "variant": var,
@@ -154,7 +164,9 @@ def effectiveness(models: list[Model]) -> list[dict]:
             "probe_acc_normal": round(float(np.mean([float(m.row["probe_acc_normal"]) for m in ms])), 3),
         })
     out.append({"scheme": "(innocent control)", "strategy": "", "method": "lora", "rate": 0.0, "variant": "",
-                "models": len(controls), "psnr": "", "mean_z": round(float(np.mean(neg_control)), 2) if controls else "",
+                "models": len(controls), "psnr": "",
+                "mean_z": round(float(np.mean([z for c in controls for z in c.z_by_licensee().values()])), 2)
+                if controls else "",
                 "min_p": min((float(m.row["verdict_p"]) for m in controls), default=""), "tpr_at_1e-3": "",
                 "tpr_holm100_at_1e-3": "",
                 "auroc": "", "traced": "", "false_accusations": sum(int(m.row["false_named"]) for m in controls),
@@ -264,7 +276,7 @@ def harm(models: list[Model], work: Path) -> list[dict]:
             feats = features([read_image_rgb(p) for p in paths], net)
             half = min(512, len(feats) // 2)
             real[dom] = feats[:half]
-            out.append({"model": f"(64 held-out real {dom} images: the KID floor)", "protected": False,
+            out.append({"model": f"(real {dom} images vs other real ones: the KID floor)", "protected": False,
                         "rate": "", "scheme": "", "variant": "", "psnr_marked_data": "", "probe_acc_normal": "",
                         "kid_x1000_vs_real": round(kid(feats[half:half + 64], real[dom]), 3), "z_leak_without_trigger": ""})
         normal = read_folder(m.dir / "normal")
@@ -280,24 +292,27 @@ def baseline(models: list[Model], work: Path, seed: int = 0) -> list[dict]:
     """Train the DIAGNOSIS-style classifier for each warp-coated group, flag every model."""
     from tracemark.baseline import DiagnosisDetector
 
-    coated_groups = {m.cell for m in models if m.cell.scheme == "warp" and m.cell.rate > 0}
+    coated_groups = {group_dir(work, m.cell): m.cell for m in models if m.cell.scheme == "warp" and m.cell.rate > 0}
     out = []
-    for gcell in sorted(coated_groups, key=lambda c: c.name):
-        reg = Registry(group_dir(work, gcell) / "home")
+    for gdir, gcell in sorted(coated_groups.items()):
+        reg = Registry(gdir / "home")
         copy = reg.copies()[0]
         sch = get_scheme("warp", **scheme_params(copy))
-        clean = [read_image_rgb(p) for p in list_images(owner_dataset(work, gcell.domain))[:500]]
-        half = len(clean) // 2
-        coated = [sch.embed(im, reg.key_for_copy(copy)) for im in clean[half:]]
+        imgs = [read_image_rgb(p) for p in list_images(owner_dataset(work, gcell.domain))]
+        coated = [sch.embed(im, reg.key_for_copy(copy)) for im in imgs]  # the owner coats its own data
+        k = int(0.8 * len(imgs))  # train on 80% (clean vs coated versions), hold out 20%
         det = DiagnosisDetector(seed=seed)
-        fit = det.fit(clean[:half], coated, epochs=20)
+        fit = det.fit(imgs[:k], coated[:k], epochs=40)
+        held = np.concatenate([det.predict_proba(imgs[k:]) < 0.5, det.predict_proba(coated[k:]) > 0.5])
         for m in models:
             imgs = read_folder(m.dir / "normal") if m.cell.strategy == "ambient" or m.cell.rate == 0 \
                 else m.audit_images()
             f = det.flag(imgs)
+            coated_model = group_dir(work, m.cell) == gdir and m.cell.rate > 0
             ours = m.row["named"] != "" if m.cell.scheme == gcell.scheme else None
-            out.append({"detector_for": gcell.name, "detector_train_acc": round(fit["train_accuracy"], 3),
-                        "model": m.cell.name, "trained_on_coated": m.cell.scheme == gcell.scheme and m.cell.rate > 0,
+            out.append({"detector_for": gdir.name, "detector_train_acc": round(fit["train_accuracy"], 3),
+                        "detector_heldout_acc": round(float(held.mean()), 3),
+                        "model": m.cell.name, "trained_on_coated": coated_model,
                         "baseline_fraction_coated": round(f.fraction_coated, 3), "baseline_flagged": f.flagged,
                         "tracemark_named": ours, "tracemark_p": m.row["verdict_p"] if ours is not None else ""})
     return out
@@ -374,6 +389,7 @@ def main(argv=None) -> None:
 
 
 def analyse(grid: Path, work: Path, out: Path, only=ANALYSES, log=print) -> dict[str, list[dict]]:
+    out.mkdir(parents=True, exist_ok=True)
     models = load_models(grid, work)
     log(f"{len(models)} fine-tuned models in {grid}")
     results = {}

@@ -43,8 +43,8 @@ def analyze_cmd(
     grid_csv: Path = typer.Option(Path("results/grid.csv"), "--grid"),
     work: Path = typer.Option(Path("results/tmp/grid"), "--work"),
     out: Path = typer.Option(Path("results"), "--out"),
-    only: Optional[List[str]] = typer.Option(None, "--only", help="Subset of: effectiveness power "
-                                             "robustness_generated harm baseline"),
+    only: Optional[List[str]] = typer.Option(None, "--only", help="Subset of: effectiveness null_check "
+                                             "power robustness_generated harm baseline"),
 ) -> None:
     """Re-run the analyses on the fine-tuned models finished so far (no fine-tuning)."""
     from tracemark.errors import TracemarkError

@@ -27,6 +27,12 @@ def append_row(csv_path: Path, row: dict) -> None:
     """Append one result row (header on first write); flushed and fsynced so a crash loses nothing."""
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     new = not csv_path.exists()
+    if not new:
+        with open(csv_path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if header != list(row):
+            raise ValueError(f"{csv_path}: its columns differ from this run's ({len(header)} vs {len(row)}); "
+                             "write to a new file or move the old one away")
     with open(csv_path, "a", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(row))
         if new:

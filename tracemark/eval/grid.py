@@ -4,9 +4,9 @@ Every cell of every experiment (effectiveness, harm, robustness in training, tra
 is the same story with a few knobs turned, so one runner serves them all:
 
 1. *Group*: an owner dataset (1000 images of a domain) protected for ``N_LICENSEES`` (100)
-   licensees with one scheme / strategy / rate and ``trigger_scope="dataset"`` (one shared
+   licensees with one scheme / strength / strategy / rate and ``trigger_scope="dataset"`` (one shared
    trigger word, so the audit spends its 64 images on one prompt family whatever the number of
-   licensees). Built once per (scheme, strategy, rate, domain) and reused by every cell.
+   licensees). Built once per (scheme, strength, strategy, rate, domain) and reused by every cell.
 2. *Training data*: licensee ``seed mod 100``'s copy, or the union of ``mix`` consecutive
    licensees' copies (collusion), optionally with ``clean_x`` times as many clean images of the
    same domain mixed in, optionally passed through a dataset-level attack (``pre_attack``).
@@ -57,6 +57,11 @@ class Cell:
     n: int = 64  # images per audit
     strength: float = 0.0  # 0: the scheme's default
 
+    def __post_init__(self) -> None:
+        # coerce to the declared types, so Cell(rate=0) and Cell(rate=0.0) are one cell (name, CSV key)
+        for f in fields(self):
+            object.__setattr__(self, f.name, type(f.default)(getattr(self, f.name)))
+
     @property
     def name(self) -> str:
         parts = [self.scheme, self.strategy, self.method, f"r{self.rate:g}", f"seed{self.seed}"]
@@ -100,24 +105,34 @@ def ensure_group(work: Path, cell: Cell, log=print):
     gdir = group_dir(work, cell)
     data = owner_dataset(work, cell.domain)
     home = gdir / "home"
+    if (home / "master.key").exists() and not (home / "registry.sqlite").exists():
+        shutil.rmtree(home)  # interrupted inside Registry.init: no copy was issued yet
     reg = Registry(home) if (home / "registry.sqlite").exists() else Registry.init(home)
     issued = {c.licensee for c in reg.copies()}
     todo = [f"lic{i:03d}" for i in range(N_LICENSEES) if f"lic{i:03d}" not in issued]
     if todo:
         log(f"  protecting {len(todo)} copies for {gdir.name}")
     rate = cell.rate if cell.rate > 0 else 0.1
-    psnrs = []
     for lic in todo:
         out = gdir / "copies" / lic
         shutil.rmtree(out, ignore_errors=True)  # a copy written but never registered (interrupted)
-        res = protect(data, out, lic, registry=reg, dataset_name="owner", scheme=cell.scheme,
+        protect(data, out, lic, registry=reg, dataset_name="owner", scheme=cell.scheme,
                       strategy=cell.strategy, trigger_scope="dataset", rate=rate, workers=1,
                       strength=cell.strength or None)
-        psnrs.append(res.psnr_mean)
     info = gdir / "group.json"
-    if psnrs and not info.exists():
-        info.write_text(json.dumps({"psnr_mean": float(np.mean(psnrs)), "rate": rate}))
+    if not info.exists():  # measured from the files, so an interrupted group still gets it right
+        info.write_text(json.dumps({"psnr_mean": group_psnr(reg, data, gdir), "rate": rate}))
     return reg, data, gdir
+
+
+def group_psnr(reg, data: Path, gdir: Path, n_copies: int = 5) -> float:
+    """Mean PSNR of marked vs original images over the first copies' marked samples."""
+    from tracemark.dataset import read_image_rgb
+    from tracemark.metrics import psnr
+
+    vals = [psnr(read_image_rgb(data / m["file_name"]), read_image_rgb(gdir / "copies" / c.licensee / m["file_name"]))
+            for c in reg.copies()[:n_copies] for m in c.marked]
+    return round(float(np.mean(vals)), 3) if vals else float("nan")
 
 
 def _write_folder(rows: list[tuple[np.ndarray | Path, str]], out: Path) -> None:
@@ -197,6 +212,8 @@ def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
     model = cdir / "model"
     done_file = model / ("pytorch_lora_weights.safetensors" if cell.method == "lora" else "model_index.json")
     if not done_file.exists():
+        if not (model / "checkpoints" / "last.pt").exists():
+            shutil.rmtree(model, ignore_errors=True)  # interrupted before the first checkpoint: start afresh
         finetune(train, base, model, method=cell.method, steps=cell.steps or DEFAULT_STEPS, lr=cell.lr or None,
                  rank=cell.rank, seed=cell.seed, resume=(model / "checkpoints" / "last.pt").exists(), progress=False)
     t_ft = timer.lap()
@@ -282,6 +299,7 @@ def plan(name: str) -> list[Cell]:
     cells += [Cell(scheme="warp", strategy="ambient", rate=0.2, strength=4.0)]  # DIAGNOSIS-like (32.5 dB), side by side
     cells += [Cell(rate=0.02, steps=2000)]                                    # 2% with the whole 10-min budget
     cells += [Cell(rate=0.05, seed=s) for s in range(3)]                      # power at 5%
+    cells += [Cell(mix=3, rate=0.2, n=256)]                                   # 3 colluders at 20% each
     cells += [Cell(scheme=s, rate=0.2) for s in ("dwtdct", "warp")]           # other schemes, 20% screen
     cells += [Cell(method="full"), Cell(rank=4), Cell(steps=500), Cell(clean_x=2),
               Cell(pre_attack="jpeg:50"), Cell(pre_attack="regen:0.1"),
