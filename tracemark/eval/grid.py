@@ -301,9 +301,9 @@ def plan(name: str) -> list[Cell]:
     cells += [Cell(rate=0.05, seed=s) for s in range(3)]                      # power at 5%
     cells += [Cell(mix=3, rate=0.2, n=256)]                                   # 3 colluders at 20% each
     cells += [Cell(scheme=s, rate=0.2) for s in ("dwtdct", "warp")]           # other schemes, 20% screen
-    cells += [Cell(method="full"), Cell(rank=4), Cell(steps=500), Cell(clean_x=2),
-              Cell(pre_attack="jpeg:50"), Cell(pre_attack="regen:0.1"),
-              Cell(domain="landscapes")]                                      # transfer / training attacks
+    cells += [Cell(method="full"), Cell(rank=4), Cell(clean_x=2), Cell(domain="landscapes"),
+              Cell(pre_attack="jpeg:50"), Cell(steps=500),
+              Cell(pre_attack="regen:0.1")]                                   # transfer / training attacks
     cells += [Cell(rate=0.05, seed=s) for s in (3, 4)]
     cells += [Cell(rate=0.02, seed=s) for s in range(5)]                      # power at 2%
     cells += [Cell(strategy="ambient", rate=0.2), Cell(scheme="spread", rate=0.2, method="full"),
