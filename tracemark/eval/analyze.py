@@ -397,9 +397,12 @@ def analyse(grid: Path, work: Path, out: Path, only=ANALYSES, log=print) -> dict
         fn = {"effectiveness": effectiveness, "null_check": null_check, "power": power, "robustness_generated": robustness_generated,
               "harm": lambda ms: harm(ms, work), "baseline": lambda ms: baseline(ms, work)}[name]
         rows = fn(models)
+        results[name] = rows
+        if not rows:
+            log(f"  {name}: nothing to analyse in these models (no output)")
+            continue
         write_csv(out / f"{name}.csv", rows)
         plot(name, rows, out)
-        results[name] = rows
         log(f"  {name}: {len(rows)} rows -> {out / (name + '.csv')}, {out / (name + '.png')}")
         (out / f"{name}.md").write_text(markdown(rows) + "\n")
     return results
