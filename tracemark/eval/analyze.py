@@ -35,7 +35,7 @@ import numpy as np
 
 from tracemark import attacks, stats
 from tracemark.dataset import list_images, read_image_rgb
-from tracemark.eval.common import read_folder
+from tracemark.eval.common import read_folder, score
 from tracemark.eval.grid import Cell, group_dir, owner_dataset
 from tracemark.registry import Registry
 from tracemark.schemes import get_scheme
@@ -123,14 +123,9 @@ class Model:
     def test_true(self, images, n_decoys: int = 1000, seed: int = 0) -> tuple[float, float]:
         """(z, calibrated p) of the (first) guilty licensee's key on ``images``."""
         copy = self.true_copy()
-        sch = get_scheme(copy.scheme, **scheme_params(copy))
-        F = sch.features(images)
-        P = sch.key_vectors([self.registry.key_for_copy(copy)])
-        res = stats.test_keys(F, P, sch.random_vectors(n_decoys, np.random.default_rng(seed)), sch.kind)
-        z = float(res.stat[0])
-        if sch.kind == "message":  # bit agreement -> z, as the audit reports it
-            z = (z - P.shape[1] / 2) / np.sqrt(P.shape[1] / 4)
-        return z, float(res.p_value[0])
+        s = score(get_scheme(copy.scheme, **scheme_params(copy)), images, self.registry.key_for_copy(copy),
+                  n_decoys=n_decoys, seed=seed)
+        return s.z, s.p
 
 
 def load_models(grid: Path, work: Path) -> list[Model]:

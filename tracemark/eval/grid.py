@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracemark.eval.common import Timer, append_row, done_cells
+from tracemark.eval.common import Timer, append_row, done_cells, read_folder
 
 N_LICENSEES = 100
 N_DATA = 1000
@@ -198,7 +198,7 @@ def replicate_audit(cdir: Path, cell: Cell, reg, model_dir: Path, lora: Path | N
 
 def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
     from tracemark.audit import audit_model
-    from tracemark.dataset import load_dataset, read_image_rgb
+    from tracemark.dataset import load_dataset
     from tracemark.sim import finetune, generate
     from tracemark.sim.pipeline import load_pipeline
     from tracemark.sim.probe import colour_accuracy
@@ -232,10 +232,9 @@ def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
     shutil.rmtree(normal, ignore_errors=True)
     generate(None, prompts, cell.n, normal, seed=7000 + cell.seed, pipe=pipe)
     t_gen = timer.lap()
-    from tracemark.dataset import list_images
     from tracemark.trace import score_copies
 
-    normal_imgs = [read_image_rgb(p) for p in list_images(normal)]
+    normal_imgs = read_folder(normal)
     leak = score_copies(normal_imgs, reg.copies(), reg, match_files=False)
     truth = set(cell.licensees) if cell.rate > 0 else set()
     by = {s.licensee: s for s in res.verdict.scores}
