@@ -31,6 +31,11 @@ def test_workflow(sample_dir, tmp_path):
     v = json.loads((tmp_path / "v.json").read_text())
     assert v["used"] and v["named"] == ["beta"] and v["p_value"] < 1e-6
     assert {"id", "licensee", "z", "p_value", "p_holm", "named"} <= set(v["scores"][0]) | {"id"}
+    # scheme parameters are recorded in the registry and used again when tracing
+    run("protect", sample_dir, "-l", "gamma", "-o", tmp_path / "gamma", "--rate", "0.2", "--scheme", "visible",
+        "-p", "cells=16", home=home)
+    run("trace-files", tmp_path / "gamma", "--json", tmp_path / "g.json", home=home)
+    assert json.loads((tmp_path / "g.json").read_text())["named"] == ["gamma"]
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -39,6 +44,8 @@ def test_workflow(sample_dir, tmp_path):
     (["protect", "{tmp}/missing", "-l", "x", "-o", "{tmp}/o"], "not found"),
     (["protect", "{data}", "-l", "x", "-o", "{data}/inside"], "inside the input"),
     (["trace-files", "{tmp}"], "no image files"),
+    (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--scheme", "visible", "-p", "cells=40"], "cells must be"),
+    (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--scheme", "visible", "-p", "size"], "KEY=VALUE"),
 ])
 def test_bad_input_is_one_line_no_traceback(sample_dir, tmp_path, args, needle):
     home = tmp_path / "home"

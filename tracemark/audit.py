@@ -194,8 +194,13 @@ def audit_model(
     n_decoys: int = DEFAULT_DECOYS,
     work_dir: str | Path | None = None,
     device: str | None = None,
+    pipe=None,
 ) -> AuditResult:
-    """Query a diffusers pipeline (plus optional LoRA) with the query plan and test every copy."""
+    """Query a diffusers pipeline (plus optional LoRA) with the query plan and test every copy.
+
+    ``pipe``: the pipeline of ``model_dir`` (+ ``lora``) already loaded, to reuse across several
+    audits of one model (loading a real SD checkpoint takes longer than a small audit); the paths
+    are then only recorded and hashed."""
     import tempfile
 
     from tracemark.sim.pipeline import load_pipeline
@@ -205,7 +210,8 @@ def audit_model(
     copies = registry.copies(dataset)
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
-    pipe = load_pipeline(model_dir, lora=lora, device=device)
+    if pipe is None:
+        pipe = load_pipeline(model_dir, lora=lora, device=device)
     t_load = time.perf_counter()
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tracemark-audit-"))
     gen_args = {"steps": steps, "guidance": guidance}

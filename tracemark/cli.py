@@ -74,6 +74,8 @@ def protect(
                                       "(one shared word: audits cost the same for any number of licensees)"),
     rate: float = typer.Option(0.02, help="Fraction of samples to mark."),
     strength: Optional[float] = typer.Option(None, help="Scheme strength (default: the scheme's)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Scheme parameter KEY=VALUE, repeatable "
+                                              "(e.g. -p cells=16 for the visible scheme); recorded in the registry."),
     dataset: Optional[str] = typer.Option(None, help="Dataset name in the registry (default: folder name)."),
     on_error: str = typer.Option("fail", help="fail | skip: what to do with unreadable or unsupported images."),
     workers: Optional[int] = typer.Option(None, help="Worker processes for marking (default: up to 2)."),
@@ -81,13 +83,15 @@ def protect(
 ) -> None:
     """Issue a licensee a watermarked copy of a dataset."""
     from tracemark.protect import protect as do_protect
+    from tracemark.schemes import parse_params
 
+    params = parse_params(param)
     reg = _registry(home)
     with _progress("protect") as bar:
         task = bar.add_task("protect", total=None)
         res = do_protect(data_dir, out, licensee, registry=reg, dataset_name=dataset, scheme=scheme,
-                         strategy=strategy, trigger_scope=trigger_scope, rate=rate, strength=strength, on_error=on_error, workers=workers,
-                         progress=lambda d, t: bar.update(task, completed=d, total=t))
+                         strategy=strategy, trigger_scope=trigger_scope, rate=rate, strength=strength, scheme_params=params, on_error=on_error,
+                         workers=workers, progress=lambda d, t: bar.update(task, completed=d, total=t))
     console.print(f"Issued copy {res.copy_id} of [bold]{res.dataset}[/] to [bold]{res.licensee}[/] -> {res.out_dir}")
     console.print(f"  {res.n_marked}/{res.n_samples} samples marked ({res.scheme}, {res.strategy}, rate {res.rate:g}); "
                   f"PSNR mean {res.psnr_mean:.1f} dB (min {res.psnr_min:.1f}), SSIM mean {res.ssim_mean:.4f}")

@@ -104,6 +104,16 @@ def test_pretrain_trains_text_encoder_and_exports_checkpoint(small_data_dir, tmp
         assert torch.allclose(a, b)
 
 
+def test_pretrain_a_second_base_of_another_size(small_data_dir, tmp_path):
+    out = pretrain(small_data_dir, tmp_path / "b2", steps=1, batch_size=4, progress=False, seed=1,
+                   unet_channels=[16, 32, 32])
+    pipe = load_pipeline(out)
+    assert list(pipe.unet.config.block_out_channels) == [16, 32, 32]
+    # a LoRA fine-tune runs on it unchanged
+    lora = finetune(small_data_dir, out, tmp_path / "ft", steps=1, batch_size=4, progress=False)
+    assert (lora / "pytorch_lora_weights.safetensors").exists()
+
+
 def test_finetune_errors(tiny_pipeline_dir, small_data_dir, tmp_path):
     with pytest.raises(TracemarkError, match="method"):
         finetune(small_data_dir, tiny_pipeline_dir, tmp_path / "x", method="dreambooth", steps=1)

@@ -42,7 +42,7 @@ from tracemark.schemes import get_scheme
 from tracemark.trace import scheme_params
 
 ALPHA = 1e-3
-VARIANT_FIELDS = ("steps", "rank", "lr", "domain", "mix", "clean_x", "pre_attack", "strength")  # not n: audit size
+VARIANT_FIELDS = ("steps", "rank", "lr", "domain", "mix", "clean_x", "pre_attack", "strength", "base")  # not n: audit size
 
 
 def read_grid(path: Path) -> list[dict]:
@@ -51,16 +51,25 @@ def read_grid(path: Path) -> list[dict]:
 
 
 def cell_of(row: dict) -> Cell:
+    """The grid cell of a CSV row (a column added after the row was written takes its default)."""
     kw = {}
     for name, typ in Cell.__annotations__.items():
+        if name not in row:
+            continue
         t = {"str": str, "int": int, "float": float}[typ]
         kw[name] = t(float(row[name])) if t is int else t(row[name])
     return Cell(**kw)
 
 
+def scheme_label(cell: Cell) -> str:
+    """The scheme with its non-default parameters (``visible[cells=16]``): a different key space."""
+    return f"{cell.scheme}[{cell.opts}]" if cell.opts else cell.scheme
+
+
 def variant(cell: Cell) -> str:
     d = Cell()
-    parts = [f"{f}={getattr(cell, f)}" for f in VARIANT_FIELDS if getattr(cell, f) != getattr(d, f)]
+    parts = [f"{f}={Path(getattr(cell, f)).name if f == 'base' else getattr(cell, f)}" for f in VARIANT_FIELDS
+             if getattr(cell, f) != getattr(d, f)]
     return ",".join(parts) or "default"
 
 
@@ -134,12 +143,12 @@ def load_models(grid: Path, work: Path) -> list[Model]:
 
 def effectiveness(models: list[Model]) -> list[dict]:
     controls = [m for m in models if m.cell.rate == 0]
-    same_keys = lambda a, b: (a.scheme, a.strategy, a.domain, a.strength) == (b.scheme, b.strategy, b.domain, b.strength)  # noqa: E731
+    same_keys = lambda a, b: (a.scheme, a.strategy, a.domain, a.strength, a.opts) == (b.scheme, b.strategy, b.domain, b.strength, b.opts)  # noqa: E731
     cells: dict[tuple, list[Model]] = defaultdict(list)
     for m in models:
         if m.cell.rate > 0:
             c = m.cell
-            cells[(c.scheme, c.strategy, c.method, c.rate, variant(c))].append(m)
+            cells[(scheme_label(c), c.strategy, c.method, c.rate, variant(c))].append(m)
     out = []
     for (scheme, strategy, method, rate, var), ms in sorted(cells.items()):
         pos = [m.z_by_licensee()[lic] for m in ms for lic in m.truth]
@@ -195,7 +204,7 @@ def power(models: list[Model], sizes=(8, 16, 32, 64, 128)) -> list[dict]:
     out = []
     by_cell = defaultdict(list)
     for m in _positives(models):
-        by_cell[(m.cell.scheme, m.cell.strategy, m.cell.method, m.cell.rate)].append(m)
+        by_cell[(scheme_label(m.cell), m.cell.strategy, m.cell.method, m.cell.rate)].append(m)
     for key, ms in sorted(by_cell.items()):
         for n in [n for n in sizes if n <= min(len(m.audit_images(True)) for m in ms)]:
             ps = []
@@ -211,7 +220,7 @@ def power(models: list[Model], sizes=(8, 16, 32, 64, 128)) -> list[dict]:
 
 
 def robustness_generated(models: list[Model], rate: float = 0.1) -> list[dict]:
-    ms = [m for m in _positives(models) if m.cell.rate == rate and m.cell.scheme == "visible"]
+    ms = [m for m in _positives(models) if m.cell.rate == rate and scheme_label(m.cell) == "visible"]
     out = []
     for name, grid in attacks.GRIDS.items():
         for param in grid:
@@ -226,6 +235,50 @@ def robustness_generated(models: list[Model], rate: float = 0.1) -> list[dict]:
             if ms:
                 out.append({"attack": name, "param": param, "models": len(ms), "mean_z": round(float(np.mean(zs)), 2),
                             "tpr_at_1e-3": round(float(np.mean(np.array(ps) < 1e-3)), 3)})
+    return out
+
+
+def tracing_scale(models: list[Model], sizes=(10, 100, 1000, 10000), alpha: float = 0.01,
+                  n_decoys: int = 2000) -> list[dict]:
+    """Tracing a *model* among N licensees, N up to 10,000 (issue 5, experiment 5).
+
+    Every group issued 100 copies with one shared trigger word, so the audit images do not
+    depend on N: only the keys they are tested against do. N < 100 keeps the guilty licensee(s)
+    and the first other issued licensees; N > 100 adds licensees derived from the same master
+    key that were never issued a copy (an issued copy that was not used is, for the statistic,
+    exactly such a key: only its key vector enters). Holm over the N licensees at ``alpha``.
+    """
+    out = []
+    groups = defaultdict(list)
+    for m in models:
+        if m.cell.rate > 0:
+            groups[(scheme_label(m.cell), m.cell.strategy, m.cell.method, m.cell.rate, m.cell.mix, variant(m.cell))].append(m)
+    for (scheme, strategy, method, rate, mix, var), ms in sorted(groups.items()):
+        res = {n: {"named": 0, "guilty": 0, "false": 0, "top": 0} for n in sizes}
+        for m in ms:
+            copies = {c.licensee: c for c in m.copies}
+            c0 = copies[sorted(m.truth)[0]]
+            sch = get_scheme(c0.scheme, **scheme_params(c0))
+            F = sch.features(m.audit_images())
+            guilty = [m.registry.key_for_copy(copies[lic]) for lic in sorted(m.truth)]
+            others = [m.registry.key_for_copy(c) for lic, c in sorted(copies.items()) if lic not in m.truth]
+            extra = [m.registry.key_for(c0.dataset, f"unissued{i:05d}") for i in range(max(sizes) - len(copies))]
+            decoys = sch.random_vectors(n_decoys, np.random.default_rng(0))
+            for n in sizes:
+                keys = guilty + (others + extra)[:n - len(guilty)]
+                t = stats.test_keys(F, sch.key_vectors(keys), decoys, sch.kind)
+                named = t.p_holm < alpha
+                g = len(guilty)
+                res[n]["guilty"] += g
+                res[n]["named"] += int(named[:g].sum())
+                res[n]["false"] += int(named[g:].sum())
+                res[n]["top"] += int(np.argmax(t.stat) < g)
+        for n in sizes:
+            r = res[n]
+            out.append({"scheme": scheme, "strategy": strategy, "method": method, "rate": rate, "colluders": mix, "variant": var,
+                        "licensees": n, "models": len(ms), "guilty_named_rate": round(r["named"] / r["guilty"], 3),
+                        "false_accusations": r["false"], "top1_is_guilty": round(r["top"] / len(ms), 3),
+                        "alpha": alpha})
     return out
 
 
@@ -275,7 +328,7 @@ def harm(models: list[Model], work: Path) -> list[dict]:
                         "rate": "", "scheme": "", "variant": "", "psnr_marked_data": "", "probe_acc_normal": "",
                         "kid_x1000_vs_real": round(kid(feats[half:half + 64], real[dom]), 3), "z_leak_without_trigger": ""})
         normal = read_folder(m.dir / "normal")
-        out.append({"model": m.cell.name, "protected": m.cell.rate > 0, "rate": m.cell.rate, "scheme": m.cell.scheme,
+        out.append({"model": m.cell.name, "protected": m.cell.rate > 0, "rate": m.cell.rate, "scheme": scheme_label(m.cell),
                     "variant": variant(m.cell), "psnr_marked_data": m.row["psnr"],
                     "probe_acc_normal": float(m.row["probe_acc_normal"]),
                     "kid_x1000_vs_real": round(kid(features(normal, net), real[dom]), 3),
@@ -357,20 +410,29 @@ def plot(name: str, rows: list[dict], out: Path) -> None:
         ax.bar(range(len(ps)), [r["p_below_0.01"] / max(1, r["innocent_keys"]) for r in ps])
         ax.axhline(0.01, ls="--", c="k", lw=0.8, label="alpha = 0.01")
         ax.set(ylabel="fraction of innocent keys with p < 0.01", xlabel="model")
+    elif name == "tracing_scale":
+        for key in sorted({(r["scheme"], r["strategy"], r["rate"], r["colluders"], r["variant"]) for r in rows}):
+            rs = [r for r in rows if (r["scheme"], r["strategy"], r["rate"], r["colluders"], r["variant"]) == key]
+            if max(r["guilty_named_rate"] for r in rs) > 0:
+                ax.plot([r["licensees"] for r in rs], [r["guilty_named_rate"] for r in rs], "o-",
+                        label=f"{key[0]} {float(key[2]):.0%} x{key[3]} {key[4]}")
+        ax.set(xscale="log", xlabel="licensees (N)", ylabel="guilty licensees named (Holm, alpha 0.01)",
+               ylim=(-0.02, 1.02))
     elif name == "baseline":
         ax.bar(range(len(rows)), [r["baseline_fraction_coated"] for r in rows],
                color=["tab:red" if r["trained_on_coated"] else "tab:blue" for r in rows])
         ax.axhline(0.75, ls="--", c="k", lw=0.8, label="DIAGNOSIS threshold 0.75")
         ax.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=90, fontsize=5)
         ax.set(ylabel="fraction classified coated")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     ax.set_title(name)
     fig.tight_layout()
     fig.savefig(out / f"{name}.png", dpi=120)
     plt.close(fig)
 
 
-ANALYSES = ("effectiveness", "null_check", "power", "robustness_generated", "harm", "baseline")
+ANALYSES = ("effectiveness", "null_check", "power", "robustness_generated", "harm", "baseline", "tracing_scale")
 
 
 def main(argv=None) -> None:
@@ -390,7 +452,8 @@ def analyse(grid: Path, work: Path, out: Path, only=ANALYSES, log=print) -> dict
     results = {}
     for name in only:
         fn = {"effectiveness": effectiveness, "null_check": null_check, "power": power, "robustness_generated": robustness_generated,
-              "harm": lambda ms: harm(ms, work), "baseline": lambda ms: baseline(ms, work)}[name]
+              "harm": lambda ms: harm(ms, work), "baseline": lambda ms: baseline(ms, work),
+              "tracing_scale": tracing_scale}[name]
         rows = fn(models)
         results[name] = rows
         if not rows:

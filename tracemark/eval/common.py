@@ -23,6 +23,34 @@ def done_cells(csv_path: Path, key_fields: list[str]) -> set[tuple]:
         return {tuple(row[k] for k in key_fields) for row in csv.DictReader(fh)}
 
 
+def add_columns(csv_path: Path, defaults: dict) -> None:
+    """Give an existing results CSV the columns of ``defaults`` it lacks (after its last column
+    of the same order), filled with the default: rows written before a field existed meant it.
+    Atomic (temp file + rename)."""
+    if not csv_path.exists():
+        return
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+        header = list(rows[0]) if rows else []
+    missing = [k for k in defaults if k not in header]
+    if not missing or not rows:
+        return
+    order = list(defaults)
+    new_header = list(header)
+    for k in missing:  # insert after the nearest preceding known column
+        before = [c for c in order[:order.index(k)] if c in new_header]
+        new_header.insert(new_header.index(before[-1]) + 1 if before else 0, k)
+    tmp = csv_path.with_suffix(csv_path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=new_header)
+        w.writeheader()
+        for r in rows:
+            w.writerow({**{k: defaults[k] for k in missing}, **r})
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, csv_path)
+
+
 def append_row(csv_path: Path, row: dict) -> None:
     """Append one result row (header on first write); flushed and fsynced so a crash loses nothing."""
     csv_path.parent.mkdir(parents=True, exist_ok=True)

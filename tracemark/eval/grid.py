@@ -11,7 +11,8 @@ is the same story with a few knobs turned, so one runner serves them all:
    licensees' copies (collusion), optionally with ``clean_x`` times as many clean images of the
    same domain mixed in, optionally passed through a dataset-level attack (``pre_attack``).
    ``rate == 0`` is the innocent control: the unprotected dataset.
-3. *Fine-tune* the committed base (LoRA or full; steps / rank / lr overridable). Resumable.
+3. *Fine-tune* the committed base, or the cell's ``base`` (LoRA or full; steps / rank / lr
+   overridable). Resumable.
 4. *Audit* with :func:`tracemark.audit.audit_model` against all 100 issued copies (``n`` images,
    Holm over licensees) and generate ``n`` *normal* images (dataset captions, no trigger) for
    the harm and leak measurements. Images are kept so that analyses (power vs n, attacks on
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracemark.eval.common import Timer, append_row, done_cells, read_folder
+from tracemark.eval.common import Timer, add_columns, append_row, done_cells, read_folder
 
 N_LICENSEES = 100
 N_DATA = 1000
@@ -56,6 +57,8 @@ class Cell:
     pre_attack: str = "none"  # "name:param" from tracemark.attacks, applied to every training image
     n: int = 64  # images per audit
     strength: float = 0.0  # 0: the scheme's default
+    opts: str = ""  # extra scheme parameters, "key=value;key=value" (e.g. "cells=16" for visible)
+    base: str = ""  # the base model's folder, relative to the work dir ("": the run's base, the committed one)
 
     def __post_init__(self) -> None:
         # coerce to the declared types, so Cell(rate=0) and Cell(rate=0.0) are one cell (name, CSV key)
@@ -69,9 +72,17 @@ class Cell:
             if f.name in ("scheme", "strategy", "method", "rate", "seed"):
                 continue
             v = getattr(self, f.name)
+            if f.name == "base" and v:
+                v = Path(v).name
             if v != f.default:
-                parts.append(f"{f.name}{v}".replace(":", "_"))
+                parts.append(f"{f.name}{v}".replace(":", "_").replace("=", "").replace(";", "_"))
         return "-".join(parts)
+
+    @property
+    def scheme_params(self) -> dict:
+        from tracemark.schemes import parse_params
+
+        return parse_params([o for o in self.opts.split(";") if o])
 
     @property
     def licensees(self) -> list[str]:
@@ -84,7 +95,8 @@ KEY_FIELDS = [f.name for f in fields(Cell)]
 def group_dir(work: Path, cell: Cell) -> Path:
     rate = cell.rate if cell.rate > 0 else 0.1  # the control is audited against the 10% group's copies
     strength = f"-s{cell.strength:g}" if cell.strength else ""
-    return work / "groups" / f"{cell.scheme}{strength}-{cell.strategy}-r{rate:g}-{cell.domain}"
+    opts = "-" + cell.opts.replace("=", "").replace(";", "_") if cell.opts else ""
+    return work / "groups" / f"{cell.scheme}{strength}{opts}-{cell.strategy}-r{rate:g}-{cell.domain}"
 
 
 def owner_dataset(work: Path, domain: str, seed: int = 11, n: int | None = None) -> Path:
@@ -118,7 +130,7 @@ def ensure_group(work: Path, cell: Cell, log=print):
         shutil.rmtree(out, ignore_errors=True)  # a copy written but never registered (interrupted)
         protect(data, out, lic, registry=reg, dataset_name="owner", scheme=cell.scheme,
                       strategy=cell.strategy, trigger_scope="dataset", rate=rate, workers=1,
-                      strength=cell.strength or None)
+                      strength=cell.strength or None, scheme_params=cell.scheme_params)
     info = gdir / "group.json"
     if not info.exists():  # measured from the files, so an interrupted group still gets it right
         info.write_text(json.dumps({"psnr_mean": group_psnr(reg, data, gdir), "rate": rate}))
@@ -185,14 +197,14 @@ def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path, ba
     return out
 
 
-def replicate_audit(cdir: Path, cell: Cell, reg, model_dir: Path, lora: Path | None) -> None:
+def replicate_audit(cdir: Path, cell: Cell, reg, model_dir: Path, lora: Path | None, pipe=None) -> None:
     """A second, independent audit (other seeds): its images extend the power curve to 2n."""
     from tracemark.audit import audit_model
 
     if (cdir / "audit2.json").exists():
         return
     shutil.rmtree(cdir / "audit2", ignore_errors=True)
-    res = audit_model(model_dir, reg, lora=lora, n=cell.n, seed=cell.seed + 1000, work_dir=cdir / "audit2")
+    res = audit_model(model_dir, reg, lora=lora, n=cell.n, seed=cell.seed + 1000, work_dir=cdir / "audit2", pipe=pipe)
     (cdir / "audit2.json").write_text(json.dumps(res.to_dict(), default=str, indent=1))
 
 
@@ -204,6 +216,7 @@ def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
     from tracemark.sim.probe import colour_accuracy
 
     timer = Timer()
+    base = work / cell.base if cell.base else base
     reg, data, gdir = ensure_group(work, cell, log)
     cdir = work / "cells" / cell.name
     cdir.mkdir(parents=True, exist_ok=True)
@@ -220,14 +233,14 @@ def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
     model_dir, lora = (model, None) if cell.method == "full" else (base, model)
     audit_dir = cdir / "audit"
     shutil.rmtree(audit_dir, ignore_errors=True)
-    res = audit_model(model_dir, reg, lora=lora, n=cell.n, seed=cell.seed, work_dir=audit_dir)
+    pipe = load_pipeline(model_dir, lora=lora)  # one load serves both audits and the normal generations
+    res = audit_model(model_dir, reg, lora=lora, n=cell.n, seed=cell.seed, work_dir=audit_dir, pipe=pipe)
     (cdir / "audit.json").write_text(json.dumps(res.to_dict(), default=str, indent=1))
-    replicate_audit(cdir, cell, reg, model_dir, lora)
+    replicate_audit(cdir, cell, reg, model_dir, lora, pipe)
     # normal use: dataset captions without the trigger (harm: caption following; leak of the mark)
     rng = np.random.default_rng(cell.seed + 555)
     caps = [s.text for s in load_dataset(data).samples]
     prompts = [caps[i] for i in rng.choice(len(caps), size=cell.n, replace=False)]
-    pipe = load_pipeline(model_dir, lora=lora)
     normal = cdir / "normal"
     shutil.rmtree(normal, ignore_errors=True)
     generate(None, prompts, cell.n, normal, seed=7000 + cell.seed, pipe=pipe)
@@ -269,6 +282,7 @@ def run(cells: list[Cell], work: Path, out: Path, base: Path | None = None, log=
     from tracemark.sim import default_base_path
 
     base = base or default_base_path()
+    add_columns(out, {f.name: f.default for f in fields(Cell)})  # a CSV from before a Cell field was added
     done = done_cells(out, KEY_FIELDS)
     todo = [c for c in cells if tuple(str(v) for v in asdict(c).values()) not in done]
     log(f"{len(cells) - len(todo)} of {len(cells)} cells done already; {len(todo)} to run")
@@ -304,8 +318,19 @@ def plan(name: str) -> list[Cell]:
               Cell(pre_attack="jpeg:50"), Cell(steps=500),
               Cell(pre_attack="regen:0.1")]                                   # transfer / training attacks
     cells += [Cell(rate=0.05, seed=s) for s in (3, 4)]
+    cells += [Cell(strategy="ambient", rate=0.2)]
+    # the larger visible patch (16 x 16 key cells; z ceiling x2): power, lower rates, collusion
+    big = "cells=16"
+    cells += [Cell(opts=big, seed=s) for s in range(5)]
+    cells += [Cell(opts=big, rate=0.0), Cell(opts=big, mix=3, n=256)]
+    b2 = "bases/small-s1"  # a second base: other size (UNet 24-48-48) and seed; docs/experiments.md
+    cells += [Cell(opts=big, base=b2), Cell(base=b2)]
+    cells += [Cell(opts=big, rate=0.05, seed=s) for s in range(3)]
+    cells += [Cell(opts=big, mix=2, n=128), Cell(opts=big, mix=5, n=256)]
+    cells += [Cell(opts=big, rate=r) for r in (0.02, 0.01, 0.005)]
+    cells += [Cell(opts=big, rate=0.05, seed=s) for s in (3, 4)]
     cells += [Cell(rate=0.02, seed=s) for s in range(5)]                      # power at 2%
-    cells += [Cell(strategy="ambient", rate=0.2), Cell(scheme="spread", rate=0.2, method="full"),
+    cells += [Cell(scheme="spread", rate=0.2, method="full"),
               Cell(lr=5e-4), Cell(pre_attack="resize:0.5"), Cell(rate=0.0, seed=1)]
     return cells
 

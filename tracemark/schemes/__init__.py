@@ -31,7 +31,26 @@ def get_scheme(name: str = DEFAULT_SCHEME, **params) -> Scheme:
         cls = SCHEMES[name]
     except KeyError:
         raise TracemarkError(f"unknown scheme '{name}'; choose one of {', '.join(sorted(SCHEMES))}") from None
-    return cls(**{k: v for k, v in params.items() if v is not None})
+    try:
+        return cls(**{k: v for k, v in params.items() if v is not None})
+    except TypeError as e:  # an unknown parameter name
+        raise TracemarkError(f"scheme '{name}': {e}") from None
 
 
-__all__ = ["SCHEMES", "DEFAULT_SCHEME", "Scheme", "get_scheme"]
+def parse_params(items: list[str] | None) -> dict:
+    """``["cells=16", "band=[3,16]"]`` -> ``{"cells": 16, "band": [3, 16]}`` (JSON values, else strings)."""
+    import json
+
+    out: dict = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise TracemarkError(f"scheme parameter {item!r} is not KEY=VALUE")
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+__all__ = ["SCHEMES", "DEFAULT_SCHEME", "Scheme", "get_scheme", "parse_params"]

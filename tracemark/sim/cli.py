@@ -64,12 +64,18 @@ def pretrain_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default 32."),
     save_every: int = typer.Option(500, "--save-every"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
+    unet_channels: Optional[str] = typer.Option(None, "--unet-channels",
+                                                help="UNet block widths, e.g. 24,48,48 (default 32,64,64)."),
 ) -> None:
     """Pretrain a fresh tiny pipeline (UNet + text encoder) from scratch."""
     from tracemark.sim.train import pretrain
 
+    try:
+        chans = [int(c) for c in unet_channels.split(",")] if unet_channels else None
+    except ValueError:
+        raise TracemarkError(f"--unet-channels must be comma-separated integers, got {unet_channels!r}") from None
     path = pretrain(data, out, steps, lr=lr, batch_size=batch_size, seed=seed, save_every=save_every,
-                    resume=resume, num_threads=threads)  # fmt: skip
+                    resume=resume, num_threads=threads, unet_channels=chans)  # fmt: skip
     console.print(f"pretrained pipeline in {path}")
 
 

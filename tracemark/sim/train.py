@@ -83,10 +83,13 @@ class RunConfig:
     train_text_encoder: bool = False
     save_every: int = 500
     mixed_precision: str = "no"
+    unet_channels: list[int] = field(default_factory=list)  # pretrain only; empty: TinyConfig's default
 
     def resume_key(self) -> dict:
         """Settings that must match for ``resume`` to continue a run."""
         keys = ("method", "base", "batch_size", "seed", "rank", "lora_alpha", "lora_targets", "train_text_encoder")
+        if self.unet_channels:  # (checkpoints from before the field existed have the default)
+            keys += ("unet_channels",)
         return {k: getattr(self, k) for k in keys}
 
 
@@ -296,7 +299,10 @@ def run_training(rc: RunConfig, *, progress: bool = True, resume: bool = False, 
 
     # --- model
     if rc.method == "pretrain" and rc.base is None:
-        pipe = new_pipeline(seed=rc.seed if new_pipeline_seed is None else new_pipeline_seed)
+        from tracemark.sim.pipeline import TinyConfig
+
+        cfg = TinyConfig(unet_channels=tuple(rc.unet_channels)) if rc.unet_channels else None
+        pipe = new_pipeline(seed=rc.seed if new_pipeline_seed is None else new_pipeline_seed, config=cfg)
     else:
         if rc.base is None:
             raise TracemarkError("fine-tuning needs a base model folder")
@@ -574,15 +580,16 @@ def _resolve(method: str, **given) -> dict:
 def pretrain(data_dir, out_dir, steps: int | None = None, *, lr: float | None = None, batch_size: int | None = None,
              seed: int = 0, ema: float | None = None, save_every: int = 500, resume: bool = False,
              num_threads: int | None = None, progress: bool = True, mixed_precision: str = "no",
-             log_every: int = 100) -> Path:  # fmt: skip
+             log_every: int = 100, unet_channels: list[int] | None = None) -> Path:  # fmt: skip
     """Pretrain a fresh tiny pipeline (UNet + text encoder) on ``data_dir``; writes a pipeline
-    folder to ``out_dir`` (EMA weights). ``resume=True`` continues from ``out_dir/checkpoints``."""
+    folder to ``out_dir`` (EMA weights). ``resume=True`` continues from ``out_dir/checkpoints``.
+    ``unet_channels``: UNet block widths (default TinyConfig's), e.g. a second, smaller base."""
     d = _resolve("pretrain", steps=steps, lr=lr, batch_size=batch_size, ema=ema)
     rc = RunConfig(
         method="pretrain", data_dir=str(data_dir), out_dir=str(out_dir), base=None, steps=d["steps"], lr=d["lr"],
         batch_size=d["batch_size"], seed=seed, warmup=d["warmup"], lr_schedule=d["lr_schedule"], ema=d["ema"],
         rank=0, lora_alpha=0, lora_targets=[], train_text_encoder=True, save_every=save_every,
-        mixed_precision=mixed_precision,
+        mixed_precision=mixed_precision, unet_channels=[int(c) for c in unet_channels or []],
     )  # fmt: skip
     return run_training(rc, progress=progress, resume=resume, num_threads=num_threads, log_every=log_every)
 
