@@ -27,7 +27,7 @@ def grid_run(tmp_path_factory):
     cells = [grid.Cell(n=8), grid.Cell(n=8, rate=0.0),
              grid.Cell(n=8, mix=2, pre_attack="jpeg:50"), grid.Cell(n=8, pre_attack="regen:0.2"),
              grid.Cell(scheme="warp", strategy="ambient", rate=0.2, n=8, strength=4.0),
-             grid.Cell(n=8, opts="cells=16")]
+             grid.Cell(n=8, opts="cells=16"), grid.Cell(n=8, scope="licensee")]
     grid.run(cells, tmp / "work", tmp / "grid.csv", base=base, log=lambda *a: None)
     yield tmp, cells, base, grid
     mp.undo()
@@ -36,19 +36,27 @@ def grid_run(tmp_path_factory):
 def test_grid_rows_and_resume(grid_run):
     tmp, cells, base, grid = grid_run
     r = rows(tmp / "grid.csv")
-    assert [x["scheme"] for x in r] == ["visible", "visible", "visible", "visible", "warp", "visible"]
+    assert [x["scheme"] for x in r] == ["visible", "visible", "visible", "visible", "warp", "visible", "visible"]
     assert all(int(x["n_licensees"]) == 4 for x in r)
     assert r[1]["z"] == "" and r[1]["all_named"] == "False"  # the control has no guilty licensee
     assert r[2]["mix"] == "2" and (tmp / "work" / "cells" / cells[2].name / "train").is_dir()
     assert 0.0 <= float(r[0]["probe_acc_normal"]) <= 1.0
     seen = []
     grid.run(cells, tmp / "work", tmp / "grid.csv", base=base, log=seen.append)
-    assert len(rows(tmp / "grid.csv")) == 6 and "6 of 6 cells done already" in seen[0]
+    assert len(rows(tmp / "grid.csv")) == 7 and "7 of 7 cells done already" in seen[0]
     # scheme parameters reach the registry of their own group
     from tracemark.registry import Registry
 
     reg = Registry(grid.group_dir(tmp / "work", cells[5]) / "home")
     assert reg.copies()[0].params["cells"] == 16 and "cells16" in cells[5].name
+    # a licensee-scoped group: one trigger word per copy, so the audit runs its two stages
+    import json
+
+    reg = Registry(grid.group_dir(tmp / "work", cells[6]) / "home")
+    from tracemark.audit import trigger_of
+
+    assert len({trigger_of(c, reg) for c in reg.copies()}) == 4
+    assert json.loads((tmp / "work" / "cells" / cells[6].name / "audit.json").read_text())["params"]["two_stage"]
 
 
 def test_analyses_write_csv_and_png(grid_run):
@@ -63,8 +71,8 @@ def test_analyses_write_csv_and_png(grid_run):
     assert 0.0 <= eff[("visible", 0.1, "default")]["auroc"] <= 1.0
     assert {x["n_images"] for x in res["power"]} == {8, 16}  # 8 images per audit, and its replicate
     assert any(x["attack"] == "jpeg" for x in res["robustness_generated"])
-    assert sum(x["protected"] for x in res["harm"]) == 5
-    assert all(x["detector_for"].startswith("warp") for x in res["baseline"]) and len(res["baseline"]) == 6
+    assert sum(x["protected"] for x in res["harm"]) == 6
+    assert all(x["detector_for"].startswith("warp") for x in res["baseline"]) and len(res["baseline"]) == 7
     ts = {(x["scheme"], x["colluders"], x["variant"], x["licensees"]): x for x in res["tracing_scale"]}
     assert {n for *_, n in ts} == {10, 100, 1000, 10000}
     assert ts[("visible", 2, "mix=2,pre_attack=jpeg:50", 10)]["models"] == 1

@@ -42,7 +42,7 @@ from tracemark.schemes import get_scheme
 from tracemark.trace import scheme_params
 
 ALPHA = 1e-3
-VARIANT_FIELDS = ("steps", "rank", "lr", "domain", "mix", "clean_x", "pre_attack", "strength", "base")  # not n: audit size
+VARIANT_FIELDS = ("steps", "rank", "lr", "domain", "mix", "clean_x", "pre_attack", "strength", "base", "scope")  # not n: audit size
 
 
 def read_grid(path: Path) -> list[dict]:
@@ -143,7 +143,7 @@ def load_models(grid: Path, work: Path) -> list[Model]:
 
 def effectiveness(models: list[Model]) -> list[dict]:
     controls = [m for m in models if m.cell.rate == 0]
-    same_keys = lambda a, b: (a.scheme, a.strategy, a.domain, a.strength, a.opts) == (b.scheme, b.strategy, b.domain, b.strength, b.opts)  # noqa: E731
+    same_keys = lambda a, b: (a.scheme, a.strategy, a.domain, a.strength, a.opts, a.scope) == (b.scheme, b.strategy, b.domain, b.strength, b.opts, b.scope)  # noqa: E731
     cells: dict[tuple, list[Model]] = defaultdict(list)
     for m in models:
         if m.cell.rate > 0:
@@ -251,7 +251,7 @@ def tracing_scale(models: list[Model], sizes=(10, 100, 1000, 10000), alpha: floa
     out = []
     groups = defaultdict(list)
     for m in models:
-        if m.cell.rate > 0:
+        if m.cell.rate > 0 and m.cell.scope == "dataset":  # licensee-scoped audits split images by trigger
             groups[(scheme_label(m.cell), m.cell.strategy, m.cell.method, m.cell.rate, m.cell.mix, variant(m.cell))].append(m)
     for (scheme, strategy, method, rate, mix, var), ms in sorted(groups.items()):
         res = {n: {"named": 0, "guilty": 0, "false": 0, "top": 0} for n in sizes}

@@ -4,9 +4,11 @@ Every cell of every experiment (effectiveness, harm, robustness in training, tra
 is the same story with a few knobs turned, so one runner serves them all:
 
 1. *Group*: an owner dataset (1000 images of a domain) protected for ``N_LICENSEES`` (100)
-   licensees with one scheme / strength / strategy / rate and ``trigger_scope="dataset"`` (one shared
-   trigger word, so the audit spends its 64 images on one prompt family whatever the number of
-   licensees). Built once per (scheme, strength, strategy, rate, domain) and reused by every cell.
+   licensees with one scheme / strength / strategy / rate and, by default,
+   ``trigger_scope="dataset"`` (one shared trigger word, so the audit spends its 64 images on one
+   prompt family whatever the number of licensees; ``scope="licensee"`` gives each copy its own
+   word and exercises the audit's two-stage plan). Built once per (scheme, params, strategy,
+   scope, rate, domain) and reused by every cell.
 2. *Training data*: licensee ``seed mod 100``'s copy, or the union of ``mix`` consecutive
    licensees' copies (collusion), optionally with ``clean_x`` times as many clean images of the
    same domain mixed in, optionally passed through a dataset-level attack (``pre_attack``).
@@ -59,6 +61,7 @@ class Cell:
     strength: float = 0.0  # 0: the scheme's default
     opts: str = ""  # extra scheme parameters, "key=value;key=value" (e.g. "cells=16" for visible)
     base: str = ""  # the base model's folder, relative to the work dir ("": the run's base, the committed one)
+    scope: str = "dataset"  # trigger scope of the group: "dataset" (one shared word) or "licensee" (one each)
 
     def __post_init__(self) -> None:
         # coerce to the declared types, so Cell(rate=0) and Cell(rate=0.0) are one cell (name, CSV key)
@@ -96,7 +99,8 @@ def group_dir(work: Path, cell: Cell) -> Path:
     rate = cell.rate if cell.rate > 0 else 0.1  # the control is audited against the 10% group's copies
     strength = f"-s{cell.strength:g}" if cell.strength else ""
     opts = "-" + cell.opts.replace("=", "").replace(";", "_") if cell.opts else ""
-    return work / "groups" / f"{cell.scheme}{strength}{opts}-{cell.strategy}-r{rate:g}-{cell.domain}"
+    scope = f"-{cell.scope}" if cell.scope != "dataset" else ""
+    return work / "groups" / f"{cell.scheme}{strength}{opts}-{cell.strategy}{scope}-r{rate:g}-{cell.domain}"
 
 
 def owner_dataset(work: Path, domain: str, seed: int = 11, n: int | None = None) -> Path:
@@ -129,7 +133,7 @@ def ensure_group(work: Path, cell: Cell, log=print):
         out = gdir / "copies" / lic
         shutil.rmtree(out, ignore_errors=True)  # a copy written but never registered (interrupted)
         protect(data, out, lic, registry=reg, dataset_name="owner", scheme=cell.scheme,
-                      strategy=cell.strategy, trigger_scope="dataset", rate=rate, workers=1,
+                      strategy=cell.strategy, trigger_scope=cell.scope, rate=rate, workers=1,
                       strength=cell.strength or None, scheme_params=cell.scheme_params)
     info = gdir / "group.json"
     if not info.exists():  # measured from the files, so an interrupted group still gets it right
@@ -322,13 +326,17 @@ def plan(name: str) -> list[Cell]:
     # the larger visible patch (16 x 16 key cells; z ceiling x2): power, lower rates, collusion
     big = "cells=16"
     cells += [Cell(opts=big, seed=s) for s in range(5)]
-    cells += [Cell(opts=big, rate=0.0), Cell(opts=big, mix=3, n=256)]
+    cells += [Cell(opts=big, rate=0.0)]
+    cells += [Cell(opts=big, rate=0.05, seed=s) for s in range(3)]
+    cells += [Cell(opts=big, mix=3, rate=0.2, n=256)]
+    cells += [Cell(opts=big, scope="licensee")]  # the library's default scope: two-stage audit among 100
     b2 = "bases/small-s1"  # a second base: other size (UNet 24-48-48) and seed; docs/experiments.md
     cells += [Cell(opts=big, base=b2), Cell(base=b2)]
-    cells += [Cell(opts=big, rate=0.05, seed=s) for s in range(3)]
-    cells += [Cell(opts=big, mix=2, n=128), Cell(opts=big, mix=5, n=256)]
-    cells += [Cell(opts=big, rate=r) for r in (0.02, 0.01, 0.005)]
+    cells += [Cell(opts=big, rate=0.02)]
     cells += [Cell(opts=big, rate=0.05, seed=s) for s in (3, 4)]
+    cells += [Cell(opts=big, mix=2, rate=0.2, n=256), Cell(opts=big, mix=5, rate=0.2, n=256)]
+    cells += [Cell(opts=big, scope="licensee", mix=3, rate=0.2, n=256)]
+    cells += [Cell(opts=big, rate=r) for r in (0.01, 0.005)]
     cells += [Cell(rate=0.02, seed=s) for s in range(5)]                      # power at 2%
     cells += [Cell(scheme="spread", rate=0.2, method="full"),
               Cell(lr=5e-4), Cell(pre_attack="resize:0.5"), Cell(rate=0.0, seed=1)]
