@@ -42,7 +42,8 @@ from tracemark.schemes import get_scheme
 from tracemark.trace import scheme_params
 
 ALPHA = 1e-3
-VARIANT_FIELDS = ("steps", "rank", "lr", "domain", "mix", "clean_x", "pre_attack", "strength", "base", "scope")  # not n: audit size
+# fields that make a cell a variant of its scheme / rate setting (not n: that is the audit's size)
+VARIANT_FIELDS = ("steps", "rank", "lr", "domain", "mix", "clean_x", "pre_attack", "strength", "base", "scope")
 
 
 def read_grid(path: Path) -> list[dict]:
@@ -143,7 +144,8 @@ def load_models(grid: Path, work: Path) -> list[Model]:
 
 def effectiveness(models: list[Model]) -> list[dict]:
     controls = [m for m in models if m.cell.rate == 0]
-    same_keys = lambda a, b: (a.scheme, a.strategy, a.domain, a.strength, a.opts, a.scope) == (b.scheme, b.strategy, b.domain, b.strength, b.opts, b.scope)  # noqa: E731
+    key_space = lambda c: (c.scheme, c.strategy, c.domain, c.strength, c.opts, c.scope)  # noqa: E731
+    same_keys = lambda a, b: key_space(a) == key_space(b)  # noqa: E731
     cells: dict[tuple, list[Model]] = defaultdict(list)
     for m in models:
         if m.cell.rate > 0:
@@ -252,7 +254,8 @@ def tracing_scale(models: list[Model], sizes=(10, 100, 1000, 10000), alpha: floa
     groups = defaultdict(list)
     for m in models:
         if m.cell.rate > 0 and m.cell.scope == "dataset":  # licensee-scoped audits split images by trigger
-            groups[(scheme_label(m.cell), m.cell.strategy, m.cell.method, m.cell.rate, m.cell.mix, variant(m.cell))].append(m)
+            c = m.cell
+            groups[(scheme_label(c), c.strategy, c.method, c.rate, c.mix, variant(c))].append(m)
     for (scheme, strategy, method, rate, mix, var), ms in sorted(groups.items()):
         res = {n: {"named": 0, "guilty": 0, "false": 0, "top": 0} for n in sizes}
         for m in ms:
@@ -275,8 +278,8 @@ def tracing_scale(models: list[Model], sizes=(10, 100, 1000, 10000), alpha: floa
                 res[n]["top"] += int(np.argmax(t.stat) < g)
         for n in sizes:
             r = res[n]
-            out.append({"scheme": scheme, "strategy": strategy, "method": method, "rate": rate, "colluders": mix, "variant": var,
-                        "licensees": n, "models": len(ms), "guilty_named_rate": round(r["named"] / r["guilty"], 3),
+            out.append({"scheme": scheme, "strategy": strategy, "method": method, "rate": rate, "colluders": mix,
+                        "variant": var, "licensees": n, "models": len(ms), "guilty_named_rate": round(r["named"] / r["guilty"], 3),
                         "false_accusations": r["false"], "top1_is_guilty": round(r["top"] / len(ms), 3),
                         "alpha": alpha})
     return out
@@ -411,11 +414,12 @@ def plot(name: str, rows: list[dict], out: Path) -> None:
         ax.axhline(0.01, ls="--", c="k", lw=0.8, label="alpha = 0.01")
         ax.set(ylabel="fraction of innocent keys with p < 0.01", xlabel="model")
     elif name == "tracing_scale":
-        for key in sorted({(r["scheme"], r["strategy"], r["rate"], r["colluders"], r["variant"]) for r in rows}):
-            rs = [r for r in rows if (r["scheme"], r["strategy"], r["rate"], r["colluders"], r["variant"]) == key]
+        fields = ("scheme", "method", "rate", "colluders", "variant")
+        for key in sorted({tuple(r[f] for f in fields) for r in rows}):
+            rs = [r for r in rows if tuple(r[f] for f in fields) == key]
             if max(r["guilty_named_rate"] for r in rs) > 0:
                 ax.plot([r["licensees"] for r in rs], [r["guilty_named_rate"] for r in rs], "o-",
-                        label=f"{key[0]} {float(key[2]):.0%} x{key[3]} {key[4]}")
+                        label=f"{key[0]} {key[1]} {float(key[2]):.0%} x{key[3]} {key[4]}")
         ax.set(xscale="log", xlabel="licensees (N)", ylabel="guilty licensees named (Holm, alpha 0.01)",
                ylim=(-0.02, 1.02))
     elif name == "baseline":
