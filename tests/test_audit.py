@@ -135,3 +135,42 @@ def test_dataset_scope_trigger_serves_every_licensee_with_the_same_images(tmp_pa
     assert all(len(subsets[c.id]) == 32 for c in copies)  # every licensee scored on all 32 images
     # patterns (keys) stay per licensee
     assert len({c.key_id for c in copies}) == 20
+
+
+def _two_stage_fwer(family_correction: bool, trials: int = 400, T: int = 100, alpha: float = 0.01) -> float:
+    """False-accusation rate of the two-stage plan on innocent models, simulated at the statistic.
+
+    Each model has a deterministic mean output ``mu`` (its content) plus per-image noise; every
+    licensee key is innocent. Stage 1: one image per key; the 8 best keys get 8 fresh images each
+    in stage 2, tested with Holm over the 8 candidates or (the fix) over all T copies.
+    """
+    from scipy.stats import norm
+
+    from tracemark.audit import MAX_CANDIDATES, holm_over_family
+    from tracemark.trace import CopyScore, Verdict
+
+    rng = np.random.default_rng(0)
+    D, false = 256, 0
+    for _ in range(trials):
+        mu = rng.normal(size=D)
+        keys = rng.choice([-1.0, 1.0], size=(T, D))
+
+        def z_of(k, n):
+            m = (mu + rng.normal(size=(n, D))).sum(axis=0)
+            return float(keys[k] @ m / np.sqrt((keys[k] ** 2) @ (m**2)))
+
+        z1 = np.array([z_of(k, 1) for k in range(T)])
+        cands = np.argsort(-z1)[:MAX_CANDIDATES]
+        scores = [CopyScore(int(k), "d", f"l{k}", "visible", "trigger", 0.0, z, float(norm.sf(z)), 0.0, 1.0, 8, False)
+                  for k in cands for z in [z_of(k, 8)]]
+        v = Verdict(False, 1.0, alpha / 2, 64, 1000, [], scores)
+        holm_over_family(v, T if family_correction else len(scores), alpha / 2)
+        false += bool(v.named)
+    return false / trials
+
+
+def test_two_stage_needs_holm_over_every_copy_not_only_the_candidates():
+    # Holm over the 8 candidates only: the selection bias makes innocent names far more frequent
+    # than alpha / 2 (the stage's share); over all T copies the rate stays below it.
+    assert _two_stage_fwer(family_correction=False) > 0.03
+    assert _two_stage_fwer(family_correction=True) <= 0.005 + 0.01  # alpha / 2 + 3 sd of 400 trials

@@ -10,10 +10,17 @@ Query plan (why it does not grow with the number of licensees):
   a model reproduce what it learned), and is scored for copy ``k`` only.
 * When there are so many trigger copies that each gets fewer than ``MIN_PER_COPY`` images
   (``T > n / MIN_PER_COPY``), a stage 2 spends another ``n`` images on the (at most
-  ``MAX_CANDIDATES``) copies with the smallest stage-1 p-values. Stage 2 images are fresh, so its
-  test is independent of the selection; each stage is run at ``alpha / 2`` (Bonferroni over the
-  two stages, Holm over copies within each), so naming any innocent licensee stays below
-  ``alpha`` overall. Total images: ``n`` or ``2n``, whatever the number of licensees.
+  ``MAX_CANDIDATES``) copies with the smallest stage-1 p-values. Each stage is run at
+  ``alpha / 2`` (Bonferroni over the two stages) with Holm over **all** ``T`` trigger copies in
+  both stages (in stage 2 the copies not selected count with p = 1). Why not Holm over the
+  candidates only: fresh images do *not* make stage 2 independent of the selection. For a given
+  model an innocent key's statistic converges to a fixed value (the model's deterministic mean
+  output projected on that key), N(0, 1) only over the random draw of the key; the copies that
+  stage 1 selects are those whose fixed value is high, and stage 2 sees the same value again
+  (measured: docs/results.md, calibration). Holm over all ``T`` is valid under any dependence,
+  so naming any innocent licensee stays below ``alpha`` overall; stage 2 still buys power by
+  giving each candidate ``n / MAX_CANDIDATES`` images instead of ``n / T``. Total images: ``n``
+  or ``2n``, whatever the number of licensees.
 
 Seeds are fixed and recorded, so an audit can be reproduced image for image.
 """
@@ -235,6 +242,7 @@ def audit_model(
         cand_copies = [c for c in copies if c.id in cands]
         v2 = score_copies(images2, cand_copies, registry, match_files=False, subsets=plan2.subsets(cand_copies),
                           n_decoys=n_decoys, alpha=stage_alpha, seed=seed + 1)
+        holm_over_family(v2, sum(c.strategy == "trigger" for c in copies), stage_alpha)
         verdict = merge_stages(v1, v2, alpha)
         plans.append(plan2)
         paths += paths2
@@ -245,6 +253,21 @@ def audit_model(
               "dataset": dataset, "lora": str(lora) if lora else None, "model": str(model_dir),
               "two_stage": two_stage, "work_dir": str(work)}
     return AuditResult(verdict, "model", str(model_dir), plans, paths, model_hash(model_dir, lora), params, timings)
+
+
+def holm_over_family(v: Verdict, family: int, alpha: float) -> None:
+    """Re-adjust ``v``'s Holm p-values as if all ``family`` copies had been tested, the untested
+    ones with p = 1 (stage 2 tests a selected subset; see the module docstring for why the
+    correction must cover every copy the selection chose from)."""
+    from tracemark.stats import holm
+
+    pv = np.array([s.p_value for s in v.scores] + [1.0] * max(0, family - len(v.scores)))
+    for s, p_adj in zip(v.scores, holm(pv)[:len(v.scores)]):
+        s.p_holm = float(p_adj)
+        s.named = s.p_holm < alpha
+    v.named = [s.licensee for s in sorted(v.scores, key=lambda s: s.p_value) if s.named]
+    v.used = bool(v.named)
+    v.p_value = float(min(s.p_holm for s in v.scores)) if v.scores else 1.0
 
 
 def merge_stages(v1: Verdict, v2: Verdict, alpha: float) -> Verdict:

@@ -328,14 +328,14 @@ def plan(name: str) -> list[Cell]:
     cells += [Cell(opts=big, seed=s) for s in range(5)]
     cells += [Cell(opts=big, rate=0.0)]
     cells += [Cell(opts=big, rate=0.05, seed=s) for s in range(3)]
-    cells += [Cell(opts=big, mix=3, rate=0.2, n=256)]
-    cells += [Cell(opts=big, scope="licensee")]  # the library's default scope: two-stage audit among 100
-    b2 = "bases/small-s1"  # a second base: other size (UNet 24-48-48) and seed; docs/experiments.md
-    cells += [Cell(opts=big, base=b2), Cell(base=b2)]
     cells += [Cell(opts=big, rate=0.02)]
     cells += [Cell(opts=big, rate=0.05, seed=s) for s in (3, 4)]
+    cells += [Cell(opts=big, mix=3, rate=0.2, n=256)]
+    cells += [Cell(opts=big, scope="licensee")]  # the library's default scope: two-stage audit among 100
+    cells += [Cell(opts=big, scope="licensee", mix=3, rate=0.2, n=256)]  # collusion, one trigger per copy
+    b2 = "bases/small-s1"  # a second base: other size (UNet 24-48-48) and seed; docs/experiments.md
+    cells += [Cell(opts=big, base=b2), Cell(base=b2)]
     cells += [Cell(opts=big, mix=2, rate=0.2, n=256), Cell(opts=big, mix=5, rate=0.2, n=256)]
-    cells += [Cell(opts=big, scope="licensee", mix=3, rate=0.2, n=256)]
     cells += [Cell(opts=big, rate=r) for r in (0.01, 0.005)]
     cells += [Cell(rate=0.02, seed=s) for s in range(5)]                      # power at 2%
     cells += [Cell(scheme="spread", rate=0.2, method="full"),
