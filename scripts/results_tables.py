@@ -52,7 +52,8 @@ def tables(results: Path) -> dict[str, str]:
     var_cols = ["scheme", "method", "rate", "variant", "models", "mean_z", "min_p", "tpr_at_1e-3", "traced",
                 "false_accusations", "probe_acc_normal"]
     base = [r for r in rows(results, "baseline") if r["detector_for"].startswith("warp-s4")]
-    ts = [r for r in rows(results, "tracing_scale") if is_main(r) or r["variant"].startswith("base=")]
+    ts = [r for r in rows(results, "tracing_scale") if r["scheme"].startswith("visible") and r["strategy"] == "trigger"
+          and (is_main(r) or r["variant"].startswith("base="))]
     return {
         "effectiveness": md([r for r in eff if is_main(r)], main_cols),
         "variants": md([r for r in eff if not is_main(r)], var_cols),
