@@ -45,6 +45,18 @@ def is_main(r: dict) -> bool:
     return v in ("default", "") or all(p.split("=")[0] in ("mix", "strength") or p == "steps=2000" for p in v.split(","))
 
 
+def robustness(rs: list[dict]) -> str | None:
+    """One row per attack, the mean z and TPR of every scheme setting side by side."""
+    table: dict[tuple, dict] = {}
+    for r in rs:
+        label = r.get("scheme", "visible")
+        row = table.setdefault((r["attack"], r["param"]), {"attack": r["attack"], "param": r["param"]})
+        row[f"z {label} ({r['models']} models)"] = r["mean_z"]
+        row[f"TPR {label}"] = r["tpr_at_1e-3"]
+    cols = ["attack", "param"] + list(dict.fromkeys(k for row in table.values() for k in row if k not in ("attack", "param")))
+    return md(list(table.values()), cols)
+
+
 def tables(results: Path) -> dict[str, str]:
     eff = _short_p(rows(results, "effectiveness"), "min_p")
     main_cols = ["scheme", "strategy", "method", "rate", "variant", "models", "psnr", "mean_z", "min_p", "tpr_at_1e-3",
@@ -61,7 +73,7 @@ def tables(results: Path) -> dict[str, str]:
                                              "tpr_at_0.01"]),
         "harm": md(rows(results, "harm"), ["model", "protected", "probe_acc_normal", "kid_x1000_vs_real",
                                            "z_leak_without_trigger"]),
-        "robustness": md(rows(results, "robustness_generated"), ["attack", "param", "models", "mean_z", "tpr_at_1e-3"]),
+        "robustness": robustness(rows(results, "robustness_generated")),
         "baseline": md(base, ["model", "trained_on_coated", "detector_heldout_acc", "baseline_fraction_coated",
                               "baseline_flagged", "tracemark_named", "tracemark_p"]),
         "tracing_scale": md(ts, ["scheme", "method", "rate", "colluders", "variant", "licensees", "models",
