@@ -13,10 +13,12 @@ from tracemark.protect import protect
 from tracemark.registry import Registry
 from tracemark.trace import trigger_of
 
+from conftest import seeded_registry
+
 
 @pytest.fixture
 def reg3(tmp_path, sample_dir):
-    reg = Registry.init(tmp_path / "home")
+    reg = seeded_registry(tmp_path / "home")
     for lic in ("a", "b", "c"):
         protect(sample_dir, tmp_path / f"c_{lic}", lic, registry=reg, rate=0.2, workers=1)
     protect(sample_dir, tmp_path / "c_d", "d", registry=reg, rate=0.2, workers=1, strategy="ambient")

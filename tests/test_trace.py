@@ -10,6 +10,8 @@ from tracemark.registry import Registry
 from tracemark.samples import make_sample_dataset
 from tracemark.trace import trace_files
 
+from conftest import seeded_registry
+
 N_LICENSEES = 100
 
 
@@ -18,7 +20,7 @@ def world(tmp_path_factory):
     """A dataset issued to 100 licensees (spread, 40% of 50 images = 20 marked each)."""
     root = tmp_path_factory.mktemp("world")
     data = make_sample_dataset(root / "data", n=50, size=160, seed=3, fmt="mixed")
-    reg = Registry.init(root / "home")
+    reg = seeded_registry(root / "home")
     for i in range(N_LICENSEES):
         protect(data, root / f"copy{i:03d}", f"lic{i:03d}", registry=reg, rate=0.4, workers=1)
     return root, data, reg
