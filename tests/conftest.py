@@ -30,18 +30,3 @@ def natural_images():
     rng = np.random.default_rng(7)
     return [pink_noise(128, 128, rng).astype(np.float32) for _ in range(64)]
 
-
-def seeded_registry(home, seed: int = 0) -> Registry:
-    """A registry whose master key is fixed by ``seed`` instead of drawn at random.
-
-    Tests that assert a statistical property of *innocent* keys (no false accusation, calibrated
-    null) on a handful of models must not depend on a fresh random master key: for a given set of
-    images an innocent key's z is a fixed draw, so with random keys such a test fails by design in
-    ~alpha of CI runs. Calibration over many key draws is measured by the experiments instead
-    (docs/results.md), not by these regression tests.
-    """
-    import hashlib
-
-    reg = Registry.init(home)
-    reg.key_path.write_text(hashlib.sha256(f"tracemark-test-master|{seed}".encode()).hexdigest() + "\n")
-    return reg

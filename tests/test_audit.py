@@ -13,7 +13,7 @@ from tracemark.protect import protect
 from tracemark.registry import Registry
 from tracemark.trace import trigger_of
 
-from conftest import seeded_registry
+from registry_helpers import seeded_registry
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from tracemark.registry import Registry
 from tracemark.samples import make_sample_dataset
 from tracemark.trace import trace_files
 
-from conftest import seeded_registry
+from registry_helpers import seeded_registry
 
 N_LICENSEES = 100
 
