@@ -333,6 +333,7 @@ def plan(name: str) -> list[Cell]:
     cells += [Cell(opts=big, mix=3, rate=0.2, n=256)]
     cells += [Cell(opts=big, scope="licensee")]  # the library's default scope: two-stage audit among 100
     cells += [Cell(opts=big, scope="licensee", mix=3, rate=0.2, n=256)]  # collusion, one trigger per copy
+    cells += [Cell(opts=big, scope="licensee", mix=3, rate=0.4, n=256)]  # ... with 2x the exposure per pattern
     b2 = "bases/small-s1"  # a second base: other size (UNet 24-48-48) and seed; docs/experiments.md
     cells += [Cell(opts=big, base=b2), Cell(base=b2)]
     cells += [Cell(opts=big, mix=2, rate=0.2, n=256), Cell(opts=big, mix=5, rate=0.2, n=256)]
