@@ -69,8 +69,9 @@ def tables(results: Path) -> dict[str, str]:
     return {
         "effectiveness": md([r for r in eff if is_main(r)], main_cols),
         "variants": md([r for r in eff if not is_main(r)], var_cols),
-        "power": md([r for r in rows(results, "power") if r["scheme"].startswith("visible")], ["scheme", "strategy", "method", "rate", "n_images", "models", "trials", "tpr_at_1e-3",
-                                             "tpr_at_0.01"]),
+        "power": md([r for r in rows(results, "power") if r["scheme"].startswith("visible")],
+                    ["scheme", "strategy", "method", "rate", "n_images", "models", "trials", "tpr_at_1e-3",
+                     "tpr_at_0.01"]),
         "harm": md(rows(results, "harm"), ["model", "protected", "probe_acc_normal", "kid_x1000_vs_real",
                                            "z_leak_without_trigger"]),
         "robustness": robustness(rows(results, "robustness_generated")),

@@ -10,6 +10,9 @@ def test_holm_matches_definition():
     adj = stats.holm(p)
     # sorted: .01*4=.04, .03*3=.09, .04*2=.08->max .09, .5*1=.5
     assert np.allclose(adj, [0.04, 0.09, 0.09, 0.5])
+    # a family of 6 of which these 4 were selected: the same as testing 2 more with p = 1
+    assert np.allclose(stats.holm(p, family=6), stats.holm(np.r_[p, 1.0, 1.0])[:4])
+    assert np.allclose(stats.holm(p, family=2), adj)  # never smaller than the tested set
 
 
 def test_statistic_is_standard_normal_for_unused_keys(natural_images):

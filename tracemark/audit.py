@@ -241,8 +241,8 @@ def audit_model(
         images2 = [read_image_rgb(p) for p in paths2]
         cand_copies = [c for c in copies if c.id in cands]
         v2 = score_copies(images2, cand_copies, registry, match_files=False, subsets=plan2.subsets(cand_copies),
-                          n_decoys=n_decoys, alpha=stage_alpha, seed=seed + 1)
-        holm_over_family(v2, sum(c.strategy == "trigger" for c in copies), stage_alpha)
+                          n_decoys=n_decoys, alpha=stage_alpha, seed=seed + 1,
+                          family=sum(c.strategy == "trigger" for c in copies))
         verdict = merge_stages(v1, v2, alpha)
         plans.append(plan2)
         paths += paths2
@@ -253,21 +253,6 @@ def audit_model(
               "dataset": dataset, "lora": str(lora) if lora else None, "model": str(model_dir),
               "two_stage": two_stage, "work_dir": str(work)}
     return AuditResult(verdict, "model", str(model_dir), plans, paths, model_hash(model_dir, lora), params, timings)
-
-
-def holm_over_family(v: Verdict, family: int, alpha: float) -> None:
-    """Re-adjust ``v``'s Holm p-values as if all ``family`` copies had been tested, the untested
-    ones with p = 1 (stage 2 tests a selected subset; see the module docstring for why the
-    correction must cover every copy the selection chose from)."""
-    from tracemark.stats import holm
-
-    pv = np.array([s.p_value for s in v.scores] + [1.0] * max(0, family - len(v.scores)))
-    for s, p_adj in zip(v.scores, holm(pv)[:len(v.scores)]):
-        s.p_holm = float(p_adj)
-        s.named = s.p_holm < alpha
-    v.named = [s.licensee for s in sorted(v.scores, key=lambda s: s.p_value) if s.named]
-    v.used = bool(v.named)
-    v.p_value = float(min(s.p_holm for s in v.scores)) if v.scores else 1.0
 
 
 def merge_stages(v1: Verdict, v2: Verdict, alpha: float) -> Verdict:

@@ -120,14 +120,20 @@ def calibrated_p(stat: np.ndarray, null: NullFit, kind: str, n_bits: int | None 
     return np.maximum(p_theory, p_fit)
 
 
-def holm(pvals: np.ndarray) -> np.ndarray:
-    """Holm step-down adjusted p-values (controls the family-wise error over licensees)."""
+def holm(pvals: np.ndarray, family: int | None = None) -> np.ndarray:
+    """Holm step-down adjusted p-values (controls the family-wise error over licensees).
+
+    ``family``: the size of the family the tested hypotheses were *selected* from (at least
+    ``len(pvals)``); the untested ones count with p = 1. Needed when a data-dependent selection
+    chose which keys to test (the audit's stage 2), because the selection is not independent of
+    the test there."""
     p = np.asarray(pvals, dtype=np.float64)
     m = len(p)
     if m == 0:
         return p
+    size = max(m, family or 0)
     order = np.argsort(p)
-    adj_sorted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    adj_sorted = np.maximum.accumulate(np.minimum(1.0, (size - np.arange(m)) * p[order]))
     out = np.empty(m)
     out[order] = adj_sorted
     return out

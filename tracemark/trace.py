@@ -124,8 +124,10 @@ def score_copies(
     n_decoys: int = DEFAULT_DECOYS,
     alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
+    family: int | None = None,
 ) -> Verdict:
-    """Test every copy's key on ``images`` (decoy-calibrated, Holm over copies)."""
+    """Test every copy's key on ``images`` (decoy-calibrated, Holm over copies, or over a larger
+    ``family`` of copies that these were selected from: see :func:`tracemark.stats.holm`)."""
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to test against")
     if len(images) == 0:
@@ -167,7 +169,7 @@ def score_copies(
                           "decoy_values": res.null.values}
         rows.append(CopyScore(copy.id, copy.dataset, copy.licensee, copy.scheme, copy.strategy, stat, float(z),
                               float(res.p_value[0]), float(res.p_empirical[0]), 1.0, len(Fi), subset is not None))
-    p_holm = stats.holm(np.array([r.p_value for r in rows]))
+    p_holm = stats.holm(np.array([r.p_value for r in rows]), family)
     for r, ph in zip(rows, p_holm):
         r.p_holm = float(ph)
         r.named = bool(ph < alpha)

@@ -2,6 +2,7 @@
 licensees, a few steps): the code paths, resumption and output schema, not the numbers."""
 
 import csv
+import json
 
 import pytest
 
@@ -45,16 +46,13 @@ def test_grid_rows_and_resume(grid_run):
     grid.run(cells, tmp / "work", tmp / "grid.csv", base=base, log=seen.append)
     assert len(rows(tmp / "grid.csv")) == 7 and "7 of 7 cells done already" in seen[0]
     # scheme parameters reach the registry of their own group
+    from tracemark.audit import trigger_of
     from tracemark.registry import Registry
 
     reg = Registry(grid.group_dir(tmp / "work", cells[5]) / "home")
     assert reg.copies()[0].params["cells"] == 16 and "cells16" in cells[5].name
     # a licensee-scoped group: one trigger word per copy, so the audit runs its two stages
-    import json
-
     reg = Registry(grid.group_dir(tmp / "work", cells[6]) / "home")
-    from tracemark.audit import trigger_of
-
     assert len({trigger_of(c, reg) for c in reg.copies()}) == 4
     assert json.loads((tmp / "work" / "cells" / cells[6].name / "audit.json").read_text())["params"]["two_stage"]
 

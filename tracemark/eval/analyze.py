@@ -273,9 +273,9 @@ def tracing_scale(models: list[Model], sizes=(10, 100, 1000, 10000), alpha: floa
             others = [m.registry.key_for_copy(c) for lic, c in sorted(copies.items()) if lic not in m.truth]
             extra = [m.registry.key_for(c0.dataset, f"unissued{i:05d}") for i in range(max(sizes) - len(copies))]
             decoys = sch.random_vectors(n_decoys, np.random.default_rng(0))
+            P = sch.key_vectors(guilty + (others + extra)[:max(sizes) - len(guilty)])  # each N is a prefix
             for n in sizes:
-                keys = guilty + (others + extra)[:n - len(guilty)]
-                t = stats.test_keys(F, sch.key_vectors(keys), decoys, sch.kind)
+                t = stats.test_keys(F, P[:n], decoys, sch.kind)
                 named = t.p_holm < alpha
                 g = len(guilty)
                 res[n]["guilty"] += g

@@ -78,7 +78,7 @@ class Cell:
             if f.name == "base" and v:
                 v = Path(v).name
             if v != f.default:
-                parts.append(f"{f.name}{v}".replace(":", "_").replace("=", "").replace(";", "_"))
+                parts.append(_tag(f"{f.name}{v}"))
         return "-".join(parts)
 
     @property
@@ -95,10 +95,15 @@ class Cell:
 KEY_FIELDS = [f.name for f in fields(Cell)]
 
 
+def _tag(text: str) -> str:
+    """A cell setting as a folder-name fragment ("pre_attack" "jpeg:50" -> jpeg_50, "cells=16" -> cells16)."""
+    return text.replace(":", "_").replace("=", "").replace(";", "_")
+
+
 def group_dir(work: Path, cell: Cell) -> Path:
     rate = cell.rate if cell.rate > 0 else 0.1  # the control is audited against the 10% group's copies
     strength = f"-s{cell.strength:g}" if cell.strength else ""
-    opts = "-" + cell.opts.replace("=", "").replace(";", "_") if cell.opts else ""
+    opts = "-" + _tag(cell.opts) if cell.opts else ""
     scope = f"-{cell.scope}" if cell.scope != "dataset" else ""
     return work / "groups" / f"{cell.scheme}{strength}{opts}-{cell.strategy}{scope}-r{rate:g}-{cell.domain}"
 
