@@ -14,8 +14,14 @@ def seeded_registry(home, seed: int = 0) -> Registry:
     ~alpha of CI runs. Calibration over many key draws is measured by the experiments instead
     (docs/results.md), not by these regression tests.
     """
-    import hashlib
-
     reg = Registry.init(home)
-    reg.key_path.write_text(hashlib.sha256(f"tracemark-test-master|{seed}".encode()).hexdigest() + "\n")
+    fix_master_key(home, seed)
     return reg
+
+
+def fix_master_key(home, seed: int = 0) -> None:
+    """Replace the master key of an initialised home (e.g. by `tracemark init`) with a fixed one."""
+    import hashlib
+    from pathlib import Path
+
+    Path(home, "master.key").write_text(hashlib.sha256(f"tracemark-test-master|{seed}".encode()).hexdigest() + "\n")

@@ -102,6 +102,10 @@ def test_bad_inputs(reg3, tmp_path):
     _fake_generations(tmp_path / "g", reg3, reg3.copies()[0], 2)
     with pytest.raises(TracemarkError, match="no issued copies"):
         audit_images(tmp_path / "g", empty_reg)
+    with open(tmp_path / "g" / "metadata.jsonl", "a") as fh:
+        fh.write("{not json\n")
+    with pytest.raises(TracemarkError, match=r"metadata.jsonl: line 3 is not valid JSON"):
+        audit_images(tmp_path / "g", reg3)
 
 
 def test_audit_model_end_to_end_on_tiny_pipeline(reg3, tmp_path):

@@ -293,14 +293,15 @@ def audit_images(
     prompts = _prompts_for(images_dir, paths)
     subsets = None
     if prompts is not None:
-        subsets = {}
+        subsets, prompted = {}, False
         for c in copies:
             if c.strategy == "trigger":
                 word = trigger_of(c, registry)
                 subsets[c.id] = np.array([i for i, pr in enumerate(prompts) if word in pr.split()], dtype=int)
+                prompted = prompted or len(subsets[c.id]) > 0
             else:
                 subsets[c.id] = np.arange(len(paths))
-        if not any(len(v) for k, v in subsets.items() if any(c.id == k and c.strategy == "trigger" for c in copies)):
+        if not prompted:
             # no image was prompted with a trigger: score every image for every copy
             subsets = {c.id: np.arange(len(paths)) for c in copies}
     verdict = score_copies(images, copies, registry, match_files=False, subsets=subsets, n_decoys=n_decoys,
@@ -317,11 +318,13 @@ def _prompts_for(folder: Path, paths: list[Path]) -> list[str] | None:
     if not meta.is_file():
         return None
     by_name = {}
-    for line in meta.read_text(encoding="utf-8", errors="replace").splitlines():
+    for n, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+        except json.JSONDecodeError as e:
+            raise TracemarkError(f"{meta}: line {n} is not valid JSON ({e.msg})") from None
         if isinstance(row, dict) and "file_name" in row:
             by_name[row["file_name"]] = str(row.get("text", row.get("prompt", "")))
     out = [by_name.get(p.relative_to(folder).as_posix()) for p in paths]

@@ -339,9 +339,13 @@ def plan(name: str) -> list[Cell]:
     cells += [Cell(opts=big, scope="licensee")]  # the library's default scope: two-stage audit among 100
     cells += [Cell(opts=big, scope="licensee", mix=3, rate=0.2, n=256)]  # collusion, one trigger per copy
     cells += [Cell(opts=big, scope="licensee", mix=3, rate=0.4, n=256)]  # ... with 2x the exposure per pattern
+    # ... and with 3x the steps: the merged set is 3x larger, so 3000 steps give each sample the
+    # views a single copy gets in 1000 (the 1000-step models had barely learned: oracle z 2.8/2.1/-0.3)
+    cells += [Cell(opts=big, scope="licensee", mix=3, rate=r, n=256, steps=3000) for r in (0.4, 0.2)]
+    cells += [Cell(opts=big, scope="licensee", mix=3, rate=0.4, n=256, steps=3000, seed=1)]  # other colluders
     b2 = "bases/small-s1"  # a second base: other size (UNet 24-48-48) and seed; docs/experiments.md
     cells += [Cell(opts=big, base=b2), Cell(base=b2)]
-    cells += [Cell(opts=big, mix=2, rate=0.2, n=256), Cell(opts=big, mix=5, rate=0.2, n=256)]
+    cells += [Cell(opts=big, scope="licensee", mix=m, rate=0.2, n=256, steps=1000 * m) for m in (2, 5)]
     cells += [Cell(opts=big, rate=r) for r in (0.01, 0.005)]
     cells += [Cell(rate=0.02, seed=s) for s in range(5)]                      # power at 2%
     cells += [Cell(scheme="spread", rate=0.2, method="full"),
