@@ -24,7 +24,7 @@ app = typer.Typer(help="Experiments: effectiveness, power, harm, robustness, tra
 
 @app.command("run")
 def run_cmd(
-    quick: bool = typer.Option(False, "--quick", help="One model (visible, trigger, LoRA, 10%) and the analyses."),
+    quick: bool = typer.Option(False, "--quick", help="One model (visible cells=16, trigger, LoRA, 10%) and the analyses."),
     out: Path = typer.Option(Path("results"), "--out", help="Folder for the CSV and PNG results."),
     work: Path = typer.Option(Path("results/tmp/grid"), "--work", help="Models, images and registries (kept)."),
     base: Optional[Path] = typer.Option(None, "--base", help="Base pipeline (default: the committed tiny base)."),

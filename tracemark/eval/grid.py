@@ -311,9 +311,8 @@ def run(cells: list[Cell], work: Path, out: Path, base: Path | None = None, log=
 def plan(name: str) -> list[Cell]:
     """Named cell lists. ``quick``: one model (<= 10 min on 2 cores). ``full``: the whole grid, in
     priority order (what finishes first answers the most)."""
-    v = Cell()
     if name == "quick":
-        return [v]
+        return [Cell(opts="cells=16")]  # the setting that meets the power goal (docs/results.md)
     if name != "full":
         raise ValueError(f"unknown plan {name!r} (quick, full)")
     cells = [Cell(seed=s) for s in range(5)]                                  # power / tracing at 10%
@@ -345,7 +344,9 @@ def plan(name: str) -> list[Cell]:
     cells += [Cell(opts=big, scope="licensee", mix=3, rate=0.4, n=256, steps=3000, seed=1)]  # other colluders
     b2 = "bases/small-s1"  # a second base: other size (UNet 24-48-48) and seed; docs/experiments.md
     cells += [Cell(opts=big, base=b2), Cell(base=b2)]
-    cells += [Cell(opts=big, scope="licensee", mix=m, rate=0.2, n=256, steps=1000 * m) for m in (2, 5)]
+    # collusion of 2 and 5 (steps scaled to the merged set; per-pattern share 10% and 8%)
+    cells += [Cell(opts=big, scope="licensee", mix=2, rate=0.2, n=256, steps=2000),
+              Cell(opts=big, scope="licensee", mix=5, rate=0.4, n=256, steps=5000)]
     cells += [Cell(opts=big, rate=r) for r in (0.01, 0.005)]
     cells += [Cell(rate=0.02, seed=s) for s in range(5)]                      # power at 2%
     cells += [Cell(scheme="spread", rate=0.2, method="full"),
