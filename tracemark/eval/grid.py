@@ -342,6 +342,7 @@ def plan(name: str) -> list[Cell]:
     # views a single copy gets in 1000 (the 1000-step models had barely learned: oracle z 2.8/2.1/-0.3)
     cells += [Cell(opts=big, scope="licensee", mix=3, rate=r, n=256, steps=3000) for r in (0.4, 0.2)]
     cells += [Cell(opts=big, scope="licensee", mix=3, rate=0.4, n=256, steps=3000, seed=1)]  # other colluders
+    cells += [Cell(opts=big, mix=3, rate=0.4, n=256, steps=3000)]  # the same with one shared trigger word
     b2 = "bases/small-s1"  # a second base: other size (UNet 24-48-48) and seed; docs/experiments.md
     cells += [Cell(opts=big, base=b2), Cell(base=b2)]
     # collusion of 2 and 5 (steps scaled to the merged set; per-pattern share 10% and 8%)
