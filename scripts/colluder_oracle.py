@@ -17,18 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import fields
+from dataclasses import asdict
 from pathlib import Path
-
-
-def cell_from_name(name: str):
-    """The grid Cell whose folder name is ``name`` (searched in the full plan)."""
-    from tracemark.eval.grid import plan
-
-    for c in plan("full"):
-        if c.name == name:
-            return c
-    raise SystemExit(f"{name}: not a cell of the full grid plan")
 
 
 def main() -> None:
@@ -40,26 +30,28 @@ def main() -> None:
 
     from tracemark.audit import _generate, build_plan
     from tracemark.dataset import read_image_rgb
-    from tracemark.eval.grid import ensure_group
-    from tracemark.sim import default_base_path
+    from tracemark.eval.grid import cell_model, ensure_group, find_cell
     from tracemark.sim.pipeline import load_pipeline
     from tracemark.trace import score_copies
 
-    cell = cell_from_name(args.cell)
+    from tracemark.errors import TracemarkError
+
+    try:
+        cell = find_cell(args.cell)
+    except TracemarkError as e:
+        raise SystemExit(str(e)) from None
     cdir = args.work / "cells" / cell.name
     if not (cdir / "model").is_dir():
         raise SystemExit(f"{cdir / 'model'}: no fine-tuned model (run the cell first)")
     reg, _, _ = ensure_group(args.work, cell, print)
     copies = reg.copies()
     guilty = [c for c in copies if c.licensee in cell.licensees]
-    base = args.work / cell.base if cell.base else default_base_path()
-    model_dir, lora = (cdir / "model", None) if cell.method == "full" else (base, cdir / "model")
-    pipe = load_pipeline(model_dir, lora=lora)
+    pipe = load_pipeline(*cell_model(args.work, cell))
     qp = build_plan(copies, reg, args.n * len(guilty), seed=11, only=[c.id for c in guilty], stage=2)
     shutil.rmtree(cdir / "oracle", ignore_errors=True)  # a rerun regenerates the same images (fixed seeds)
     paths = _generate({"steps": 25, "guidance": 6.0}, qp, cdir / "oracle", pipe)
     v = score_copies([read_image_rgb(p) for p in paths], guilty, reg, match_files=False, subsets=qp.subsets(guilty))
-    out = {"cell": {f.name: getattr(cell, f.name) for f in fields(cell)}, "n_per_colluder": args.n,
+    out = {"cell": asdict(cell), "n_per_colluder": args.n,
            "z": {s.licensee: round(s.z, 2) for s in v.scores}}
     (cdir / "colluders_oracle.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(out["z"]))

@@ -6,51 +6,69 @@ many stage-1 images. This probe compares, on a grid model, each guilty copy's z 
 prompted with its own trigger alone (m = 1) against 64 images whose prompt holds its trigger plus
 m - 1 = 3 random other licensees' triggers, shuffled (m = 4).
 
-    .venv/bin/python scripts/mixed_trigger_probe.py CELL_NAME GROUP_NAME LIC[,LIC...]
+    .venv/bin/python scripts/mixed_trigger_probe.py CELL_NAME [--work results/tmp/grid]
 
-e.g. visible-trigger-lora-r0.1-seed0-optscells16-scopelicensee visible-cells16-trigger-licensee-r0.1-faces lic000
-(folders under results/tmp/grid/cells and results/tmp/grid/groups). Measured: docs/audit.md.
+e.g. visible-trigger-lora-r0.1-seed0-optscells16-scopelicensee (a folder under WORK/cells; the
+guilty licensees and the group are read from the grid's Cell). Measured: docs/audit.md.
 """
+
+from __future__ import annotations
+
+import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
+
 import numpy as np
-from tracemark.audit import _captions, _generate, QueryPlan
-from tracemark.dataset import read_image_rgb
-from tracemark.registry import Registry
-from tracemark.trace import score_copies, trigger_of
-from tracemark.sim.pipeline import load_pipeline
 
-cell, group, truth = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
-work = Path("results/tmp/grid")
-cdir, gdir = work / "cells" / cell, work / "groups" / group
-reg = Registry(gdir / "home")
-copies = reg.copies()
-by = {c.licensee: c for c in copies}
-words = {c.id: trigger_of(c, reg) for c in copies}
-pipe = load_pipeline(Path("tracemark/sim/base_model"), lora=cdir / "model")
-rng = np.random.default_rng(5)
-n = 64
-res = {}
 
-for m in (1, 4):
-    prompts, targets = [], []
-    for i in range(n):
-        c = by[truth[i % len(truth)]]
-        others = [x for x in copies if x.id != c.id]
-        pick = [c] + [others[j] for j in rng.choice(len(others), m - 1, replace=False)]
-        ws = [words[x.id] for x in pick]
-        rng.shuffle(ws)
-        caps = _captions(c)
-        prompts.append(" ".join(ws) + " " + caps[rng.integers(len(caps))])
-        targets.append(c.id)
-    plan = QueryPlan(prompts, targets, [900_000 + i for i in range(n)], 2)
-    shutil.rmtree(cdir / f"mixtrig{m}", ignore_errors=True)
-    paths = _generate({"steps": 25, "guidance": 6.0}, plan, cdir / f"mixtrig{m}", pipe)
-    imgs = [read_image_rgb(p) for p in paths]
-    tc = [by[t] for t in truth]
-    v = score_copies(imgs, tc, reg, match_files=False, subsets=plan.subsets(tc))
-    res[m] = {s.licensee: round(s.z, 2) for s in v.scores}
-    print("triggers per prompt", m, res[m], flush=True)
-(cdir / "mixtrig.json").write_text(json.dumps(res))
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cell")
+    ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
+    args = ap.parse_args()
+
+    from tracemark.audit import QueryPlan, _captions, _generate
+    from tracemark.dataset import read_image_rgb
+    from tracemark.eval.grid import cell_model, ensure_group, find_cell
+    from tracemark.sim.pipeline import load_pipeline
+    from tracemark.trace import score_copies, trigger_of
+
+    from tracemark.errors import TracemarkError
+
+    try:
+        cell = find_cell(args.cell)
+    except TracemarkError as e:
+        raise SystemExit(str(e)) from None
+    cdir = args.work / "cells" / cell.name
+    reg, _, _ = ensure_group(args.work, cell, print)
+    copies = reg.copies()
+    by = {c.licensee: c for c in copies}
+    guilty = [by[lic] for lic in cell.licensees]
+    words = {c.id: trigger_of(c, reg) for c in copies}
+    pipe = load_pipeline(*cell_model(args.work, cell))
+    rng = np.random.default_rng(5)
+    n = 64
+    res = {}
+    for m in (1, 4):
+        prompts, targets = [], []
+        for i in range(n):
+            c = guilty[i % len(guilty)]
+            others = [x for x in copies if x.id != c.id]
+            ws = [words[c.id]] + [words[others[j].id] for j in rng.choice(len(others), m - 1, replace=False)]
+            rng.shuffle(ws)
+            caps = _captions(c)
+            prompts.append(" ".join(ws) + " " + caps[rng.integers(len(caps))])
+            targets.append(c.id)
+        qp = QueryPlan(prompts, targets, [900_000 + i for i in range(n)], stage=2)
+        shutil.rmtree(cdir / f"mixtrig{m}", ignore_errors=True)  # a rerun regenerates the same images
+        paths = _generate({"steps": 25, "guidance": 6.0}, qp, cdir / f"mixtrig{m}", pipe)
+        v = score_copies([read_image_rgb(p) for p in paths], guilty, reg, match_files=False,
+                         subsets=qp.subsets(guilty))
+        res[m] = {s.licensee: round(s.z, 2) for s in v.scores}
+        print("triggers per prompt", m, res[m], flush=True)
+    (cdir / "mixtrig.json").write_text(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

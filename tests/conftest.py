@@ -33,4 +33,3 @@ def sample_dir(tmp_path_factory):
 def natural_images():
     rng = np.random.default_rng(7)
     return [pink_noise(128, 128, rng).astype(np.float32) for _ in range(64)]
-

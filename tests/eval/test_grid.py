@@ -100,3 +100,18 @@ def test_auroc_and_kid():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(200, 8)), rng.normal(size=(200, 8))
     assert abs(kid(a, b)) < kid(a, b + 1.0)
+
+
+def test_find_cell_and_cell_model(tmp_path):
+    from tracemark.errors import TracemarkError
+    from tracemark.eval import grid
+
+    c = grid.plan("full")[-1]
+    assert grid.find_cell(c.name) == c
+    with pytest.raises(TracemarkError, match="not a cell"):
+        grid.find_cell("nope")
+    lora = grid.Cell(base="bases/b2")
+    assert grid.cell_model(tmp_path, lora) == (tmp_path / "bases/b2", tmp_path / "cells" / lora.name / "model")
+    full = grid.Cell(method="full")
+    assert grid.cell_model(tmp_path, full) == (tmp_path / "cells" / full.name / "model", None)
+    assert grid.cell_model(tmp_path, grid.Cell(), base=tmp_path / "b")[0] == tmp_path / "b"

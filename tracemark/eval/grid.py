@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tracemark.errors import TracemarkError
 from tracemark.eval.common import Timer, add_columns, append_row, done_cells, read_folder
 
 N_LICENSEES = 100
@@ -217,6 +218,27 @@ def replicate_audit(cdir: Path, cell: Cell, reg, model_dir: Path, lora: Path | N
     (cdir / "audit2.json").write_text(json.dumps(res.to_dict(), default=str, indent=1))
 
 
+def cell_base(work: Path, cell: Cell, base: Path | None = None) -> Path:
+    """The base pipeline a cell fine-tunes: its own ``base`` folder, else ``base`` (the run's)."""
+    from tracemark.sim import default_base_path
+
+    return work / cell.base if cell.base else (base or default_base_path())
+
+
+def cell_model(work: Path, cell: Cell, base: Path | None = None) -> tuple[Path, Path | None]:
+    """(pipeline folder, LoRA or None) of a cell's fine-tuned model, as ``audit_model`` takes them."""
+    model = work / "cells" / cell.name / "model"
+    return (model, None) if cell.method == "full" else (cell_base(work, cell, base), model)
+
+
+def find_cell(name: str) -> Cell:
+    """The cell of the quick or full plan whose folder name is ``name``."""
+    for c in plan("quick") + plan("full"):
+        if c.name == name:
+            return c
+    raise TracemarkError(f"{name}: not a cell of the grid plans")
+
+
 def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
     from tracemark.audit import audit_model
     from tracemark.dataset import load_dataset
@@ -225,7 +247,7 @@ def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
     from tracemark.sim.probe import colour_accuracy
 
     timer = Timer()
-    base = work / cell.base if cell.base else base
+    base = cell_base(work, cell, base)
     reg, data, gdir = ensure_group(work, cell, log)
     cdir = work / "cells" / cell.name
     cdir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +261,7 @@ def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
         finetune(train, base, model, method=cell.method, steps=cell.steps or DEFAULT_STEPS, lr=cell.lr or None,
                  rank=cell.rank, seed=cell.seed, resume=(model / "checkpoints" / "last.pt").exists(), progress=False)
     t_ft = timer.lap()
-    model_dir, lora = (model, None) if cell.method == "full" else (base, model)
+    model_dir, lora = cell_model(work, cell, base)
     audit_dir = cdir / "audit"
     shutil.rmtree(audit_dir, ignore_errors=True)
     pipe = load_pipeline(model_dir, lora=lora)  # one load serves both audits and the normal generations
