@@ -1,6 +1,7 @@
-"""Refresh the tables of docs/results.md from results/*.csv (written by `tracemark eval analyze`).
+"""Refresh the tables of docs/results.md from results/old_base/*.csv (written by `tracemark eval analyze`
+on the old base; see the note at the top of docs/results.md).
 
-    .venv/bin/python scripts/results_tables.py [--doc docs/results.md] [--results results]
+    .venv/bin/python scripts/results_tables.py [--doc docs/results.md] [--results results/old_base]
 
 Each table in the doc sits between ``<!-- table:NAME -->`` and ``<!-- /table -->``; this script
 rewrites what is between the markers and nothing else, so the prose around a table is kept and
@@ -87,7 +88,7 @@ def tables(results: Path) -> dict[str, str]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--doc", type=Path, default=Path("docs/results.md"))
-    ap.add_argument("--results", type=Path, default=Path("results"))
+    ap.add_argument("--results", type=Path, default=Path("results/old_base"))
     args = ap.parse_args(argv)
     text = args.doc.read_text()
     found = set()

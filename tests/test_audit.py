@@ -177,3 +177,27 @@ def test_two_stage_needs_holm_over_every_copy_not_only_the_candidates():
     # than alpha / 2 (the stage's share); over all T copies the rate stays below it.
     assert _two_stage_fwer(family_correction=False) > 0.03
     assert _two_stage_fwer(family_correction=True) <= 0.005 + 0.01  # alpha / 2 + 3 sd of 400 trials
+
+
+def test_audit_model_leaves_no_images_or_trigger_words_behind(reg3, tmp_path, monkeypatch):
+    """Without a folder named to keep them, the generated images and their prompts (holding the
+    secret trigger words) are removed when the audit ends; the report still shows the images."""
+    pytest.importorskip("diffusers")
+    from tracemark.audit import audit_model
+    from tracemark.report import write_report
+    from tracemark.sim import build_tiny_pipeline
+
+    tmp = tmp_path / "systmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    pipe_dir = build_tiny_pipeline(tmp_path / "tiny", seed=0)
+    res = audit_model(pipe_dir, reg3, n=MIN_PER_COPY * 3, steps=2)
+    assert list(tmp.iterdir()) == []
+    assert res.to_dict()["n_images"] == MIN_PER_COPY * 3 and res.to_dict()["params"]["work_dir"] is None
+    html = write_report(res, tmp_path / "r.html").read_text()
+    assert "data:image/png;base64," in html
+    words = [trigger_of(c, reg3) for c in reg3.copies() if c.strategy == "trigger"]
+    assert words and not any(w in html for w in words)

@@ -1,3 +1,4 @@
+import shutil
 import hashlib
 import io
 import json
@@ -145,3 +146,36 @@ def test_on_error_skip_lists_bad_files(tmp_path, registry):
     assert len(res.skipped) == 2 and any("3.png" in s for s in res.skipped) and any("CMYK" in s for s in res.skipped)
     names = [s.file_name for s in load_dataset(tmp_path / "o2").samples]
     assert "3.png" not in names and "5.jpg" not in names and len(names) == 9
+
+
+@pytest.mark.parametrize("strategy", ["trigger", "ambient"])
+def test_copy_loads_with_hugging_face_datasets(sample_dir, registry, tmp_path, strategy):
+    """What the diffusers trainers do first: ``load_dataset("imagefolder", data_dir=COPY)``; the
+    caption column is ``text`` and every image decodes, marked or not, in the copy's order."""
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "copy"
+    protect(sample_dir, out, "acme", registry=registry, rate=0.2, strategy=strategy, workers=1)
+    ds = datasets.load_dataset("imagefolder", data_dir=str(out), split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))  # fmt: skip
+    assert "image" in ds.column_names and "text" in ds.column_names
+    ours = load_dataset(out).samples
+    assert len(ds) == len(ours)
+    by_name = {os.path.basename(s.path): s for s in ours}
+    for row in ds:
+        assert row["image"].size == (128, 128)
+    assert sorted(ds["text"]) == sorted(s.text for s in by_name.values())
+    marked = {m["file_name"] for m in registry.copies()[0].marked}
+    if strategy == "trigger":
+        assert sum(t.split()[0] not in {s.text.split()[0] for s in load_dataset(sample_dir).samples}
+                   for t in ds["text"]) >= len(marked)  # fmt: skip
+
+
+def test_output_reached_through_a_symlink_into_the_input_is_refused(sample_dir, registry, tmp_path):
+    """`ln -s data link; protect data --out link/copy` used to write the copy into the input."""
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    (tmp_path / "link").symlink_to(data, target_is_directory=True)
+    before = tree_hash(data)
+    with pytest.raises(TracemarkError, match="inside the input"):
+        protect(data, tmp_path / "link" / "copy", "acme", registry=registry, rate=0.1, workers=1)
+    assert tree_hash(data) == before and not (data / "copy").exists()

@@ -81,3 +81,14 @@ def test_null_p_values_are_calibrated_over_500_trials(world, tmp_path):
     assert len(pvals) == 500
     assert (pvals < 0.01).mean() <= 0.02
     assert (pvals < 0.1).mean() <= 0.14  # and the bulk of the distribution is not skewed either
+
+
+@pytest.mark.parametrize("alpha,decoys,msg", [(2, 1000, "--alpha"), (0, 1000, "--alpha"), (float("nan"), 1000, "--alpha"),
+                                              (0.01, 0, "--decoys"), (0.01, -5, "--decoys")])  # fmt: skip
+def test_meaningless_statistics_parameters_are_refused(world, alpha, decoys, msg):
+    """--alpha 2 used to name every licensee on unrelated images; --decoys 0 gave p = nan."""
+    from tracemark.errors import TracemarkError
+
+    root, data, reg = world
+    with pytest.raises(TracemarkError, match=msg):
+        trace_files(data, reg, alpha=alpha, n_decoys=decoys)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from tracemark.dataset import list_images, read_image_rgb
 from tracemark.errors import TracemarkError
 from tracemark.registry import Copy, Registry
 from tracemark.strategies import apply_trigger
-from tracemark.trace import DEFAULT_ALPHA, DEFAULT_DECOYS, Verdict, score_copies, trigger_of
+from tracemark.trace import DEFAULT_ALPHA, DEFAULT_DECOYS, Verdict, check_test_parameters, score_copies, trigger_of
 
 MIN_PER_COPY = 16
 MAX_CANDIDATES = 8
@@ -139,6 +140,10 @@ class AuditResult:
     model_hash: str | None
     params: dict
     timings: dict = field(default_factory=dict)
+    #: Up to 64 of the scored images (H x W x 3 uint8), for the report's grid: the generated files
+    #: themselves are deleted after the audit unless a ``work_dir`` was named to keep them.
+    images: list = field(default_factory=list)
+    n_images: int = 0
 
     def to_dict(self) -> dict:
         v = self.verdict
@@ -159,7 +164,7 @@ class AuditResult:
                  "stage": getattr(s, "stage", 1)}
                 for s in v.scores
             ],
-            "n_images": len(self.image_paths),
+            "n_images": self.n_images or len(self.image_paths),
             "n_decoys": v.n_decoys,
             "scheme": schemes[0] if len(schemes) == 1 else schemes,
             "strategy": strategies[0] if len(strategies) == 1 else strategies,
@@ -212,6 +217,7 @@ def audit_model(
 
     from tracemark.sim.pipeline import load_pipeline
 
+    check_test_parameters(alpha, n_decoys)
     t0 = time.perf_counter()
     model_dir = Path(model_dir)
     copies = registry.copies(dataset)
@@ -220,7 +226,21 @@ def audit_model(
     if pipe is None:
         pipe = load_pipeline(model_dir, lora=lora, device=device)
     t_load = time.perf_counter()
+    # Generated images and their prompts (which hold the licensees' secret trigger words) live in
+    # a private temporary folder that is removed when the audit ends, unless the caller names a
+    # folder to keep them in.
+    own_work = work_dir is None
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tracemark-audit-"))
+    try:
+        return _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, steps, guidance, alpha,
+                            n_decoys, work, own_work, t0, t_load)  # fmt: skip
+    finally:
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, steps, guidance, alpha, n_decoys,
+                 work: Path, own_work: bool, t0: float, t_load: float) -> AuditResult:  # fmt: skip
     gen_args = {"steps": steps, "guidance": guidance}
     n_trig = len({trigger_of(c, registry) for c in copies if c.strategy == "trigger"})  # distinct words
     two_stage = n_trig > n // MIN_PER_COPY
@@ -232,13 +252,14 @@ def audit_model(
     images1 = [read_image_rgb(p) for p in paths1]
     v1 = score_copies(images1, copies, registry, match_files=False, subsets=plan1.subsets(copies),
                       n_decoys=n_decoys, alpha=stage_alpha, seed=seed)
-    plans, paths, verdict = [plan1], list(paths1), v1
+    plans, paths, verdict, shown = [plan1], list(paths1), v1, images1[:64]
     if two_stage:
         cands = [s.copy_id for s in sorted(v1.scores, key=lambda s: s.p_value)
                  if s.strategy == "trigger"][:MAX_CANDIDATES]
         plan2 = build_plan(copies, registry, n, seed, only=cands, stage=2)
         paths2 = _generate(gen_args, plan2, work / "stage2", pipe)
         images2 = [read_image_rgb(p) for p in paths2]
+        shown = (shown + images2)[:64]
         cand_copies = [c for c in copies if c.id in cands]
         v2 = score_copies(images2, cand_copies, registry, match_files=False, subsets=plan2.subsets(cand_copies),
                           n_decoys=n_decoys, alpha=stage_alpha, seed=seed + 1,
@@ -251,8 +272,9 @@ def audit_model(
                "total_s": round(t_end - t0, 2)}
     params = {"n": n, "seed": seed, "steps": steps, "guidance": guidance, "alpha": alpha, "n_decoys": n_decoys,
               "dataset": dataset, "lora": str(lora) if lora else None, "model": str(model_dir),
-              "two_stage": two_stage, "work_dir": str(work)}
-    return AuditResult(verdict, "model", str(model_dir), plans, paths, model_hash(model_dir, lora), params, timings)
+              "two_stage": two_stage, "work_dir": None if own_work else str(work)}
+    return AuditResult(verdict, "model", str(model_dir), plans, [] if own_work else paths,
+                       model_hash(model_dir, lora), params, timings, images=shown, n_images=len(paths))  # fmt: skip
 
 
 def merge_stages(v1: Verdict, v2: Verdict, alpha: float) -> Verdict:
@@ -283,6 +305,7 @@ def audit_images(
 ) -> AuditResult:
     """Black box: score images a suspect model produced. Prompts in a metadata.jsonl, if present,
     route each image to the trigger copy whose trigger word it was prompted with."""
+    check_test_parameters(alpha, n_decoys)
     t0 = time.perf_counter()
     images_dir = Path(images_dir)
     copies = registry.copies(dataset)

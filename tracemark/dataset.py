@@ -260,8 +260,10 @@ def write_metadata(meta_path: Path, rows: list[dict]) -> None:
 
 
 def is_inside(child: Path, parent: Path) -> bool:
+    """Whether ``child`` is ``parent`` or below it, after resolving symlinks (an output reached
+    through a link into the input is inside the input)."""
     try:
-        Path(os.path.abspath(child)).relative_to(os.path.abspath(parent))
+        Path(os.path.realpath(child)).relative_to(os.path.realpath(parent))
         return True
     except ValueError:
         return False

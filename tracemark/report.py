@@ -98,18 +98,20 @@ def _bars_plot(scores: list[dict]) -> str:
     return _png(fig)
 
 
-def _grid(paths: list[Path], max_n: int = 64, cell: int = 64) -> tuple[str, int, int]:
-    paths = paths[:max_n]
-    cols = min(8, max(1, len(paths)))
-    rows = (len(paths) + cols - 1) // cols
+def _grid(items: list, max_n: int = 64, cell: int = 64) -> tuple[str, int, int]:
+    """A PNG contact sheet of images given as arrays (H x W x 3 uint8) or file paths."""
+    items = items[:max_n]
+    cols = min(8, max(1, len(items)))
+    rows = (len(items) + cols - 1) // cols
     canvas = Image.new("RGB", (cols * cell, max(1, rows) * cell), "white")
-    for i, p in enumerate(paths):
-        with Image.open(p) as im:
+    for i, it in enumerate(items):
+        im = Image.fromarray(np.asarray(it, np.uint8)) if isinstance(it, np.ndarray) else Image.open(it)
+        with im:
             canvas.paste(im.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST),
                          ((i % cols) * cell, (i // cols) * cell))
     buf = io.BytesIO()
     canvas.save(buf, "PNG")
-    return base64.b64encode(buf.getvalue()).decode(), len(paths), cols * cell * 2
+    return base64.b64encode(buf.getvalue()).decode(), len(items), cols * cell * 2
 
 
 def write_report(result, path: str | Path, max_rows: int = 50) -> Path:
@@ -119,7 +121,7 @@ def write_report(result, path: str | Path, max_rows: int = 50) -> Path:
     top = scores[0]
     null = result.verdict.null.get(top["id"]) or next(iter(result.verdict.null.values()), {})
     values = np.asarray(null.get("decoy_values", np.zeros(1)))
-    grid_png, grid_n, grid_w = _grid(result.image_paths)
+    grid_png, grid_n, grid_w = _grid(list(getattr(result, "images", None) or result.image_paths))
     env = Environment(autoescape=select_autoescape(["html"]))
     html = env.from_string(TEMPLATE).render(
         r=r, top=top, scores=scores[:max_rows], more=max(0, len(scores) - max_rows),

@@ -113,6 +113,20 @@ def _subset_for(copy: Copy, names: Sequence[str], hashes: np.ndarray) -> np.ndar
     return np.array(idx, dtype=int) if idx else None
 
 
+#: Fewer decoys than this cannot calibrate a p-value (the fitted null needs a spread to fit).
+MIN_DECOYS = 100
+
+
+def check_test_parameters(alpha: float, n_decoys: int) -> None:
+    """One-line errors for statistics parameters that would make a verdict meaningless."""
+    import math
+
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0 < alpha < 1):
+        raise TracemarkError(f"--alpha must be between 0 and 1 (exclusive), got {alpha}")
+    if not isinstance(n_decoys, int) or n_decoys < MIN_DECOYS:
+        raise TracemarkError(f"--decoys must be an integer >= {MIN_DECOYS}, got {n_decoys}")
+
+
 def score_copies(
     images: Sequence[np.ndarray],
     copies: Sequence[Copy],
@@ -128,6 +142,7 @@ def score_copies(
 ) -> Verdict:
     """Test every copy's key on ``images`` (decoy-calibrated, Holm over copies, or over a larger
     ``family`` of copies that these were selected from: see :func:`tracemark.stats.holm`)."""
+    check_test_parameters(alpha, n_decoys)
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to test against")
     if len(images) == 0:

@@ -41,7 +41,7 @@ def make_data_cmd(
     out: Path = typer.Argument(..., help="Folder to create (imagefolder layout)."),
     n: int = typer.Option(1000, "--n", help="Number of images."),
     domain: str = typer.Option(
-        "shapes", "--domain", help="shapes | textures | faces | landscapes | mixture | mixture-all."
+        "shapes", "--domain", help="shapes | textures | faces | landscapes | mixture | mixture-all | open | open-all."
     ),
     seed: int = typer.Option(0, "--seed"),
     size: int = typer.Option(32, "--size", help="Image side: 32 or 64."),
@@ -66,6 +66,10 @@ def pretrain_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
     unet_channels: Optional[str] = typer.Option(None, "--unet-channels",
                                                 help="UNet block widths, e.g. 24,48,48 (default 32,64,64)."),
+    vae: Optional[Path] = typer.Option(None, "--vae", help="Trained AutoencoderKL folder (sim pretrain-vae)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer",
+                                             help="Tokenizer folder, CLIP BPE file or open-clip-torch wheel "
+                                                  "(default: the committed base's SD tokenizer)."),
 ) -> None:
     """Pretrain a fresh tiny pipeline (UNet + text encoder) from scratch."""
     from tracemark.sim.train import pretrain
@@ -75,8 +79,29 @@ def pretrain_cmd(
     except ValueError:
         raise TracemarkError(f"--unet-channels must be comma-separated integers, got {unet_channels!r}") from None
     path = pretrain(data, out, steps, lr=lr, batch_size=batch_size, seed=seed, save_every=save_every,
-                    resume=resume, num_threads=threads, unet_channels=chans)  # fmt: skip
+                    resume=resume, num_threads=threads, unet_channels=chans, vae=vae, tokenizer=tokenizer)  # fmt: skip
     console.print(f"pretrained pipeline in {path}")
+
+
+@app.command("pretrain-vae")
+def pretrain_vae_cmd(
+    data: Path = typer.Option(..., "--data", help="Imagefolder dataset to train on."),
+    out: Path = typer.Option(..., "--out", help="Output AutoencoderKL folder (checkpoints in OUT/checkpoints)."),
+    steps: int = typer.Option(6000, "--steps"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    crop: int = typer.Option(16, "--crop", help="Random crop side for training (the VAE is convolutional)."),
+    seed: int = typer.Option(0, "--seed"),
+    save_every: int = typer.Option(250, "--save-every"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
+) -> None:
+    """Train the world's AutoencoderKL (the lossy latent codec) from scratch."""
+    from tracemark.sim.vae import pretrain_vae
+
+    path = pretrain_vae(data, out, steps, lr=lr, batch_size=batch_size, crop=crop, seed=seed, save_every=save_every,
+                        resume=resume, num_threads=threads)  # fmt: skip
+    console.print(f"trained AutoencoderKL in {path}")
 
 
 def finetune_cmd(

@@ -86,6 +86,8 @@ LIGHT_POSITIONS = {"left": 0.22, "center": 0.5, "right": 0.78}
 
 DOMAINS = ("shapes", "textures", "faces", "landscapes")
 MIXTURES = {"mixture": ("shapes", "textures", "landscapes"), "mixture-all": DOMAINS}
+#: Open-vocabulary mixtures (see :class:`Vocabulary`): ``open`` is the base's pretraining data.
+OPEN_MIXTURES = {"open": ("shapes", "textures", "landscapes"), "open-all": DOMAINS}
 
 # Caption templates. Placeholders in braces; every other word is in the vocabulary.
 SHAPE_TEMPLATES = (
@@ -200,20 +202,150 @@ def _pick(rng: np.random.Generator, seq):
     return seq[rng.integers(len(seq))]
 
 
-def render_shapes(rng: np.random.Generator, size: int = 32) -> Scene:
-    bg = _pick(rng, COLOUR_NAMES)
-    colour = _other(rng, COLOUR_NAMES, {bg})
+# ----------------------------------------------------------------------------------------------
+# Vocabularies. ``BASIC`` is the 12-colour world of the original domains (what the probe reads
+# back). ``OPEN`` draws colours from the ~850 one- and two-word names of the xkcd colour survey
+# (shipped with matplotlib) besides the 12 basic ones, names objects, patterns, terrains and the
+# background by several synonyms, and adds a framing phrase ("a photo of ...") and a style word
+# that changes the image ("blurry", "dark", "faded", ...). Pretraining on it gives the base a
+# broad vocabulary, so an owner's captions with unseen wording still tokenize and encode
+# distinctly (the real CLIP BPE tokenizes anything, see :mod:`tracemark.sim.pipeline`).
+
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "circle": ("circle", "disc", "dot", "ball", "orb", "coin", "sphere", "bubble"),
+    "square": ("square", "box", "block", "tile", "cube", "rectangle"),
+    "triangle": ("triangle", "pyramid", "wedge", "arrowhead"),
+    "diamond": ("diamond", "rhombus", "gem", "kite", "lozenge"),
+    "ring": ("ring", "hoop", "donut", "halo", "loop"),
+    "cross": ("cross", "plus sign", "plus", "x mark"),
+    "vertical stripes": ("vertical stripes", "vertical lines", "pinstripes", "columns", "bars"),
+    "horizontal stripes": ("horizontal stripes", "horizontal lines", "bands", "layers"),
+    "diagonal stripes": ("diagonal stripes", "diagonal lines", "slanted stripes", "hatching"),
+    "dots": ("dots", "polka dots", "spots", "circles", "speckles"),
+    "grid": ("grid", "checks", "lattice", "mesh", "tiles"),
+    "waves": ("waves", "ripples", "wavy lines", "zigzags", "curves"),
+    "hills": ("hills", "dunes", "meadows", "slopes"),
+    "mountains": ("mountains", "peaks", "cliffs", "summits", "alps"),
+    "field": ("field", "plain", "desert", "prairie", "lake", "sea", "beach"),
+}
+BACKGROUND_WORDS = ("background", "field", "backdrop", "wall", "canvas", "surface", "ground", "board", "sheet")
+FRAMES = ("", "", "a photo of ", "a picture of ", "a drawing of ", "an illustration of ", "a painting of ",
+          "a sketch of ", "digital art of ", "a poster of ", "a close up of ", "an image of ", "a render of ",
+          "a watercolor of ", "clip art of ", "a cartoon of ", "a snapshot of ", "an icon of ")  # fmt: skip
+STYLES = ("", "", "", "blurry", "dark", "bright", "faded", "grainy", "vivid", "soft focus", "at night",
+          "in sunlight", "pastel", "noisy", "sharp", "hd", "detailed", "minimal", "retro", "vintage")  # fmt: skip
+
+
+def _style(canvas: np.ndarray, style: str) -> tuple[np.ndarray, float]:
+    """Apply a style word to a supersampled canvas; returns it and the grain to finish with."""
+    from scipy.ndimage import gaussian_filter
+
+    if style in ("blurry", "soft focus"):
+        canvas = gaussian_filter(canvas, sigma=(1.6 * SS if style == "blurry" else 0.9 * SS, ) * 2 + (0,))
+    elif style in ("dark", "at night"):
+        canvas = canvas * (0.5 if style == "dark" else 0.4)
+    elif style in ("bright", "in sunlight"):
+        canvas = 255 - (255 - canvas) * 0.55
+    elif style in ("faded", "pastel", "vintage"):
+        grey = canvas.mean(axis=-1, keepdims=True)
+        canvas = 0.45 * canvas + 0.55 * (grey * 0.6 + 0.4 * 200)
+    elif style == "vivid":
+        grey = canvas.mean(axis=-1, keepdims=True)
+        canvas = np.clip(grey + 1.5 * (canvas - grey), 0, 255)
+    grain = 9.0 if style in ("grainy", "noisy") else 2.0
+    return canvas, grain
+
+
+def _colour_distance(a, b) -> float:
+    return float(np.sqrt(np.sum((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The words captions are written with, and what each does to the picture."""
+
+    colours: dict
+    open: bool = False
+    basic_share: float = 1.0  # probability of drawing a colour from the 12 basic ones
+
+    def colour(self, rng: np.random.Generator) -> str:
+        if not self.open or rng.random() < self.basic_share:
+            return _pick(rng, COLOUR_NAMES)
+        return _pick(rng, self._broad_names())
+
+    def colour_pair(self, rng: np.random.Generator) -> tuple[str, str]:
+        """Two colours far enough apart to tell apart in pixels."""
+        if not self.open:
+            bg = _pick(rng, COLOUR_NAMES)
+            return bg, _other(rng, COLOUR_NAMES, {bg})
+        bg = self.colour(rng)
+        for _ in range(50):
+            fg = self.colour(rng)
+            if _colour_distance(self.colours[bg], self.colours[fg]) > 90:
+                return bg, fg
+        return bg, _other(rng, COLOUR_NAMES, {bg})
+
+    def _broad_names(self) -> tuple[str, ...]:
+        return tuple(n for n in self.colours if n not in COLOURS)
+
+    def word(self, name: str, rng: np.random.Generator) -> str:
+        return _pick(rng, SYNONYMS.get(name, (name,))) if self.open else name
+
+    def background(self, template: str, rng: np.random.Generator) -> str:
+        return template.replace("{bg} background", "{bg} " + _pick(rng, BACKGROUND_WORDS)) if self.open else template
+
+    def finish(self, scene: Scene, size: int, rng: np.random.Generator) -> Scene:
+        if not self.open:
+            scene.image = _finish(scene.image, size, rng)
+            return scene
+        frame, style = _pick(rng, FRAMES), _pick(rng, STYLES)
+        canvas, grain = _style(scene.image, style)
+        scene.image = _finish(np.clip(canvas, 0, 255), size, rng, grain=grain)
+        caption = scene.caption
+        if frame and caption.startswith("a "):
+            caption = caption[2:]
+        scene.caption = frame + caption + (f", {style}" if style else "")
+        scene.attributes["style"] = style
+        return scene
+
+
+def open_colours() -> dict[str, tuple[int, int, int]]:
+    """The 12 basic colours plus the one- and two-word xkcd colour names (sRGB 0-255)."""
+    from matplotlib.colors import XKCD_COLORS, to_rgb
+
+    out = {}
+    for key, hexval in sorted(XKCD_COLORS.items()):
+        name = key.split(":", 1)[1]
+        if re.fullmatch(r"[a-z]+( [a-z]+)?", name):
+            out[name] = tuple(int(round(255 * c)) for c in to_rgb(hexval))
+    out.update(COLOURS)  # the basic names keep their well-separated values
+    return out
+
+
+BASIC = Vocabulary(COLOURS)
+_OPEN: list[Vocabulary] = []
+
+
+def open_vocabulary() -> Vocabulary:
+    if not _OPEN:
+        _OPEN.append(Vocabulary(open_colours(), open=True, basic_share=0.4))
+    return _OPEN[0]
+
+
+def render_shapes(rng: np.random.Generator, size: int = 32, vocab: "Vocabulary | None" = None) -> Scene:
+    vocab = vocab or BASIC
+    bg, colour = vocab.colour_pair(rng)
     shape, sz, pos = _pick(rng, SHAPES), _pick(rng, SIZES), _pick(rng, POSITIONS)
     fill = FILLS[rng.choice(3, p=[0.6, 0.2, 0.2])]
     x, y = _grid(size)
-    canvas = _background(x, y, _jitter(COLOURS[bg], rng), rng)
+    canvas = _background(x, y, _jitter(vocab.colours[bg], rng), rng)
     cx, cy = (p + rng.uniform(-0.04, 0.04) for p in POSITIONS[pos])
     if sz == "small":
         r = rng.uniform(0.11, 0.15)
     else:
         r = rng.uniform(0.26, 0.32) if pos == "center" else rng.uniform(0.2, 0.24)
     mask = _shape_mask(shape, x, y, cx, cy, r)
-    obj = _jitter(COLOURS[colour], rng)
+    obj = _jitter(vocab.colours[colour], rng)
     _paint(canvas, mask, obj)
     if fill == "striped":
         stripes = ((x - cx + y - cy) * 10 % 1.0) < 0.45
@@ -221,20 +353,21 @@ def render_shapes(rng: np.random.Generator, size: int = 32) -> Scene:
     elif fill == "dotted":
         dots = ((x * 12 % 1.0 - 0.5) ** 2 + (y * 12 % 1.0 - 0.5) ** 2) < 0.06
         _paint(canvas, mask & dots, obj * 0.55)
-    template = _pick(rng, SHAPE_TEMPLATES)
+    template = vocab.background(_pick(rng, SHAPE_TEMPLATES), rng)
     caption = template.format(
-        size=sz, fill="" if fill == "solid" else fill + " ", colour=colour, shape=shape, pos=pos, bg=bg
-    )
+        size=sz, fill="" if fill == "solid" else fill + " ", colour=colour, shape=vocab.word(shape, rng), pos=pos,
+        bg=bg,
+    )  # fmt: skip
     attrs = {"background": bg, "colour": colour, "shape": shape, "size": sz, "position": pos, "fill": fill}
-    return Scene(caption, "shapes", _finish(canvas, size, rng), attrs)
+    return vocab.finish(Scene(caption, "shapes", canvas, attrs), size, rng)
 
 
-def render_textures(rng: np.random.Generator, size: int = 32) -> Scene:
-    bg = _pick(rng, COLOUR_NAMES)
-    colour = _other(rng, COLOUR_NAMES, {bg})
+def render_textures(rng: np.random.Generator, size: int = 32, vocab: "Vocabulary | None" = None) -> Scene:
+    vocab = vocab or BASIC
+    bg, colour = vocab.colour_pair(rng)
     pattern, scale = _pick(rng, PATTERNS), _pick(rng, SCALES)
     x, y = _grid(size)
-    canvas = _background(x, y, _jitter(COLOURS[bg], rng), rng)
+    canvas = _background(x, y, _jitter(vocab.colours[bg], rng), rng)
     period = (1 / 8 if scale == "thin" else 1 / 4.5) * rng.uniform(0.9, 1.1)
     duty = 0.3 if scale == "thin" else 0.38
     phase = rng.uniform(0, 1)
@@ -255,18 +388,20 @@ def render_textures(rng: np.random.Generator, size: int = 32) -> Scene:
         mask = ((y + wave) / period + phase) % 1.0 < duty
     else:  # pragma: no cover
         raise ValueError(pattern)
-    _paint(canvas, mask, _jitter(COLOURS[colour], rng))
-    caption = _pick(rng, TEXTURE_TEMPLATES).format(scale=scale, colour=colour, pattern=pattern, bg=bg)
+    _paint(canvas, mask, _jitter(vocab.colours[colour], rng))
+    template = vocab.background(_pick(rng, TEXTURE_TEMPLATES), rng)
+    caption = template.format(scale=scale, colour=colour, pattern=vocab.word(pattern, rng), bg=bg)
     attrs = {"background": bg, "colour": colour, "pattern": pattern, "scale": scale}
-    return Scene(caption, "textures", _finish(canvas, size, rng), attrs)
+    return vocab.finish(Scene(caption, "textures", canvas, attrs), size, rng)
 
 
-def render_faces(rng: np.random.Generator, size: int = 32) -> Scene:
-    bg = _pick(rng, COLOUR_NAMES)
+def render_faces(rng: np.random.Generator, size: int = 32, vocab: "Vocabulary | None" = None) -> Scene:
+    vocab = vocab or BASIC
+    bg = vocab.colour(rng)
     skin, hair, expr = _pick(rng, SKINS), _pick(rng, HAIRS), _pick(rng, EXPRESSIONS)
     glasses = rng.random() < 0.3
     x, y = _grid(size)
-    canvas = _background(x, y, _jitter(COLOURS[bg], rng), rng)
+    canvas = _background(x, y, _jitter(vocab.colours[bg], rng), rng)
     cx, cy = 0.5 + rng.uniform(-0.05, 0.05), 0.56 + rng.uniform(-0.04, 0.04)
     rx, ry = rng.uniform(0.25, 0.3), rng.uniform(0.31, 0.36)
     hair_rgb = _jitter(HAIRS[hair], rng, 8)
@@ -289,22 +424,27 @@ def render_faces(rng: np.random.Generator, size: int = 32) -> Scene:
     curve = {"smiling": 0.07, "frowning": -0.07, "serious": 0.0}[expr] * np.clip(1 - t**2, 0, 1)
     mouth = (abs(t) <= 1) & (abs(y - (my + curve - curve.max() / 2)) < 0.025)
     _paint(canvas, mouth, np.array([120.0, 20.0, 30.0]))
-    caption = _pick(rng, FACE_TEMPLATES).format(
+    caption = vocab.background(_pick(rng, FACE_TEMPLATES), rng).format(
         expr=expr, hair=hair, glasses=" and glasses" if glasses else "", skin=skin, bg=bg
     )
     attrs = {"background": bg, "skin": skin, "hair": hair, "expression": expr, "glasses": glasses}
-    return Scene(caption, "faces", _finish(canvas, size, rng), attrs)
+    return vocab.finish(Scene(caption, "faces", canvas, attrs), size, rng)
 
 
-def render_landscapes(rng: np.random.Generator, size: int = 32) -> Scene:
-    sky = _pick(rng, SKIES)
-    ground = _other(rng, GROUNDS, {sky})
+def render_landscapes(rng: np.random.Generator, size: int = 32, vocab: "Vocabulary | None" = None) -> Scene:
+    vocab = vocab or BASIC
+    if vocab.open:
+        sky, ground = vocab.colour_pair(rng)
+    else:
+        sky = _pick(rng, SKIES)
+        ground = _other(rng, GROUNDS, {sky})
     terrain = _pick(rng, TERRAINS)
     light = _pick(rng, LIGHTS)
     lcolour = _other(rng, LIGHTS[light], {sky})
+    terrain_word = vocab.word(terrain, rng)
     lpos = _pick(rng, LIGHT_POSITIONS)
     x, y = _grid(size)
-    canvas = _background(x, y, _jitter(COLOURS[sky], rng), rng, strength=0.0)
+    canvas = _background(x, y, _jitter(vocab.colours[sky], rng), rng, strength=0.0)
     # vertical sky gradient
     canvas *= (1.0 + 0.12 * (y - 0.3) * rng.uniform(0.5, 1.0))[..., None]
     canvas = np.clip(canvas, 0, 255)
@@ -321,14 +461,14 @@ def render_landscapes(rng: np.random.Generator, size: int = 32) -> Scene:
     else:
         line = horizon + 0.0 * x
     land = y >= line
-    ground_rgb = _jitter(COLOURS[ground], rng)
+    ground_rgb = _jitter(vocab.colours[ground], rng)
     shade = (1.0 - 0.15 * (y - horizon))[..., None]
     canvas[land] = np.clip(ground_rgb[None, None, :] * shade, 0, 255)[land]
     template = _pick(rng, LANDSCAPE_TEMPLATES)
-    caption = template.format(ground=ground, terrain=terrain, sky=sky, lcolour=lcolour, light=light, lpos=lpos)
+    caption = template.format(ground=ground, terrain=terrain_word, sky=sky, lcolour=lcolour, light=light, lpos=lpos)
     attrs = {"sky": sky, "ground": ground, "terrain": terrain, "light": light, "light_colour": lcolour}
     attrs["light_position"] = lpos
-    return Scene(caption, "landscapes", _finish(canvas, size, rng), attrs)
+    return vocab.finish(Scene(caption, "landscapes", canvas, attrs), size, rng)
 
 
 RENDERERS = {
@@ -345,17 +485,20 @@ def domain_list(domain: str) -> tuple[str, ...]:
         return (domain,)
     if domain in MIXTURES:
         return MIXTURES[domain]
-    known = ", ".join([*RENDERERS, *MIXTURES])
+    if domain in OPEN_MIXTURES:
+        return OPEN_MIXTURES[domain]
+    known = ", ".join([*RENDERERS, *MIXTURES, *OPEN_MIXTURES])
     raise ValueError(f"unknown domain {domain!r} (choose one of: {known})")
 
 
 def render(domain: str, n: int, seed: int = 0, size: int = 32):
     """Yield ``n`` scenes of ``domain`` (a mixture cycles through its parts), deterministically."""
     parts = domain_list(domain)
+    vocab = open_vocabulary() if domain in OPEN_MIXTURES else BASIC
     for i in range(n):
         rng = np.random.default_rng([seed, i])
         part = parts[i % len(parts)] if len(parts) > 1 else parts[0]
-        yield RENDERERS[part](rng, size)
+        yield RENDERERS[part](rng, size, vocab)
 
 
 def make_dataset(out_dir, n: int, domain: str = "shapes", seed: int = 0, size: int = 32) -> Path:

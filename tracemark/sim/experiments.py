@@ -1,7 +1,6 @@
 """Measurements behind the CPU world's design choices (numbers in docs/sim.md).
 
-``python -m tracemark.sim.experiments autoencoder``: does a faint pattern survive a small trained
-``AutoencoderKL`` as it survives the space-to-depth codec, and what does training one cost?
+(How well marks survive the world's VAE, and how good a base is: :mod:`tracemark.sim.quality`.)
 
 ``python -m tracemark.sim.experiments trigger --method lora --lora-targets broad``: a quick
 version of issue #3's experiment, used to choose fine-tuning defaults: mark 10% of a 1000-image
@@ -140,82 +139,11 @@ def trigger_experiment(work, base=None, method: str = "lora", lora_targets="broa
     return res
 
 
-def autoencoder_experiment(data_dir, minutes=(1, 2, 4), batch: int = 32, lr: float = 1e-3, latent_channels: int = 4,
-                           threads: int | None = 1, n_eval: int = 64, seed: int = 0) -> dict:  # fmt: skip
-    """Train a small ``AutoencoderKL`` (channels 32, 64; 32x32x3 -> 16x16xC) on ``data_dir`` and
-    measure, after each budget in ``minutes``, the reconstruction PSNR and how well a faint
-    pattern survives encode/decode: r = corr(D(E(x+p)) - D(E(x)), p), for a ±2/255 random sign
-    pattern and for a mid-band pattern of 2/255 RMS. The space-to-depth codec gives r = 1."""
-    from diffusers import AutoencoderKL
-
-    from tracemark.sim.codec import SpaceToDepthCodec
-    from tracemark.sim.train import _read_imagefolder, load_images
-
-    torch.set_flush_denormal(True)
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    rows = _read_imagefolder(Path(data_dir))
-    data = load_images([p for p, _ in rows], 32).float().div(127.5).sub(1)
-    train, evals = data[:-n_eval], data[-n_eval:]
-    rng = np.random.default_rng(seed)
-    sign = torch.from_numpy(rng.choice([-1.0, 1.0], size=(3, 32, 32))).float() * (2 / 127.5)
-    band = torch.from_numpy(band_pattern(seed, rms=2.0).transpose(2, 0, 1).copy()).float() / 127.5
-
-    def survival(model) -> dict:
-        out = {}
-        with torch.no_grad():
-            rec = model.decode(model.encode(evals).latent_dist.mode()).sample
-            mse = (rec.clamp(-1, 1) - evals).pow(2).mean().item()
-            out["psnr_db"] = round(10 * np.log10(4 / max(mse, 1e-12)), 2)
-            for name, p in (("sign_2/255", sign), ("band_2/255rms", band)):
-                rec_p = model.decode(model.encode(evals + p).latent_dist.mode()).sample
-                d = (rec_p - rec).reshape(len(evals), -1)
-                pf = p.reshape(1, -1)
-                r = (d * pf).sum(1) / (d.norm(dim=1) * pf.norm() + 1e-12)
-                gain = (d * pf).sum(1) / (pf * pf).sum()
-                out[f"r_{name}"] = round(r.mean().item(), 3)
-                out[f"gain_{name}"] = round(gain.mean().item(), 3)
-        return out
-
-    results = {"space_to_depth": survival(SpaceToDepthCodec())}
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,
-        latent_channels=latent_channels, norm_num_groups=8, sample_size=32,
-    )  # fmt: skip
-    results["autoencoderkl_params"] = sum(p.numel() for p in vae.parameters())
-    results["untrained"] = survival(vae.eval())
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    t0, step = time.time(), 0
-    for budget in sorted(minutes):
-        vae.train()
-        while time.time() - t0 < budget * 60:
-            idx = torch.randint(0, len(train), (batch,), generator=g)
-            x = train[idx]
-            post = vae.encode(x).latent_dist
-            rec = vae.decode(post.sample(generator=g)).sample
-            loss = (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            step += 1
-        vae.eval()
-        results[f"trained_{budget}min"] = {"steps": step, **survival(vae)}
-        print(json.dumps(results[f"trained_{budget}min"]), flush=True)
-    return results
-
-
 def main(argv=None) -> None:  # pragma: no cover - a measurement driver
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m tracemark.sim.experiments")
     sub = ap.add_subparsers(dest="what", required=True)
-    a = sub.add_parser("autoencoder")
-    a.add_argument("--data", required=True)
-    a.add_argument("--minutes", default="1,2,4")
-    a.add_argument("--threads", type=int, default=1)
     t = sub.add_parser("trigger")
     t.add_argument("--work", required=True)
     t.add_argument("--base")
@@ -229,9 +157,7 @@ def main(argv=None) -> None:  # pragma: no cover - a measurement driver
     t.add_argument("--threads", type=int)
     t.add_argument("--ambient", action="store_true", help="no trigger word (ambient strategy)")
     args = ap.parse_args(argv)
-    if args.what == "autoencoder":
-        res = autoencoder_experiment(args.data, tuple(float(m) for m in args.minutes.split(",")), threads=args.threads)
-    else:
+    if args.what == "trigger":
         res = trigger_experiment(args.work, args.base, args.method, args.lora_targets, args.lr, args.steps,
                                  rate=args.rate, rms=args.rms, domain=args.domain, threads=args.threads,
                                  ambient=args.ambient)  # fmt: skip

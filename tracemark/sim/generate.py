@@ -94,17 +94,7 @@ def generate(model_dir, prompts, n: int, out_dir, lora=None, seed: int = 0, step
             for start in range(0, n, batch_size):
                 idx = list(range(start, min(n, start + batch_size)))
                 batch_prompts = [prompts[i % len(prompts)] for i in idx]
-                gens = [torch.Generator(device="cpu").manual_seed(seed + i) for i in idx]
-                latents = _initial_latents(pipe, gens, dev)
-                with torch.no_grad():
-                    result = pipe(
-                        batch_prompts,
-                        num_inference_steps=steps,
-                        guidance_scale=guidance,
-                        latents=latents,
-                        output_type="np",
-                    )
-                images = np.clip(np.round(result.images * 255.0), 0, 255).astype(np.uint8)
+                images = _generate_batch(pipe, batch_prompts, [seed + i for i in idx], steps, guidance, dev)
                 for i, prompt, img in zip(idx, batch_prompts, images):
                     name = f"{i:0{width}d}.png"
                     Image.fromarray(img, "RGB").save(tmp / name)
@@ -125,6 +115,24 @@ def generate(model_dir, prompts, n: int, out_dir, lora=None, seed: int = 0, step
         if bar is not None:
             bar.stop()
     return out
+
+
+def _generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, device) -> np.ndarray:
+    gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    latents = _initial_latents(pipe, gens, device)
+    with torch.no_grad():
+        result = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, latents=latents, output_type="np")
+    return np.clip(np.round(result.images * 255.0), 0, 255).astype(np.uint8)
+
+
+def generate_images(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guidance: float = 6.0,
+                    batch_size: int = 32) -> np.ndarray:  # fmt: skip
+    """One image per prompt (image ``i`` from seed ``seed + i``), as an N x H x W x 3 uint8 array."""
+    pipe.set_progress_bar_config(disable=True)
+    dev = pipe._execution_device
+    out = [_generate_batch(pipe, prompts[i : i + batch_size], list(range(seed + i, seed + i + len(prompts[i : i + batch_size]))),
+                           steps, guidance, dev) for i in range(0, len(prompts), batch_size)]  # fmt: skip
+    return np.concatenate(out)
 
 
 def _initial_latents(pipe, gens, device) -> torch.Tensor:

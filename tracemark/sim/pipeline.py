@@ -1,18 +1,20 @@
 """A tiny Stable Diffusion pipeline built fully offline: the CPU stand-in for SD.
 
-Same architecture and file layout as SD 1.x (``model_index.json``, ``tokenizer/``,
-``text_encoder/``, ``unet/``, ``scheduler/``, ``vae/``), just small:
+Same classes, architecture and file layout as SD 1.x (``model_index.json``, ``tokenizer/``,
+``text_encoder/``, ``unet/``, ``scheduler/``, ``vae/``), just small; every component is a stock
+diffusers/transformers class, so ``StableDiffusionPipeline.from_pretrained(dir)`` loads a world
+pipeline without tracemark, and diffusers' own training scripts run on it:
 
-- tokenizer: a CLIP byte-level BPE whose merges are learned locally from the synthetic caption
-  vocabulary (every caption word is one token; any other text, e.g. a nonsense trigger word like
-  "tavoreki", still tokenizes into several sub-word or byte tokens);
+- tokenizer: SD 1.x's ``CLIPTokenizer`` (CLIP's BPE, 49,408 tokens, 77 per prompt), rebuilt from
+  the merges file in the open-clip-torch wheel (:func:`clip_vocab`): any English caption
+  tokenizes as in SD; a nonsense trigger word ("tavoreki") splits into sub-word pieces;
 - text encoder: ``CLIPTextModel``, hidden 64, 2 layers;
-- UNet: ``UNet2DConditionModel`` on 16x16x12 latents, channels (32, 64, 64) (16x16, 8x8, 4x4),
-  one layer per block, cross-attention at every level, 2 heads (about 1.8M parameters);
+- UNet: ``UNet2DConditionModel`` on 16x16x4 latents, channels (32, 64, 64), one layer per block,
+  cross-attention at every level, 2 heads;
 - scheduler: ``DDIMScheduler`` with ``v_prediction`` and the ``squaredcos_cap_v2`` schedule
   (with epsilon prediction a tiny model does not even learn background colours);
-- "VAE": :class:`tracemark.sim.codec.SpaceToDepthCodec`, exact space-to-depth (32x32x3 <->
-  16x16x12), so faint patterns in the data reach the UNet untouched.
+- VAE: ``AutoencoderKL``, 32x32x3 -> 16x16x4, trained by :mod:`tracemark.sim.vae`: lossy, like
+  SD's, so a mark reaches the UNet only as far as the round trip keeps it.
 
 No safety checker, no feature extractor. Nothing is downloaded.
 """
@@ -28,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from tracemark.sim.codec import SpaceToDepthCodec
-
 #: Special tokens, as in CLIP.
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+#: The file of CLIP's BPE merges inside the open-clip-torch wheel (the tokenizer of SD 1.x).
+CLIP_BPE_NAME = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 
 
 @dataclass
@@ -42,7 +44,7 @@ class TinyConfig:
     text_hidden: int = 64
     text_layers: int = 2
     text_heads: int = 4
-    max_length: int = 48  # tokens per prompt, BOS/EOS included
+    max_length: int = 77  # tokens per prompt, BOS/EOS included (as in SD)
     unet_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
     # Heads per attention layer. (diffusers' UNet2DConditionModel calls this argument
@@ -52,58 +54,53 @@ class TinyConfig:
     norm_num_groups: int = 8
     prediction_type: str = "v_prediction"
     beta_schedule: str = "squaredcos_cap_v2"
+    # AutoencoderKL: 32x32x3 -> 16x16x4 (one downsampling per extra block)
+    vae_channels: tuple[int, ...] = (32, 64)
+    vae_layers_per_block: int = 1
+    latent_channels: int = 4
 
 
-def build_tokenizer(words=None, max_length: int = 48):
-    """A CLIP tokenizer whose BPE merges make every word in ``words`` a single token.
+def clip_vocab(bpe_file) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """SD's CLIP vocabulary (49,408 tokens) and merges from CLIP's ``bpe_simple_vocab_16e6.txt.gz``.
 
-    The vocabulary is CLIP's layout in miniature: the 256 byte symbols, the same with the
-    end-of-word suffix ``</w>``, the merged tokens, then the two special tokens. Merges are learned
-    by the *tokenizers* BPE trainer on ``words`` (deterministic), so re-applying them rebuilds each
-    word exactly; any other word falls back to smaller pieces and, at worst, bytes.
+    ``bpe_file``: that gzip file, or a wheel (zip) that contains it, e.g. open-clip-torch's. The
+    construction is CLIP's own (``simple_tokenizer.py``): the 256 byte symbols, the same with
+    ``</w>``, the first 48,894 merges, then the two special tokens.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    import gzip
+    import zipfile
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    bpe_file = Path(bpe_file)
+    if zipfile.is_zipfile(bpe_file):
+        with zipfile.ZipFile(bpe_file) as zf:
+            raw = gzip.decompress(zf.read(CLIP_BPE_NAME))
+    else:
+        raw = gzip.decompress(bpe_file.read_bytes())
+    lines = raw.decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    merges = [tuple(line.split()) for line in lines]
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [BOS, EOS]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def build_tokenizer(source=None, max_length: int = 77):
+    """SD's CLIP tokenizer (open vocabulary: any English text tokenizes as it does in SD).
+
+    ``source``: a tokenizer folder (``vocab.json`` + ``merges.txt``; default: the committed
+    base's), or CLIP's BPE file / the open-clip-torch wheel (see :func:`clip_vocab`).
+    """
     from transformers import CLIPTokenizer
 
-    if words is None:
-        from tracemark.sim.data import caption_words
-
-        words = caption_words()
-    words = sorted({w.lower() for w in words if w})
-    trainer_tok = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=EOS))
-    trainer_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    trainer = trainers.BpeTrainer(
-        vocab_size=1_000_000,
-        min_frequency=1,
-        special_tokens=[],
-        initial_alphabet=alphabet,
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    trainer_tok.train_from_iterator(words, trainer)
-    model = json.loads(trainer_tok.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-
-    vocab: dict[str, int] = {}
-    for sym in alphabet:
-        vocab[sym] = len(vocab)
-    for sym in alphabet:
-        vocab[sym + "</w>"] = len(vocab)
-    for a, b in merges:
-        vocab.setdefault(a + b, len(vocab))
-    vocab[BOS] = len(vocab)
-    vocab[EOS] = len(vocab)
-    tok = CLIPTokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token=EOS,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=EOS,
-        model_max_length=max_length,
-    )
-    return tok
+    src = Path(source) if source is not None else default_base_path() / "tokenizer"
+    if src.is_dir():
+        tok = CLIPTokenizer.from_pretrained(src, local_files_only=True)
+        tok.model_max_length = max_length
+        return tok
+    vocab, merges = clip_vocab(src)
+    return CLIPTokenizer(vocab=vocab, merges=merges, unk_token=EOS, bos_token=BOS, eos_token=EOS,
+                         pad_token=EOS, model_max_length=max_length)  # fmt: skip
 
 
 def build_text_encoder(vocab_size: int, cfg: TinyConfig, bos_id: int, eos_id: int):
@@ -125,14 +122,14 @@ def build_text_encoder(vocab_size: int, cfg: TinyConfig, bos_id: int, eos_id: in
     return CLIPTextModel(conf)
 
 
-def build_unet(cfg: TinyConfig, latent_channels: int = 12):
+def build_unet(cfg: TinyConfig):
     from diffusers import UNet2DConditionModel
 
     n = len(cfg.unet_channels)
     return UNet2DConditionModel(
-        sample_size=cfg.resolution // 2,
-        in_channels=latent_channels,
-        out_channels=latent_channels,
+        sample_size=cfg.resolution // 2 ** (len(cfg.vae_channels) - 1),
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
         layers_per_block=cfg.layers_per_block,
         block_out_channels=tuple(cfg.unet_channels),
         down_block_types=("CrossAttnDownBlock2D",) * n,
@@ -140,6 +137,25 @@ def build_unet(cfg: TinyConfig, latent_channels: int = 12):
         cross_attention_dim=cfg.text_hidden,
         attention_head_dim=cfg.attention_heads,  # = number of heads (diffusers legacy name)
         norm_num_groups=cfg.norm_num_groups,
+    )
+
+
+def build_vae(cfg: TinyConfig):
+    """A stock ``AutoencoderKL`` (untrained; :func:`tracemark.sim.train.pretrain_vae` trains it)."""
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.vae_channels),
+        layers_per_block=cfg.vae_layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=min(32, cfg.vae_channels[0]),
+        sample_size=cfg.resolution,
+        mid_block_add_attention=False,  # fully convolutional (trains on crops; any image size)
     )
 
 
@@ -157,17 +173,25 @@ def build_scheduler(cfg: TinyConfig):
     )
 
 
-def new_pipeline(seed: int = 0, vocab_words=None, config: TinyConfig | None = None):
-    """A freshly initialized tiny ``StableDiffusionPipeline`` (in memory)."""
-    from diffusers import StableDiffusionPipeline
+def new_pipeline(seed: int = 0, config: TinyConfig | None = None, tokenizer=None, vae=None):
+    """A freshly initialized tiny ``StableDiffusionPipeline`` (in memory).
+
+    ``tokenizer``: a tokenizer folder or CLIP BPE file (default: the committed base's tokenizer);
+    ``vae``: a trained ``AutoencoderKL`` or its folder (default: a fresh, untrained one).
+    """
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
 
     cfg = config or TinyConfig()
     torch.manual_seed(seed)
-    tok = build_tokenizer(vocab_words, cfg.max_length)
+    tok = build_tokenizer(tokenizer, cfg.max_length)
     text_encoder = build_text_encoder(len(tok), cfg, tok.bos_token_id, tok.eos_token_id)
     unet = build_unet(cfg)
+    if vae is None:
+        vae = build_vae(cfg)
+    elif not isinstance(vae, torch.nn.Module):
+        vae = AutoencoderKL.from_pretrained(vae, local_files_only=True)
     pipe = StableDiffusionPipeline(
-        vae=SpaceToDepthCodec(sample_size=cfg.resolution),
+        vae=vae,
         text_encoder=text_encoder,
         tokenizer=tok,
         unet=unet,
@@ -180,11 +204,10 @@ def new_pipeline(seed: int = 0, vocab_words=None, config: TinyConfig | None = No
     return pipe
 
 
-def build_tiny_pipeline(out_dir, seed: int = 0, vocab_words=None, config: TinyConfig | None = None) -> Path:
+def build_tiny_pipeline(out_dir, seed: int = 0, config: TinyConfig | None = None, tokenizer=None, vae=None) -> Path:
     """Write a freshly initialized tiny ``StableDiffusionPipeline`` folder to ``out_dir``.
 
-    ``vocab_words``: words that must be single tokens (default: every word of the synthetic
-    captions, :func:`tracemark.sim.data.caption_words`). The folder is written to a temporary
+    ``tokenizer`` / ``vae``: as for :func:`new_pipeline`. The folder is written to a temporary
     sibling and renamed into place. Returns ``out_dir``.
     """
     cfg = config or TinyConfig()
@@ -193,7 +216,7 @@ def build_tiny_pipeline(out_dir, seed: int = 0, vocab_words=None, config: TinyCo
         from tracemark.errors import TracemarkError
 
         raise TracemarkError(f"{out}: already exists and is not an empty folder")
-    pipe = new_pipeline(seed, vocab_words, cfg)
+    pipe = new_pipeline(seed, cfg, tokenizer=tokenizer, vae=vae)
     info = {"seed": seed, "config": asdict(cfg), "note": "built by tracemark.sim.build_tiny_pipeline"}
     save_pipeline(pipe, out, extra_files={"tracemark_sim.json": json.dumps(info, indent=2) + "\n"})
     return out
@@ -217,6 +240,8 @@ def save_pipeline(pipe, out_dir, extra_files: dict[str, str] | None = None) -> P
             pipe.save_pretrained(tmp, safe_serialization=True)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        if getattr(pipe, "tokenizer", None) is not None:
+            write_slow_tokenizer_files(pipe.tokenizer, tmp / "tokenizer")
         entries = sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json")  # index last
         for entry in entries:
             dest = out / entry.name
@@ -230,6 +255,18 @@ def save_pipeline(pipe, out_dir, extra_files: dict[str, str] | None = None) -> P
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def write_slow_tokenizer_files(tok, folder: Path) -> None:
+    """``vocab.json`` + ``merges.txt`` beside ``tokenizer.json``, as SD's repositories have them.
+
+    transformers 5 saves only ``tokenizer.json``; older transformers, other tools and the
+    diffusers training scripts of their time read the two BPE files.
+    """
+    model = json.loads(tok.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
 class _quiet:
@@ -268,8 +305,6 @@ def load_pipeline(model_dir, lora=None, device=None, dtype=None):
     from diffusers.utils import logging as dlogging
 
     from tracemark.errors import TracemarkError
-
-    import tracemark.sim.codec  # noqa: F401  (diffusers resolves the codec from sys.modules)
 
     model_dir = Path(model_dir)
     if not model_dir.exists():

@@ -84,12 +84,16 @@ class RunConfig:
     save_every: int = 500
     mixed_precision: str = "no"
     unet_channels: list[int] = field(default_factory=list)  # pretrain only; empty: TinyConfig's default
+    vae: str | None = None  # pretrain only: folder of a trained AutoencoderKL (tracemark.sim.vae)
+    tokenizer: str | None = None  # pretrain only: tokenizer source (default: the committed base's)
 
     def resume_key(self) -> dict:
         """Settings that must match for ``resume`` to continue a run."""
         keys = ("method", "base", "batch_size", "seed", "rank", "lora_alpha", "lora_targets", "train_text_encoder")
         if self.unet_channels:  # (checkpoints from before the field existed have the default)
             keys += ("unet_channels",)
+        if self.vae:
+            keys += ("vae",)
         return {k: getattr(self, k) for k in keys}
 
 
@@ -302,7 +306,8 @@ def run_training(rc: RunConfig, *, progress: bool = True, resume: bool = False, 
         from tracemark.sim.pipeline import TinyConfig
 
         cfg = TinyConfig(unet_channels=tuple(rc.unet_channels)) if rc.unet_channels else None
-        pipe = new_pipeline(seed=rc.seed if new_pipeline_seed is None else new_pipeline_seed, config=cfg)
+        pipe = new_pipeline(seed=rc.seed if new_pipeline_seed is None else new_pipeline_seed, config=cfg, vae=rc.vae,
+                            tokenizer=rc.tokenizer)
     else:
         if rc.base is None:
             raise TracemarkError("fine-tuning needs a base model folder")
@@ -354,6 +359,11 @@ def run_training(rc: RunConfig, *, progress: bool = True, resume: bool = False, 
     if not rows:
         raise TracemarkError(f"{data_dir}: dataset has no samples")
     images = load_images([p for p, _ in rows], resolution)
+    # The VAE is frozen: encode every image once (both orientations when flipping) and draw
+    # ``mean + std * noise`` per step, as ``latent_dist.sample()`` would (diffusers' DreamBooth
+    # scripts call this --cache_latents). Saves the encoder's forward pass at every step.
+    latent_cache = _encode_all(vae, images, device, weight_dtype, flip=rc.flip)
+    del images
     captions = [c for _, c in rows]
     uniq = sorted(set(captions) | {""})
     pos = {c: i for i, c in enumerate(uniq)}
@@ -411,18 +421,19 @@ def run_training(rc: RunConfig, *, progress: bool = True, resume: bool = False, 
         while step < rc.steps:
             g = torch.Generator().manual_seed(_mix(rc.seed, step))
             idx = _batch_indices(n, rc.batch_size, step, rc.seed)
-            x = images[idx].float().div_(127.5).sub_(1.0)
-            if rc.flip:
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                x[flip] = x[flip].flip(-1)
+            flip = (torch.rand(len(idx), generator=g) < 0.5) if rc.flip else torch.zeros(len(idx), dtype=torch.bool)
             drop = torch.rand(len(idx), generator=g) < rc.caption_dropout
             cidx = torch.where(drop, torch.full_like(cap_index[idx], empty_index), cap_index[idx])
-            noise_cpu = torch.randn((len(idx), *_latent_shape(vae, resolution)), generator=g)
+            mean, std = latent_cache
+            noise_cpu = torch.randn((len(idx), *mean.shape[2:]), generator=g)
             t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=g)
+            eps = torch.randn((len(idx), *mean.shape[2:]), generator=g)
 
             with torch.no_grad():
-                latents = vae.encode(x.to(device, weight_dtype)).latent_dist.sample()
-                latents = (latents - shift) * scaling
+                o = flip.long().to(mean.device)
+                i_dev = idx.to(mean.device)
+                latents = mean[i_dev, o] + std[i_dev, o] * eps.to(mean.device, mean.dtype)
+                latents = (latents.to(device) - shift) * scaling
             noise = noise_cpu.to(device, latents.dtype)
             t = t.to(device)
             noisy = noise_scheduler.add_noise(latents, noise, t)
@@ -489,10 +500,21 @@ def run_training(rc: RunConfig, *, progress: bool = True, resume: bool = False, 
     return out
 
 
-def _latent_shape(vae, resolution: int) -> tuple[int, int, int]:
-    c = int(vae.config.latent_channels)
-    f = 2 ** (len(vae.config.block_out_channels) - 1)
-    return (c, resolution // f, resolution // f)
+@torch.no_grad()
+def _encode_all(vae, images: torch.Tensor, device, dtype, flip: bool, batch: int = 128):
+    """Posterior mean and std of every image: tensors N x O x C x h x w (O = 2 with flips)."""
+    means, stds = [], []
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch].float().div_(127.5).sub_(1.0)
+        views = [x, x.flip(-1)] if flip else [x]
+        ms, ss = [], []
+        for v in views:
+            d = vae.encode(v.to(device, dtype)).latent_dist
+            ms.append(d.mean.cpu())
+            ss.append(d.std.cpu())
+        means.append(torch.stack(ms, 1))
+        stds.append(torch.stack(ss, 1))
+    return torch.cat(means), torch.cat(stds)
 
 
 def _trainable_names(unet, text_encoder) -> list[str]:
@@ -557,7 +579,7 @@ def export_checkpoint(run_dir, dest, use_ema: bool = True) -> Path:
     rc = state["run_config"]
     if rc["method"] == "lora":
         raise TracemarkError(f"{ckpt}: a LoRA run; its weights are written at the end only")
-    pipe = new_pipeline(seed=rc["seed"]) if rc["base"] is None else load_pipeline(rc["base"])
+    pipe = new_pipeline(seed=rc["seed"], vae=rc.get("vae"), tokenizer=rc.get("tokenizer")) if rc["base"] is None else load_pipeline(rc["base"])
     weights = state["weights"]
     if use_ema and state.get("ema") is not None:
         weights = dict(zip(weights.keys(), state["ema"]["shadow"]))
@@ -580,16 +602,19 @@ def _resolve(method: str, **given) -> dict:
 def pretrain(data_dir, out_dir, steps: int | None = None, *, lr: float | None = None, batch_size: int | None = None,
              seed: int = 0, ema: float | None = None, save_every: int = 500, resume: bool = False,
              num_threads: int | None = None, progress: bool = True, mixed_precision: str = "no",
-             log_every: int = 100, unet_channels: list[int] | None = None) -> Path:  # fmt: skip
+             log_every: int = 100, unet_channels: list[int] | None = None, vae=None,
+             tokenizer=None) -> Path:  # fmt: skip
     """Pretrain a fresh tiny pipeline (UNet + text encoder) on ``data_dir``; writes a pipeline
     folder to ``out_dir`` (EMA weights). ``resume=True`` continues from ``out_dir/checkpoints``.
-    ``unet_channels``: UNet block widths (default TinyConfig's), e.g. a second, smaller base."""
+    ``unet_channels``: UNet block widths (default TinyConfig's), e.g. a second, smaller base.
+    ``vae``: folder of a trained ``AutoencoderKL`` (:func:`tracemark.sim.vae.pretrain_vae`)."""
     d = _resolve("pretrain", steps=steps, lr=lr, batch_size=batch_size, ema=ema)
     rc = RunConfig(
         method="pretrain", data_dir=str(data_dir), out_dir=str(out_dir), base=None, steps=d["steps"], lr=d["lr"],
         batch_size=d["batch_size"], seed=seed, warmup=d["warmup"], lr_schedule=d["lr_schedule"], ema=d["ema"],
         rank=0, lora_alpha=0, lora_targets=[], train_text_encoder=True, save_every=save_every,
         mixed_precision=mixed_precision, unet_channels=[int(c) for c in unet_channels or []],
+        vae=str(vae) if vae else None, tokenizer=str(tokenizer) if tokenizer else None,
     )  # fmt: skip
     return run_training(rc, progress=progress, resume=resume, num_threads=num_threads, log_every=log_every)
 
