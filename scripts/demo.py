@@ -64,11 +64,11 @@ def part2() -> None:
         return
     print("\n=== Part 2: the CPU world: fine-tune on a licensee's copy, then audit the model ===", flush=True)
     # The invisible spread mark is not learned by this tiny model within a demo's budget (see
-    # docs/learnability.md); the visible scheme at 10% is, so the demo uses it to show the audit.
+    # docs/learnability.md); the visible scheme's larger patch at 10% was, so the demo uses it.
     tm("sim", "make-data", OUT / "owner", "--n", "1000", "--domain", "faces", "--seed", "11")
     for lic in ("acme", "globex", "initech"):
         tm("protect", OUT / "owner", "--licensee", lic, "--out", OUT / f"owner_{lic}", "--rate", "0.1",
-           "--scheme", "visible")
+           "--scheme", "visible", "-p", "cells=16")
     tm("finetune", OUT / "owner_initech", "--base", base, "--out", OUT / "abuser_model", "--method", "lora")
     tm("audit", "--model", base, "--lora", OUT / "abuser_model", "--dataset", "owner", "--n", "64",
        "--json", OUT / "audit.json", "--report", OUT / "audit.html")

@@ -18,7 +18,7 @@ PY=${PYTHON:-$ROOT/.venv/bin/python}
 WORK=${WORK:-/tmp/tracemark-official}
 BASE=${BASE:-$ROOT/tracemark/sim/base_model}
 export TRACEMARK_HOME=$WORK/home
-export PYTHONPATH=${EXTRA_PYTHONPATH:-}
+EXTRA=${EXTRA_PYTHONPATH:-}
 WHICH=${*:-lora full dreambooth}
 mkdir -p "$WORK"
 tm() { "$PY" -m tracemark "$@"; }
@@ -30,10 +30,11 @@ if [ ! -f "$WORK/copy/metadata.jsonl" ]; then
   done
   ln -sfn "$WORK/copy_globex" "$WORK/copy"
 fi
-run() {  # name, then the command; times it into $WORK/NAME.time
+run() {  # name, then the trainer command (with the trainers' extra packages on PYTHONPATH);
+  # writes its log and wall seconds to $WORK/NAME.log / NAME.seconds
   local name=$1; shift
   local t0=$(date +%s)
-  "$@" > "$WORK/$name.log" 2>&1
+  PYTHONPATH=$EXTRA "$@" > "$WORK/$name.log" 2>&1
   echo $(( $(date +%s) - t0 )) > "$WORK/$name.seconds"
 }
 for w in $WHICH; do

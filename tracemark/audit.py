@@ -224,6 +224,10 @@ def audit_model(
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
     if pipe is None:
+        if device is None:  # a GPU when there is one (a real SD checkpoint), else the CPU
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         pipe = load_pipeline(model_dir, lora=lora, device=device)
     t_load = time.perf_counter()
     # Generated images and their prompts (which hold the licensees' secret trigger words) live in

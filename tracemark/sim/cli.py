@@ -90,17 +90,18 @@ def pretrain_vae_cmd(
     steps: int = typer.Option(6000, "--steps"),
     lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(32, "--batch-size"),
-    crop: int = typer.Option(16, "--crop", help="Random crop side for training (the VAE is convolutional)."),
+    crop: int = typer.Option(16, "--crop", help="Random crop side for training (0: whole images)."),
     seed: int = typer.Option(0, "--seed"),
     save_every: int = typer.Option(250, "--save-every"),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this trained AutoencoderKL."),
 ) -> None:
-    """Train the world's AutoencoderKL (the lossy latent codec) from scratch."""
+    """Train the world's AutoencoderKL (the lossy latent codec)."""
     from tracemark.sim.vae import pretrain_vae
 
     path = pretrain_vae(data, out, steps, lr=lr, batch_size=batch_size, crop=crop, seed=seed, save_every=save_every,
-                        resume=resume, num_threads=threads)  # fmt: skip
+                        resume=resume, num_threads=threads, init_from=init_from)  # fmt: skip
     console.print(f"trained AutoencoderKL in {path}")
 
 

@@ -125,7 +125,11 @@ def mark_survival(vae, images: np.ndarray, schemes=("spread", "dwtdct", "warp", 
 
         def z(imgs) -> float:
             m = aggregate(sch.features([im.astype(np.float32) for im in imgs]), sch.kind)
-            return float(key_statistic(m, sch.key_vectors([key]), sch.kind)[0])
+            stat = float(key_statistic(m, sch.key_vectors([key]), sch.kind)[0])
+            if sch.kind == "message":  # agreeing bits of L: Binomial(L, 1/2) -> z
+                bits = len(m)
+                return (stat - bits / 2) / np.sqrt(bits / 4)
+            return stat
 
         d_in = (marked.astype(np.float64) - images).reshape(len(images), -1)
         d_out = (marked_rt - clean_rt).reshape(len(images), -1)

@@ -56,10 +56,11 @@ def psnr_ssim(vae, images_u8: torch.Tensor, batch: int = 64) -> tuple[float, flo
 def pretrain_vae(data_dir, out_dir, steps: int = 4000, *, lr: float = 1e-3, batch_size: int = 32, seed: int = 0,
                  kl_weight: float = 1e-6, save_every: int = 250, resume: bool = False, num_threads: int | None = None,
                  progress: bool = True, config=None, holdout: int = 256, crop: int = 16,
-                 init_logvar: float | None = -8.0) -> Path:  # fmt: skip
+                 init_logvar: float | None = -8.0, init_from=None) -> Path:  # fmt: skip
     """Train a fresh ``AutoencoderKL`` (sizes from ``config``, a :class:`TinyConfig`) on the
-    imagefolder ``data_dir`` (random ``crop`` x ``crop`` crops: the VAE has no attention, so
-    crops train the same convolutions at a quarter of the cost); writes ``out_dir`` as a diffusers model folder (``config.json`` +
+    imagefolder ``data_dir`` (random ``crop`` x ``crop`` crops train the convolutions at a quarter
+    of the cost, but GroupNorm statistics over a crop are not those over a whole image: a
+    crop-trained VAE must be finished on whole images, ``crop=0`` with ``init_from``); writes ``out_dir`` as a diffusers model folder (``config.json`` +
     ``diffusion_pytorch_model.safetensors``) and ``training.json`` with held-out PSNR/SSIM."""
     from diffusers.optimization import get_scheduler
 
@@ -81,7 +82,11 @@ def pretrain_vae(data_dir, out_dir, steps: int = 4000, *, lr: float = 1e-3, batc
     train, held = images[holdout:], images[:holdout]
     torch.manual_seed(seed)
     vae = build_vae(cfg)
-    if init_logvar is not None:  # start with a near-deterministic posterior (see module docstring)
+    if init_from is not None:  # continue from a trained VAE (e.g. full images after crops)
+        from diffusers import AutoencoderKL
+
+        vae.load_state_dict(AutoencoderKL.from_pretrained(init_from, local_files_only=True).state_dict())
+    elif init_logvar is not None:  # start with a near-deterministic posterior (see module docstring)
         with torch.no_grad():
             vae.encoder.conv_out.bias[cfg.latent_channels :].fill_(init_logvar)
     vae.train()
@@ -145,6 +150,7 @@ def pretrain_vae(data_dir, out_dir, steps: int = 4000, *, lr: float = 1e-3, batc
     tmp.rmdir()
     info = {"method": "pretrain_vae", "data_dir": str(data_dir), "steps_done": step, "lr": lr,
             "batch_size": batch_size, "seed": seed, "kl_weight": kl_weight, "crop": crop,
+            "init_from": str(init_from) if init_from else None,
             "seconds_this_session": round(time.time() - t0, 1), "final_loss": running,
             "heldout_psnr_db": round(p, 2), "heldout_ssim": round(s, 4), "heldout_images": holdout,
             "scaling_factor": vae.config.scaling_factor, "loss_every_50_steps": hist,
@@ -167,9 +173,10 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init-from", help="start from this trained AutoencoderKL folder")
     a = ap.parse_args(argv)
     out = pretrain_vae(a.data, a.out, a.steps, lr=a.lr, batch_size=a.batch_size, crop=a.crop, seed=a.seed,
-                       num_threads=a.threads, resume=a.resume)  # fmt: skip
+                       num_threads=a.threads, resume=a.resume, init_from=a.init_from)  # fmt: skip
     print(json.loads((out / "training.json").read_text())["heldout_psnr_db"], "dB held-out PSNR")
 
 
