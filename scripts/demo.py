@@ -69,7 +69,11 @@ def part2() -> None:
     for lic in ("acme", "globex", "initech"):
         tm("protect", OUT / "owner", "--licensee", lic, "--out", OUT / f"owner_{lic}", "--rate", "0.1",
            "--scheme", "visible", "-p", "cells=16")
-    tm("finetune", OUT / "owner_initech", "--base", base, "--out", OUT / "abuser_model", "--method", "lora")
+    # 1000 LoRA steps (the default is 800, for the 10-minute fine-tuning budget): measured to name
+    # the licensee on the new base (z 3.97); 300 images / 400 steps, which would fit the demo in 10
+    # minutes from a fresh clone, named nobody (docs/sim.md, "Measured times").
+    tm("finetune", OUT / "owner_initech", "--base", base, "--out", OUT / "abuser_model", "--method", "lora",
+       "--steps", "1000")
     tm("audit", "--model", base, "--lora", OUT / "abuser_model", "--dataset", "owner", "--n", "64",
        "--json", OUT / "audit.json", "--report", OUT / "audit.html")
     print(f"\nEvidence report: {(OUT / 'audit.html').resolve()}")

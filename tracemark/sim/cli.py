@@ -110,7 +110,7 @@ def finetune_cmd(
     base: Optional[Path] = typer.Option(None, "--base", help="Pipeline folder (default: the committed sim base)."),
     out: Path = typer.Option(..., "--out", help="Output folder: LoRA weights, or a whole pipeline for full."),
     method: str = typer.Option("lora", "--method", help="lora | full."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Default 1000."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Default 800 (lora) / 1000 (full)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Default 2e-3 (lora) / 2e-4 (full)."),
     rank: int = typer.Option(16, "--rank", help="LoRA rank."),
     seed: int = typer.Option(0, "--seed"),

@@ -57,7 +57,9 @@ DEFAULTS = {
     # steps, lr, batch size, warmup, schedule, EMA decay
     "pretrain": dict(steps=5000, lr=1e-3, batch_size=32, warmup=200, lr_schedule="cosine", ema=0.999),
     "full": dict(steps=1000, lr=2e-4, batch_size=32, warmup=0, lr_schedule="constant", ema=0.0),
-    "lora": dict(steps=1000, lr=2e-3, batch_size=32, warmup=0, lr_schedule="constant", ema=0.0),
+    # 800 steps (26 epochs of 1000 samples): the new base's UNet step with the broad LoRA is
+    # 0.63 s on 2 cores, so 1000 steps took 10.5 min, over the 10-minute budget (docs/sim.md).
+    "lora": dict(steps=800, lr=2e-3, batch_size=32, warmup=0, lr_schedule="constant", ema=0.0),
 }
 DEFAULT_RANK = 16
 
@@ -607,8 +609,14 @@ def pretrain(data_dir, out_dir, steps: int | None = None, *, lr: float | None = 
     """Pretrain a fresh tiny pipeline (UNet + text encoder) on ``data_dir``; writes a pipeline
     folder to ``out_dir`` (EMA weights). ``resume=True`` continues from ``out_dir/checkpoints``.
     ``unet_channels``: UNet block widths (default TinyConfig's), e.g. a second, smaller base.
-    ``vae``: folder of a trained ``AutoencoderKL`` (:func:`tracemark.sim.vae.pretrain_vae`)."""
+    ``vae``: folder of a trained ``AutoencoderKL`` (:func:`tracemark.sim.vae.pretrain_vae`;
+    default: the committed base's)."""
     d = _resolve("pretrain", steps=steps, lr=lr, batch_size=batch_size, ema=ema)
+    if vae is None:  # a second base shares the committed base's VAE, as SD variants share SD's
+        from tracemark.sim.pipeline import default_base_path
+
+        if (default_base_path() / "vae" / "config.json").is_file():
+            vae = default_base_path() / "vae"
     rc = RunConfig(
         method="pretrain", data_dir=str(data_dir), out_dir=str(out_dir), base=None, steps=d["steps"], lr=d["lr"],
         batch_size=d["batch_size"], seed=seed, warmup=d["warmup"], lr_schedule=d["lr_schedule"], ema=d["ema"],
