@@ -19,12 +19,22 @@ def vae_data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("vae") / "data", 40, "open", seed=2)
 
 
-def test_pretrain_vae_writes_a_stock_autoencoderkl_and_resumes_exactly(vae_data, tmp_path):
+def test_pretrain_vae_writes_a_stock_autoencoderkl_and_resumes_exactly(vae_data, tmp_path, monkeypatch):
     from diffusers import AutoencoderKL
+
+    import tracemark.sim.vae as vae_mod
 
     kw = dict(batch_size=4, progress=False, holdout=8, save_every=2)
     straight = pretrain_vae(vae_data, tmp_path / "a", steps=4, **kw)
-    pretrain_vae(vae_data, tmp_path / "b", steps=2, **kw)
+
+    def interrupt(self, step, loss):  # killed during step 3: the last checkpoint is step 2's
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(vae_mod._Progress, "update", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain_vae(vae_data, tmp_path / "b", steps=4, **kw)
     resumed = pretrain_vae(vae_data, tmp_path / "b", steps=4, resume=True, **kw)
     va = AutoencoderKL.from_pretrained(straight, local_files_only=True)
     vb = AutoencoderKL.from_pretrained(resumed, local_files_only=True)
