@@ -142,11 +142,11 @@ def mark_survival(vae, images: np.ndarray, schemes=("spread", "dwtdct", "warp", 
 
 def base_report(model_dir, data_dir, n: int = 256, seed: int = 0, steps: int = 25) -> dict:
     """All the measurements above for the pipeline at ``model_dir`` against held-out ``data_dir``."""
-    from tracemark.metrics import psnr, ssim
     from tracemark.sim.generate import generate_images
     from tracemark.sim.pipeline import load_pipeline
     from tracemark.sim.probe import probe_model
     from tracemark.sim.train import _read_imagefolder, load_images
+    from tracemark.sim.vae import psnr_ssim
 
     pipe = load_pipeline(model_dir)
     rows = _read_imagefolder(Path(data_dir))[:n]
@@ -159,13 +159,8 @@ def base_report(model_dir, data_dir, n: int = 256, seed: int = 0, steps: int = 2
     report["kid_vs_heldout"] = round(kid(gen, real), 4)
     vae = pipe.vae
     if hasattr(vae, "decode") and hasattr(vae.config, "latent_channels"):
-        with torch.no_grad():
-            x = torch.from_numpy(real.astype(np.float32)).permute(0, 3, 1, 2) / 127.5 - 1
-            y = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        rt = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        report["vae"] = {"psnr_db": round(float(np.mean([psnr(a, b) for a, b in zip(real, rt)])), 2),
-                         "ssim": round(float(np.mean([ssim(a, b) for a, b in zip(real, rt)])), 4),
-                         "survival": mark_survival(vae, real[:64])}  # fmt: skip
+        p, q = psnr_ssim(vae, torch.from_numpy(real).permute(0, 3, 1, 2))
+        report["vae"] = {"psnr_db": round(p, 2), "ssim": round(q, 4), "survival": mark_survival(vae, real[:64])}
     return report
 
 
