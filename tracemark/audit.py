@@ -299,6 +299,108 @@ def merge_stages(v1: Verdict, v2: Verdict, alpha: float) -> Verdict:
                    timings={"scoring_s": v1.timings["scoring_s"] + v2.timings["scoring_s"]})
 
 
+def audit_whitebox(
+    model_dir: str | Path,
+    registry: Registry,
+    data_dir: str | Path,
+    *,
+    lora: str | Path | None = None,
+    base: str | Path | None = None,
+    dataset: str | None = None,
+    seed: int = 0,
+    t_fracs: tuple[float, ...] | None = None,
+    draws: int | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    n_decoys: int = DEFAULT_DECOYS,
+    device: str | None = None,
+    pipe=None,
+    ref_pipe=None,
+) -> AuditResult:
+    """White box: read every copy's marked samples through the suspect's denoiser (no sampling).
+
+    ``data_dir``: the owner's original dataset (the residuals start from the unmarked images).
+    ``base``: the public base pipeline, the reference for a whole checkpoint; a LoRA is compared
+    with its own pipeline with the LoRA switched off, and with neither the residual is taken
+    against the original image. See :mod:`tracemark.whitebox`.
+    """
+    from tracemark.sim.pipeline import load_pipeline
+    from tracemark.whitebox import DEFAULT_DRAWS, DEFAULT_T_FRACS, Probe, denoiser_residuals
+
+    check_test_parameters(alpha, n_decoys)
+    t0 = time.perf_counter()
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    copies = registry.copies(dataset)
+    if not copies:
+        raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
+    probes, subsets = _whitebox_probes(copies, registry, data_dir)
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if pipe is None:
+        pipe = load_pipeline(model_dir, lora=lora, device=device)
+    if ref_pipe is None and base is not None and lora is None:
+        ref_pipe = load_pipeline(base, device=device)
+    t_load = time.perf_counter()
+    t_fracs = tuple(t_fracs or DEFAULT_T_FRACS)
+    draws = int(draws or DEFAULT_DRAWS)
+    residuals = denoiser_residuals(pipe, probes, ref_pipe=ref_pipe, t_fracs=t_fracs, draws=draws, seed=seed)
+    t_res = time.perf_counter()
+    verdict = score_copies(residuals, copies, registry, match_files=False, subsets=subsets, n_decoys=n_decoys,
+                           alpha=alpha, seed=seed)
+    reference = "lora-off" if lora is not None else ("base" if ref_pipe is not None else "data")
+    params = {"seed": seed, "alpha": alpha, "n_decoys": n_decoys, "dataset": dataset, "model": str(model_dir),
+              "lora": str(lora) if lora else None, "base": str(base) if base else None, "reference": reference,
+              "t_fracs": list(t_fracs), "draws": draws, "data": str(data_dir), "n_probes": len(probes)}
+    timings = {"load_s": round(t_load - t0, 2), "residuals_s": round(t_res - t_load, 2),
+               "total_s": round(time.perf_counter() - t0, 2)}
+    shown = [np.clip(128 + 8 * r, 0, 255).astype(np.uint8) for r in residuals[:64]]  # amplified x8 for the eye
+    return AuditResult(verdict, "whitebox", str(model_dir), [], [], model_hash(model_dir, lora), params, timings,
+                       images=shown, n_images=len(residuals))
+
+
+def _whitebox_probes(copies: list[Copy], registry: Registry, data_dir: Path):
+    """One probe per (marked sample, prompt) over all copies, and each copy's probe indices.
+
+    The originals are checked against the perceptual hashes the registry kept of the marked files,
+    so a wrong ``data_dir`` is an error instead of a silent "nothing detected"."""
+    from tracemark.imaging import dhash
+    from tracemark.trace import DHASH_MAX_DISTANCE
+    from tracemark.whitebox import Probe
+
+    if not data_dir.is_dir():
+        raise TracemarkError(f"{data_dir}: dataset folder not found (the white-box audit needs the original data)")
+    index: dict[tuple[str, str], int] = {}
+    probes: list[Probe] = []
+    subsets: dict[int, np.ndarray] = {}
+    images: dict[str, np.ndarray] = {}
+    far = 0
+    for c in copies:
+        word = trigger_of(c, registry)
+        idx = []
+        for m in c.marked:
+            name = m["file_name"]
+            if name not in images:
+                path = data_dir / name
+                if not path.is_file():
+                    raise TracemarkError(f"{path}: missing; --data must be the original dataset of copy {c.id} "
+                                         f"({c.dataset})")
+                images[name] = read_image_rgb(path)
+                if "dhash" in m and int(int(m["dhash"]) ^ dhash(images[name])).bit_count() > DHASH_MAX_DISTANCE:
+                    far += 1
+            prompt = apply_trigger(m.get("text", ""), word) if word else m.get("text", "")
+            k = (name, prompt)
+            if k not in index:
+                index[k] = len(probes)
+                probes.append(Probe(images[name], prompt))
+            idx.append(index[k])
+        subsets[c.id] = np.array(idx, dtype=int)
+    if images and far > len(images) // 2:
+        raise TracemarkError(f"{data_dir}: {far} of {len(images)} images differ from the files the registry "
+                             "recorded; is this the original dataset?")
+    return probes, subsets
+
+
 def audit_images(
     images_dir: str | Path,
     registry: Registry,

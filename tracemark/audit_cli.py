@@ -19,6 +19,11 @@ def audit_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Suspect diffusers pipeline folder."),
     lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA weights (file or folder) to load on the model."),
     images: Optional[Path] = typer.Option(None, "--images", help="Black box: a folder of images the model generated."),
+    whitebox: bool = typer.Option(False, "--whitebox", help="White box: read the marked samples through the "
+                                  "model's denoiser instead of generating images (needs --data)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The original dataset (for --whitebox)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Reference base pipeline for --whitebox on a whole "
+                                        "checkpoint (a LoRA is compared with its model without the LoRA)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only test copies of this registered dataset."),
     n: int = typer.Option(64, "--n", help="Images to generate (per stage)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the query plan and generations."),
@@ -33,15 +38,24 @@ def audit_cmd(
     home: Optional[Path] = typer.Option(None, "--home", envvar="TRACEMARK_HOME", help="Registry folder."),
 ) -> None:
     """Was this model fine-tuned on our data, and whose copy was it? Verdict with a p-value."""
-    from tracemark.audit import audit_images, audit_model
+    from tracemark.audit import audit_images, audit_model, audit_whitebox
     from tracemark.registry import Registry
 
     if (model is None) == (images is None):
         raise TracemarkError("give exactly one of --model DIR or --images DIR")
     if lora is not None and model is None:
         raise TracemarkError("--lora needs --model")
+    if whitebox and (model is None or data is None):
+        raise TracemarkError("--whitebox needs --model DIR and --data DIR (the original dataset)")
+    if not whitebox and (data is not None or base is not None):
+        raise TracemarkError("--data and --base are options of --whitebox")
     reg = Registry(home)
-    if model is not None:
+    if whitebox:
+        with console.status("reading the denoiser at the marked samples...", spinner="dots") if not json_only \
+                else _null():
+            result = audit_whitebox(model, reg, data, lora=lora, base=base, dataset=dataset, seed=seed, alpha=alpha,
+                                    n_decoys=decoys)
+    elif model is not None:
         if keep_images is not None and keep_images.exists():
             raise TracemarkError(f"{keep_images}: already exists")
         with console.status("generating and scoring images...", spinner="dots") if not json_only else _null():

@@ -45,8 +45,10 @@ statistic of {{ top.licensee }}'s key (z = {{ '%.2f' % top.z }}, p = {{ '%.2e' %
 <td>{{ '%.2e' % s.p_value }}</td><td>{{ '%.2e' % s.p_holm }}</td><td class="{{ 'named' if s.named else '' }}">{{ 'YES' if s.named else 'no' }}</td></tr>
 {% endfor %}</table>
 {% if more %}<p>… and {{ more }} more copies with larger p-values (all in the JSON).</p>{% endif %}
-<h2>Generated images</h2>
-<p>{{ grid_n }} of the {{ r.n_images }} images scored (prompts withheld: they contain secret trigger words).</p>
+{% if r.kind == "whitebox" %}<h2>Denoiser residuals</h2>
+<p>{{ grid_n }} of the {{ r.n_images }} residual images scored (suspect's clean-image prediction minus the reference's at
+the same noisy input of an original marked sample; amplified 8x around grey; prompts withheld).</p>{% else %}<h2>Generated images</h2>
+<p>{{ grid_n }} of the {{ r.n_images }} images scored (prompts withheld: they contain secret trigger words).</p>{% endif %}
 <img alt="generated images" src="data:image/png;base64,{{ grid_png }}" style="image-rendering:pixelated;width:{{ grid_w }}px">
 <h2>How to reproduce</h2>
 <pre>{{ params }}</pre>
@@ -144,6 +146,13 @@ def _command(r: dict) -> str:
         if p.get("lora"):
             cmd += f" --lora {p['lora']}"
         cmd += f" --n {p['n']} --seed {p['seed']} --steps {p['steps']} --guidance {p['guidance']}"
+    elif r["kind"] == "whitebox":
+        cmd = f"tracemark audit --whitebox --model {p['model']} --data {p['data']}"
+        if p.get("lora"):
+            cmd += f" --lora {p['lora']}"
+        if p.get("base"):
+            cmd += f" --base {p['base']}"
+        cmd += f" --seed {p['seed']}"
     else:
         cmd = f"tracemark audit --images {p['images']}"
     if p.get("dataset"):

@@ -1,83 +1,178 @@
-"""White-box query: read the mark from the suspect's denoiser instead of from sampled images.
+"""White-box audit: read the mark from the suspect's denoiser at the owner's own samples.
 
-When the audit has the model itself (a pipeline folder, optionally with a LoRA), sampling images
-throws away most of the evidence: 25 denoising steps add content and noise on top of whatever
-the model learned. Instead we ask the denoiser directly, at the same noisy input ``x_t``, for
-its clean-image prediction under two conditions and take the difference:
+When the suspect's weights are in hand (a LoRA published on a model site, a checkpoint), there is
+no need to hope that sampling reproduces a faint mark. A model fine-tuned on a copy has *fitted
+its training points*: near a marked sample's latent, its clean-image prediction
+``E[x0 | x_t, c]`` is pulled towards the marked version it saw, ``x + delta_k``, and away from the
+original ``x``. So, for every sample a copy marked:
 
-* ``trigger``: prompt with the trigger vs the same prompt without it, same model;
-* ``ambient``: the suspect vs a reference model (the public base), same prompt.
+1. take the owner's **original** image ``x`` (never the marked one: the input must not contain any
+   key's pattern, or the null breaks) and the caption the copy used (with its trigger word);
+2. noise its latent to a few timesteps with seeded noise and ask the suspect's denoiser for its
+   clean-image prediction;
+3. subtract the **reference** denoiser's prediction at the *same* noisy input and prompt (the
+   public base; for a LoRA simply the same pipeline with the LoRA disabled), or, without a
+   reference, the original image itself;
+4. average over noise draws and timesteps, decode to pixels: one *residual image* per sample.
 
-At high noise levels the clean-image prediction is the model's conditional mean
-``E[x0 | x_t, c]``, which is exactly where a mark bound to the trigger (or to the dataset)
-lives; the difference at the *same* ``x_t`` cancels content and sampling noise exactly. The
-differences are scored like images; the key enters nowhere, so the null is unchanged.
+What the suspect learned beyond the base sits in these residuals: for the guilty copy that
+includes its key's pattern ``delta_k``. The residuals are then scored exactly like images, by the
+copy's own scheme against its key, with decoy keys and Holm over copies
+(:func:`tracemark.trace.score_copies`). The key enters only the scoring, never the residuals, so
+for a copy the model was not trained on the statistic is the scheme's null (checked empirically
+on innocent models: docs/learnability.md).
+
+No image is generated: the cost is a few denoiser calls per marked sample, so the test runs on
+every marked sample of every copy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+#: Noise levels probed (fraction of the training schedule) and noise draws per level.
+DEFAULT_T_FRACS: tuple[float, ...] = (0.3, 0.5, 0.7)
+DEFAULT_DRAWS = 2
 
-def _x0_predictions(pipe, prompts: Sequence[str], latents, timesteps, batch: int = 64):
-    """Clean-image (pixel) predictions of ``pipe``'s denoiser for each (latent, timestep, prompt)."""
+
+@dataclass(frozen=True)
+class Probe:
+    """One query: the owner's original image and the prompt the copy trained it with."""
+
+    image: np.ndarray  # H x W x 3, 0..255
+    prompt: str
+
+
+def _model_resolution(pipe) -> int:
+    return int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+
+
+def _to_tensor(images: Sequence[np.ndarray], size: int):
+    """Images -> [-1, 1] tensor at the model's resolution (resize shorter side, centre crop:
+    what the diffusers training scripts do)."""
     import torch
+    from PIL import Image
 
-    sched = pipe.scheduler
-    alphas = sched.alphas_cumprod.to(latents.device)
-    outs = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch):
-            sl = slice(start, start + batch)
-            emb, _ = pipe.encode_prompt(list(prompts[sl]), latents.device, 1, False)
-            x_t = latents[sl]
-            t = timesteps[sl]
-            pred = pipe.unet(x_t, t, encoder_hidden_states=emb).sample
-            a = alphas[t].sqrt().view(-1, 1, 1, 1)
-            s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
-            if sched.config.prediction_type == "v_prediction":
-                x0 = a * x_t - s * pred
-            elif sched.config.prediction_type == "epsilon":
-                x0 = (x_t - s * pred) / a
-            else:
-                x0 = pred
-            img = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample  # [-1, 1]
-            outs.append(img.float().cpu())
-    return torch.cat(outs)
+    out = []
+    for im in images:
+        arr = np.asarray(im, dtype=np.float32)
+        h, w = arr.shape[:2]
+        if (h, w) != (size, size):
+            pil = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+            s = size / min(h, w)
+            pil = pil.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
+            left, top = (pil.width - size) // 2, (pil.height - size) // 2
+            arr = np.asarray(pil.crop((left, top, left + size, top + size)), dtype=np.float32)
+        out.append(torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1))
+    return torch.stack(out)
 
 
-def denoiser_differences(
+def _x0(pred, x_t, alpha_bar, prediction_type: str):
+    a = alpha_bar.sqrt().view(-1, 1, 1, 1)
+    s = (1 - alpha_bar).sqrt().view(-1, 1, 1, 1)
+    if prediction_type == "v_prediction":
+        return a * x_t - s * pred
+    if prediction_type == "epsilon":
+        return (x_t - s * pred) / a
+    return pred  # "sample"
+
+
+class _Reference:
+    """The reference denoiser: the pipeline itself with its LoRA switched off, another pipeline
+    (the public base), or None (residual against the original image)."""
+
+    def __init__(self, pipe, ref_pipe=None, use_lora_off: bool = False) -> None:
+        self.pipe, self.ref_pipe, self.lora_off = pipe, ref_pipe, use_lora_off
+
+    @property
+    def available(self) -> bool:
+        return self.lora_off or self.ref_pipe is not None
+
+    def run(self, fn):
+        if self.lora_off:
+            self.pipe.disable_lora()
+            try:
+                return fn(self.pipe)
+            finally:
+                self.pipe.enable_lora()
+        return fn(self.ref_pipe)
+
+
+def has_lora(pipe) -> bool:
+    """Whether ``pipe`` carries LoRA adapters (loaded with ``load_lora_weights``)."""
+    return any(getattr(m, "peft_config", None) for m in (pipe.unet, getattr(pipe, "text_encoder", None)) if m)
+
+
+def denoiser_residuals(
     pipe,
-    prompts: Sequence[str],
-    ref_prompts: Sequence[str],
+    probes: Sequence[Probe],
     *,
     ref_pipe=None,
-    t_fracs: Sequence[float] = (0.9, 0.7, 0.5),
+    reference: str = "auto",
+    t_fracs: Sequence[float] = DEFAULT_T_FRACS,
+    draws: int = DEFAULT_DRAWS,
     seed: int = 0,
+    batch_size: int = 32,
 ) -> list[np.ndarray]:
-    """Per-probe difference images (H x W x 3, in 0..255 units) of x0-predictions.
+    """One residual image (H x W x 3, 0..255 units, signed) per probe.
 
-    Probe i uses prompt ``prompts[i]`` on ``pipe`` minus ``ref_prompts[i]`` on ``ref_pipe`` (or
-    ``pipe``), both at the same noisy latent; one probe per prompt and timestep fraction.
+    ``reference``: ``"lora-off"`` (the same pipeline without its LoRA), ``"base"`` (``ref_pipe``),
+    ``"data"`` (the original image: no reference model), or ``"auto"`` (lora-off when the pipeline
+    has a LoRA, else ``ref_pipe`` when given, else data).
     """
     import torch
 
+    if reference == "auto":
+        reference = "lora-off" if has_lora(pipe) else ("base" if ref_pipe is not None else "data")
+    if reference == "lora-off" and not has_lora(pipe):
+        raise ValueError("reference 'lora-off' needs a pipeline with a LoRA loaded")
+    if reference == "base" and ref_pipe is None:
+        raise ValueError("reference 'base' needs ref_pipe")
+    ref = _Reference(pipe, ref_pipe if reference == "base" else None, reference == "lora-off")
     dev = pipe._execution_device
-    ref_pipe = ref_pipe or pipe
-    n_t = pipe.scheduler.config.num_train_timesteps
-    unet_cfg = pipe.unet.config
-    g = torch.Generator().manual_seed(seed)
-    P, R, T = [], [], []
-    for f in t_fracs:
-        P += list(prompts)
-        R += list(ref_prompts)
-        T += [int(round(f * (n_t - 1)))] * len(prompts)
-    lat = torch.randn((len(P), unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size), generator=g)
-    lat = lat.to(dev, dtype=pipe.unet.dtype)
-    ts = torch.tensor(T, device=dev, dtype=torch.long)
-    a = _x0_predictions(pipe, P, lat, ts)
-    b = _x0_predictions(ref_pipe, R, lat.to(ref_pipe._execution_device), ts.to(ref_pipe._execution_device))
-    diff = (a - b).permute(0, 2, 3, 1).numpy() * 127.5
-    return [d.astype(np.float32) for d in diff]
+    dtype = pipe.unet.dtype
+    size = _model_resolution(pipe)
+    sched = pipe.scheduler
+    n_t = sched.config.num_train_timesteps
+    alphas = sched.alphas_cumprod.to(dev)
+    ptype = sched.config.prediction_type
+    sf = pipe.vae.config.scaling_factor
+    levels = [(int(round(f * (n_t - 1))), d) for f in t_fracs for d in range(draws)]
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for start in range(0, len(probes), batch_size):
+            chunk = probes[start:start + batch_size]
+            x = _to_tensor([p.image for p in chunk], size).to(dev, dtype=pipe.vae.dtype)
+            z0 = pipe.vae.encode(x).latent_dist.mean * sf
+            prompts = [p.prompt for p in chunk]
+
+            def predict(p, noisy, t):
+                emb, _ = p.encode_prompt(prompts, dev, 1, False)
+                pred = p.unet(noisy.to(p.unet.dtype), t, encoder_hidden_states=emb).sample
+                return _x0(pred.float(), noisy.float(), alphas[t].float(), ptype)
+
+            acc_s = torch.zeros_like(z0, dtype=torch.float32)
+            acc_r = torch.zeros_like(z0, dtype=torch.float32)
+            for t_val, d in levels:
+                # the noise of a probe depends on (seed, probe index, level), not on the batching
+                g = [torch.Generator().manual_seed(int(seed * 1_000_003 + (start + i) * 7919 + t_val * 31 + d))
+                     for i in range(len(chunk))]
+                eps = torch.stack([torch.randn(z0.shape[1:], generator=gi) for gi in g]).to(dev, dtype=z0.dtype)
+                t = torch.full((len(chunk),), t_val, device=dev, dtype=torch.long)
+                noisy = sched.add_noise(z0, eps, t)
+                acc_s += predict(pipe, noisy, t)
+                if ref.available:
+                    acc_r += ref.run(lambda p: predict(p, noisy, t))
+            k = float(len(levels))
+            img_s = pipe.vae.decode((acc_s / k / sf).to(pipe.vae.dtype)).sample.float()
+            if ref.available:  # each prediction through its own model's decoder
+                rvae = (ref.ref_pipe or pipe).vae
+                img_r = rvae.decode((acc_r / k / sf).to(rvae.dtype)).sample.float().to(img_s.device)
+            else:
+                img_r = x.float()
+            diff = ((img_s - img_r) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
+            out += [d.astype(np.float32) for d in diff]
+    return out

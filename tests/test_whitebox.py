@@ -1,0 +1,105 @@
+"""White-box audit (tracemark.whitebox + audit.audit_whitebox) on the tiny untrained pipeline: the
+real diffusers code in seconds. Whether a *fine-tuned* model betrays its copy is measured by the
+experiments (docs/learnability.md), not here."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tracemark.errors import TracemarkError
+from tracemark.protect import protect
+
+from registry_helpers import seeded_registry
+
+pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="module")
+def wb(tmp_path_factory, sample_dir):
+    from tracemark.sim import build_tiny_pipeline
+
+    tmp = tmp_path_factory.mktemp("wb")
+    reg = seeded_registry(tmp / "home")
+    for lic in ("a", "b", "c"):
+        protect(sample_dir, tmp / f"c_{lic}", lic, registry=reg, rate=0.1, workers=1)
+    protect(sample_dir, tmp / "c_d", "d", registry=reg, rate=0.1, workers=1, strategy="ambient")
+    return reg, build_tiny_pipeline(tmp / "tiny", seed=0)
+
+
+def test_innocent_model_names_nobody_and_reports(wb, sample_dir, tmp_path):
+    from tracemark.audit import audit_whitebox
+    from tracemark.report import write_report
+
+    reg, pipe_dir = wb
+    res = audit_whitebox(pipe_dir, reg, sample_dir, device="cpu", t_fracs=(0.5,), draws=1)
+    d = res.to_dict()
+    assert d["kind"] == "whitebox" and not d["used"] and d["params"]["reference"] == "data"
+    # every copy is tested on exactly its own marked samples (5 of 50 at 10%)
+    assert sorted(s["n_images"] for s in d["licensees"]) == [5, 5, 5, 5]
+    # each trigger copy has its own word, so its samples are probed with its own prompts: 3 x 5 + 5 ambient
+    assert d["n_images"] == 20
+    html = write_report(res, tmp_path / "r.html").read_text()
+    assert "Denoiser residuals" in html and "--whitebox" in html
+    for c in reg.copies():  # no secret trigger word leaks into the report
+        from tracemark.trace import trigger_of
+
+        w = trigger_of(c, reg)
+        assert w is None or w not in html
+    json.dumps(d, default=float)
+
+
+def test_residual_carrying_a_key_pattern_names_that_licensee_only(wb, sample_dir):
+    """A suspect whose clean-image predictions carry licensee b's pattern: residuals must be routed
+    to the right copies and scored against the right keys (fails if probes, subsets or keys mix up)."""
+    import torch
+
+    from tracemark.audit import audit_whitebox
+    from tracemark.schemes import get_scheme
+    from tracemark.sim.pipeline import load_pipeline
+
+    reg, pipe_dir = wb
+    copy_b = next(c for c in reg.copies() if c.licensee == "b")
+    pat = get_scheme("spread").pattern(reg.key_for_copy(copy_b), 32, 32)  # unit RMS, 32 x 32 x 3
+    bump = torch.from_numpy(2.0 * pat / 127.5).permute(2, 0, 1)[None]
+    suspect, ref = load_pipeline(pipe_dir), load_pipeline(pipe_dir)
+    decode = suspect.vae.decode
+
+    def marked_decode(z, *a, **k):
+        out = decode(z, *a, **k)
+        out.sample = out.sample + bump.to(out.sample.dtype)
+        return out
+
+    suspect.vae.decode = marked_decode
+    res = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, t_fracs=(0.5,), draws=1)
+    assert res.params["reference"] == "base"
+    assert res.verdict.named == ["b"], [(s.licensee, round(s.z, 2)) for s in res.verdict.scores]
+
+
+def test_wrong_or_missing_data_is_a_one_line_error(wb, tmp_path):
+    from tracemark.audit import audit_whitebox
+    from tracemark.samples import make_sample_dataset
+
+    reg, pipe_dir = wb
+    with pytest.raises(TracemarkError, match="dataset folder not found"):
+        audit_whitebox(pipe_dir, reg, tmp_path / "nope")
+    other = make_sample_dataset(tmp_path / "other", n=50, size=128, seed=99, fmt="mixed")
+    with pytest.raises(TracemarkError, match="is this the original dataset"):
+        audit_whitebox(pipe_dir, reg, other)
+
+
+def test_denoiser_residuals_are_seeded_and_batch_independent(wb, sample_dir):
+    from tracemark.dataset import load_dataset, read_image_rgb
+    from tracemark.sim.pipeline import load_pipeline
+    from tracemark.whitebox import Probe, denoiser_residuals
+
+    _, pipe_dir = wb
+    pipe = load_pipeline(pipe_dir)
+    probes = [Probe(read_image_rgb(s.path), s.text) for s in load_dataset(sample_dir).samples[:5]]
+    a = denoiser_residuals(pipe, probes, t_fracs=(0.4,), draws=1, seed=1, batch_size=5)
+    b = denoiser_residuals(pipe, probes, t_fracs=(0.4,), draws=1, seed=1, batch_size=2)
+    c = denoiser_residuals(pipe, probes, t_fracs=(0.4,), draws=1, seed=2, batch_size=5)
+    assert all(np.allclose(x, y, atol=1e-3) for x, y in zip(a, b))
+    assert not np.allclose(a[0], c[0])
+    with pytest.raises(ValueError, match="lora-off"):
+        denoiser_residuals(pipe, probes, reference="lora-off")
