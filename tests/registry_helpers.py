@@ -24,4 +24,11 @@ def fix_master_key(home, seed: int = 0) -> None:
     import hashlib
     from pathlib import Path
 
-    Path(home, "master.key").write_text(hashlib.sha256(f"tracemark-test-master|{seed}".encode()).hexdigest() + "\n")
+    import sqlite3
+
+    from tracemark.registry import key_check_value
+
+    master = hashlib.sha256(f"tracemark-test-master|{seed}".encode()).hexdigest()
+    Path(home, "master.key").write_text(master + "\n")
+    with sqlite3.connect(Path(home, "registry.sqlite")) as conn:  # the registry's fingerprint of its key
+        conn.execute("UPDATE owner SET key_check = ? WHERE id = 1", (key_check_value(bytes.fromhex(master)),))

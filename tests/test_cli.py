@@ -69,3 +69,33 @@ def test_missing_registry_and_key(sample_dir, tmp_path):
     p = run("protect", sample_dir, "-l", "x", "-o", tmp_path / "o", home=home, check=False)
     assert p.returncode == 1 and "master key" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_sigterm_during_protect_leaves_nothing_and_no_worker_lives_on(tmp_path):
+    """Issue #15.11: a terminated protect leaves no half copy, no temp folder, no orphaned pool worker,
+    and says 'interrupted'; the next run succeeds."""
+    import signal
+    import time
+
+    from tracemark.samples import make_sample_dataset
+
+    data = make_sample_dataset(tmp_path / "big", n=400, size=128, seed=2, fmt="png")
+    home = tmp_path / "home"
+    run("init", home=home)
+    env = {**os.environ, "TRACEMARK_HOME": str(home)}
+    out = tmp_path / "out" / "copy"
+    p = subprocess.Popen([sys.executable, "-m", "tracemark", "protect", str(data), "-l", "a", "-o", str(out),
+                          "--rate", "1.0", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "out").glob(".copy.tracemark-tmp-*/*.png")):
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=60)  # returns only once every holder of the pipes is gone
+    assert p.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
+    time.sleep(0.5)
+    alive = [c for c in children if os.path.exists(f"/proc/{c}")]
+    assert not alive, f"pool workers outlived their parent: {alive}"
+    assert not out.exists() and not list((tmp_path / "out").glob(".copy*"))
+    run("protect", data, "-l", "a", "-o", out, "--rate", "0.02", home=home)

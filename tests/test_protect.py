@@ -11,7 +11,7 @@ from PIL import Image
 import importlib
 
 protect_mod = importlib.import_module("tracemark.protect")
-from tracemark.dataset import load_dataset
+from tracemark.dataset import load_dataset, read_image_rgb
 from tracemark.errors import TracemarkError
 from tracemark.imaging import estimate_jpeg_quality
 from tracemark.protect import protect
@@ -31,8 +31,14 @@ def test_trigger_copy_layout_and_invariants(sample_dir, registry, tmp_path):
     out = tmp_path / "copy"
     res = protect(sample_dir, out, "acme", registry=registry, rate=0.1, workers=1)
     assert tree_hash(sample_dir) == before, "input must never be modified"
-    assert res.n_marked == 5 and res.psnr_min >= 40.0 and res.ssim_mean > 0.98
+    assert res.n_marked == 5 and res.psnr_min >= 38.0 and res.ssim_mean > 0.98
     src, cp = load_dataset(sample_dir), load_dataset(out)
+    # the harm printed is the harm on the files as written (JPEG re-encoding included)
+    from tracemark.metrics import psnr
+
+    on_files = [psnr(read_image_rgb(s.path), read_image_rgb(c.path)) for s, c in zip(src.samples, cp.samples)
+                if s.file_name in {m["file_name"] for m in registry.copies()[0].marked}]
+    assert abs(min(on_files) - res.psnr_min) < 0.01 and abs(np.mean(on_files) - res.psnr_mean) < 0.01
     assert [s.file_name for s in src.samples] == [s.file_name for s in cp.samples]
     copy = registry.copies()[0]
     marked = {m["file_name"] for m in copy.marked}
@@ -179,3 +185,18 @@ def test_output_reached_through_a_symlink_into_the_input_is_refused(sample_dir, 
     with pytest.raises(TracemarkError, match="inside the input"):
         protect(data, tmp_path / "link" / "copy", "acme", registry=registry, rate=0.1, workers=1)
     assert tree_hash(data) == before and not (data / "copy").exists()
+
+
+@pytest.mark.parametrize("scheme,strength,params", [
+    ("spread", 0.0, {}), ("spread", float("nan"), {}), ("spread", float("inf"), {}), ("spread", -2.0, {}),
+    ("spread", 1e9, {}), ("spread", None, {"band": [20, 3]}), ("spread", None, {"grid": 0}),
+    ("visible", None, {"cells": "abc"}), ("dwtdct", None, {"max_grid": 3}), ("dwtdct", 0.0, {}),
+    ("spread", None, {"nonsense": 1}),
+])
+def test_bad_scheme_parameters_are_one_line_errors_before_anything_is_written(
+        sample_dir, registry, tmp_path, scheme, strength, params):
+    """Issue #15.6: out-of-range parameters used to issue untraceable or destroyed copies with rc 0."""
+    with pytest.raises(TracemarkError, match=scheme):
+        protect(sample_dir, tmp_path / "c", "x", registry=registry, scheme=scheme, strength=strength,
+                scheme_params=params, workers=1)
+    assert not (tmp_path / "c").exists() and registry.copies() == []

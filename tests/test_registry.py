@@ -1,3 +1,4 @@
+import os
 import sqlite3
 import stat
 import subprocess
@@ -53,3 +54,107 @@ def test_concurrent_writers_do_not_corrupt(home):
     reg = Registry(home)
     assert len(reg.licensees()) == 120
     assert reg.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_protect_refuses_a_wrong_master_key_and_registers_nothing(home, sample_dir, tmp_path):
+    """Issue #15.1: a different master.key must not register a copy that later breaks tracing."""
+    from tracemark.protect import protect
+    from tracemark.trace import trace_files
+
+    reg = Registry.init(home)
+    protect(sample_dir, tmp_path / "a", "a", registry=reg, rate=0.2, workers=1)
+    good = reg.key_path.read_text()
+    reg.key_path.write_text("11" * 32 + "\n")
+    with pytest.raises(TracemarkError, match="wrong master key"):
+        protect(sample_dir, tmp_path / "b", "b", registry=Registry(home), rate=0.2, workers=1)
+    assert not (tmp_path / "b").exists() and len(Registry(home).copies()) == 1
+    reg.key_path.write_text(good)
+    assert trace_files(tmp_path / "a", Registry(home)).named == ["a"]
+
+
+def test_a_registry_from_before_the_key_check_learns_it_from_its_first_copy(home, sample_dir, tmp_path):
+    """Migration: an old registry (no key check) accepts its own key and refuses another one."""
+    import sqlite3
+
+    from tracemark.protect import protect
+
+    reg = Registry.init(home)
+    protect(sample_dir, tmp_path / "a", "a", registry=reg, rate=0.2, workers=1)
+    with sqlite3.connect(reg.db_path) as c:
+        c.execute("UPDATE owner SET key_check = NULL")
+    good = reg.key_path.read_text()
+    reg.key_path.write_text("22" * 32 + "\n")
+    with pytest.raises(TracemarkError, match="wrong master key"):
+        Registry(home).master()
+    reg.key_path.write_text(good)
+    assert Registry(home).master() == bytes.fromhex(good.strip())
+
+
+def test_copy_left_pending_by_a_crash_is_redone_on_the_next_run(home, sample_dir, tmp_path, monkeypatch):
+    """Issue #15.2: a failure after the rename (e.g. the registry's disk fills) leaves no copy without a
+    row; a crash between row and rename leaves a pending row that the next run drops and redoes."""
+    from tracemark.protect import protect
+
+    reg = Registry.init(home)
+    out = tmp_path / "sub" / "copy"
+
+    def boom(self, copy_id):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Registry, "finalize_copy", boom)
+    with pytest.raises(OSError):
+        protect(sample_dir, out, "a", registry=reg, rate=0.2, workers=1)
+    assert not out.exists() and not (tmp_path / "sub").exists(), "copy and the folders it created are rolled back"
+    assert reg.copies() == [] and reg.pending_copy("data", "a") is None
+    # a hard kill between rename and finalisation: simulate by leaving the row pending
+    monkeypatch.setattr(Registry, "drop_pending", lambda self, cid: None)
+    with pytest.raises(OSError):
+        protect(sample_dir, out, "a", registry=reg, rate=0.2, workers=1)
+    assert reg.pending_copy("data", "a") is not None and reg.copies() == []
+    monkeypatch.undo()
+    (out).mkdir(parents=True, exist_ok=True)  # the folder the pending row announced
+    res = protect(sample_dir, out, "a", registry=Registry(home), rate=0.2, workers=1)
+    assert res.n_marked == 10 and [c.licensee for c in Registry(home).copies()] == ["a"]
+
+
+def test_stale_temporary_folders_of_dead_runs_are_removed(home, sample_dir, tmp_path):
+    """Issue #15.11: a killed protect leaves .OUT.tracemark-tmp-PID-*; the next run removes it."""
+    from tracemark.protect import protect
+
+    reg = Registry.init(home)
+    dead = tmp_path / ".copy.tracemark-tmp-999999999-abcd1234"
+    dead.mkdir()
+    (dead / "x.png").write_bytes(b"half")
+    live = tmp_path / f".copy.tracemark-tmp-{os.getpid()}-abcd1234"
+    live.mkdir()
+    protect(sample_dir, tmp_path / "copy", "a", registry=reg, rate=0.2, workers=1)
+    assert not dead.exists() and live.exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "half", "garbage"])
+def test_damaged_registry_is_a_one_line_error_and_backup_restores_it(home, damage, tmp_path):
+    """Issue #15.3: a truncated or garbage registry is never silently re-created."""
+    reg = Registry.init(home)
+    with reg.write() as c:
+        reg.ensure_licensee(c, "acme")
+    backup = reg.backup(tmp_path / "reg.bak")
+    assert os.stat(backup).st_mode & 0o777 == 0o600
+    reg.close()
+    data = reg.db_path.read_bytes()
+    if damage == "empty":
+        reg.db_path.write_bytes(b"")
+    elif damage == "half":
+        with sqlite3.connect(reg.db_path) as c:  # make it multi-page first
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        data = reg.db_path.read_bytes()
+        reg.db_path.write_bytes(data[: len(data) // 2])
+    else:
+        reg.db_path.write_bytes(b"\x00garbage" * 512)
+    for f in home.glob("registry.sqlite-*"):
+        f.unlink()
+    with pytest.raises(TracemarkError, match="restore it from a backup|damaged"):
+        Registry(home)
+    from tracemark.registry import restore
+
+    restore(home, backup)
+    assert [r["name"] for r in Registry(home).licensees()] == ["acme"]

@@ -60,7 +60,26 @@ def init(home: Optional[Path] = HomeOpt, owner: str = typer.Option("owner", help
 
     reg = Registry.init(home, owner)
     console.print(f"Initialised tracemark registry in [bold]{reg.home}[/] (master key: {reg.key_path}, mode 0600).")
-    console.print("Back up the master key: every licensee key is derived from it.")
+    console.print("Back up the master key: every licensee key is derived from it. Back up the registry too "
+                  "(`tracemark backup FILE`): it is the only record of who got which copy.")
+
+
+@app.command()
+def backup(dest: Path = typer.Argument(..., help="Backup file to write (mode 0600)."), home: Optional[Path] = HomeOpt) -> None:
+    """Write a consistent backup of the registry (SQLite online backup; safe while other commands run)."""
+    path = _registry(home).backup(dest)
+    console.print(f"Registry backed up to {path}")
+
+
+@app.command()
+def restore(backup_file: Path = typer.Argument(..., help="A file written by `tracemark backup`."),
+            home: Optional[Path] = HomeOpt) -> None:
+    """Put a registry backup in place (the file it replaces is kept beside it)."""
+    from tracemark.registry import default_home
+    from tracemark.registry import restore as _restore
+
+    db = _restore(home or default_home(), backup_file)
+    console.print(f"Registry restored from {backup_file} to {db}")
 
 
 @app.command()
@@ -101,24 +120,48 @@ def protect(
             console.print(f"    {line}")
 
 
+JsonOpt = typer.Option(False, "--json", help="Print JSON lines instead of a table (scripts, narrow terminals).")
+
+
+def _table(*columns: str) -> Table:
+    # no ellipsis: names wrap instead of being cut to illegibility in a narrow or piped terminal
+    t = Table(*columns)
+    for col in t.columns:
+        col.overflow = "fold"
+    return t
+
+
 @app.command()
-def licensees(home: Optional[Path] = HomeOpt) -> None:
+def licensees(home: Optional[Path] = HomeOpt, as_json: bool = JsonOpt) -> None:
     """List licensees and how many copies each holds."""
     reg = _registry(home)
-    table = Table("id", "licensee", "copies", "since")
-    for r in reg.licensees():
-        table.add_row(str(r["id"]), r["name"], str(r["n_copies"]), r["created"])
+    rows = [{"id": r["id"], "licensee": r["name"], "copies": r["n_copies"], "since": r["created"]}
+            for r in reg.licensees()]
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    table = _table("id", "licensee", "copies", "since")
+    for r in rows:
+        table.add_row(*(str(v) for v in r.values()))
     console.print(table)
 
 
 @app.command()
-def copies(dataset: Optional[str] = typer.Option(None, help="Only this dataset."), home: Optional[Path] = HomeOpt) -> None:
+def copies(dataset: Optional[str] = typer.Option(None, help="Only this dataset."), home: Optional[Path] = HomeOpt,
+           as_json: bool = JsonOpt) -> None:
     """List issued copies: dataset, licensee, scheme, strategy, rate, marked samples, key id."""
     reg = _registry(home)
-    table = Table("id", "dataset", "licensee", "scheme", "strategy", "rate", "marked", "key id", "issued", "path")
-    for c in reg.copies(dataset):
-        table.add_row(str(c.id), c.dataset, c.licensee, c.scheme, c.strategy, f"{c.rate:g}", str(c.n_marked),
-                      c.key_id, c.created, c.out_path or "")
+    rows = [{"id": c.id, "dataset": c.dataset, "licensee": c.licensee, "scheme": c.scheme, "strategy": c.strategy,
+             "rate": c.rate, "marked": c.n_marked, "key_id": c.key_id, "issued": c.created, "path": c.out_path or ""}
+            for c in reg.copies(dataset)]
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    table = _table("id", "dataset", "licensee", "scheme", "strategy", "rate", "marked", "key id", "issued", "path")
+    for r in rows:
+        table.add_row(*(f"{v:g}" if isinstance(v, float) else str(v) for v in r.values()))
     console.print(table)
 
 
@@ -194,15 +237,39 @@ def _mount_optional(argv: list[str] | None = None) -> None:
         pass
 
 
+_signalled: list[int] = []
+
+
+def _on_signal(signum, frame) -> None:
+    """Ctrl-C and SIGTERM unwind as KeyboardInterrupt, so every cleanup (temporary folders, pending
+    registry rows, pool workers) runs; main() then says so in one line."""
+    _signalled.append(signum)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
     _mount_optional()
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     try:
         app(standalone_mode=True)
     except TracemarkError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]: nothing was written")
+        _signalled.append(signal.SIGINT)
+    except SystemExit:
+        if not _signalled:
+            raise
+    except OSError as exc:  # disk full, read-only folder, ...: one line naming the file
+        where = exc.filename or ""
+        err_console.print(f"[bold red]error:[/] {where}{': ' if where else ''}{exc.strerror or exc}",
+                          highlight=False, soft_wrap=True)
+        sys.exit(1)
+    if _signalled:
+        err_console.print("[bold red]interrupted[/]: nothing half-written was left behind")
         sys.exit(130)
 
 

@@ -2,9 +2,13 @@
 
 Only the key-selected fraction of samples is decoded and marked (on a process pool); every
 other file is copied byte for byte. The copy is assembled in a hidden temporary folder next to
-the output and renamed into place only when complete, inside the registry transaction that
-records it: an interrupted run leaves neither a half copy nor a registry row, and simply
-re-running it produces the identical copy. The input is only ever read.
+the output and renamed into place only when complete. The registry row is committed as
+*pending* before the rename and marked *issued* after it, so whatever fails or is killed in
+between, the next run finds either nothing or a pending row (which it drops, with the folder that
+row announced) and re-creates the identical copy; temporary folders of dead runs are removed.
+Pool workers die with their parent. The input is only ever read.
+
+Harm is measured on the files as written (decoded back), not on the array before encoding.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ def mark_file(src: str, dst: str, scheme_name: str, scheme_params: dict, secret:
         scheme = _cached_scheme(scheme_name, scheme_params)
         marked = scheme.embed_uint8(original, Key(secret))
         save_like(marked, pil, Path(dst))
+        marked, _ = read_image(Path(dst), max_pixels, dtype=np.uint8)  # the harm of what the user gets
         diff = marked.astype(np.int16)
         diff -= original
         np.square(diff, out=diff)  # |diff| <= 255 would overflow only for absurd strengths
@@ -100,6 +105,56 @@ def mark_file(src: str, dst: str, scheme_name: str, scheme_params: dict, secret:
         return {"src": src, "error": str(exc)}
     except Exception as exc:  # any decoder surprise still names the file
         return {"src": src, "error": f"{src}: cannot mark ({exc.__class__.__name__}: {exc})"}
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: a worker gets SIGKILL when its parent dies (Linux), instead of living on
+    holding the registry and the caller's pipes."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:  # pragma: no cover - no glibc
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+TMP_TAG = ".tracemark-tmp-"
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """mkdir -p that returns the folders it created (outermost first), to remove them on failure."""
+    missing = []
+    p = folder
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return list(reversed(missing))
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Remove temporary folders of earlier runs for ``out_dir`` whose process is gone."""
+    parent = out_dir.parent
+    if not parent.is_dir():
+        return
+    for p in parent.glob(f".{out_dir.name}{TMP_TAG}*"):
+        pid_text = p.name[len(f".{out_dir.name}{TMP_TAG}"):].split("-")[0]
+        alive = False
+        if pid_text.isdigit():
+            try:
+                os.kill(int(pid_text), 0)
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                alive = True
+        if not alive:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _check_paths(data_dir: Path, out_dir: Path) -> None:
@@ -139,11 +194,17 @@ def protect(
         raise TracemarkError("--licensee must be a non-empty name")
     sch = get_scheme(scheme, strength=strength, **(scheme_params or {}))
     ds: Dataset = load_dataset(data_dir)
-    _check_paths(data_dir, out_dir)
     name = dataset_name or data_dir.resolve().name
     if registry.has_copy(name, licensee):
         raise TracemarkError(f"licensee '{licensee}' already holds a copy of dataset '{name}'")
-    key = registry.key_for(name, licensee)
+    key = registry.key_for(name, licensee)  # checks the master key against the registry first
+    pending = registry.pending_copy(name, licensee)
+    if pending is not None:  # an earlier run died between its row and its rename: start it over
+        if pending["out_path"] and Path(pending["out_path"]).is_dir():
+            shutil.rmtree(pending["out_path"])
+        registry.drop_pending(pending["id"])
+    _remove_stale_temps(out_dir)
+    _check_paths(data_dir, out_dir)
 
     # 1. cheap header checks for every image (mode, size, EXIF rotation, bombs)
     skipped: list[str] = []
@@ -167,8 +228,10 @@ def protect(
     trig, trig_attempt = (trigger_word(trig_key, vocabulary(s.text for s in ds.samples)) if strategy == "trigger"
                           else (None, None))
 
-    tmp = out_dir.parent / f".{out_dir.name}.tracemark-tmp-{uuid.uuid4().hex[:8]}"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    created = _make_parents(out_dir.parent)
+    copy_id = None
+    renamed = False
     try:
         tmp.mkdir()
         to_mark = [s for s in valid if s.file_name in marked_ids]
@@ -190,7 +253,7 @@ def protect(
         n_workers = workers or min(2, os.cpu_count() or 1)
         results = []
         if n_workers > 1 and len(jobs) >= 8:
-            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            with ProcessPoolExecutor(max_workers=n_workers, initializer=_die_with_parent) as pool:
                 for r in pool.map(mark_file, *zip(*jobs), chunksize=max(1, len(jobs) // (8 * n_workers))):
                     results.append(r)
                     done += 1
@@ -243,9 +306,25 @@ def protect(
                 rate=rate, params={**sch.params(), **({"trigger_attempt": trig_attempt, "trigger_scope": trigger_scope}
                                             if trig else {})},
                 marked=[{k: m[k] for k in ("file_name", "dhash", "text")} for m in marked_records],
-                out_path=str(out_dir.resolve()),
+                out_path=str(out_dir.resolve()), status="pending",
             )
-            os.rename(tmp, out_dir)  # atomic; inside the transaction so both happen or neither
+        os.rename(tmp, out_dir)  # atomic
+        renamed = True
+        registry.finalize_copy(copy_id)
+    except BaseException:
+        if copy_id is not None:  # roll back what this run did; the next run starts clean either way
+            try:
+                if renamed:
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                registry.drop_pending(copy_id)
+            except Exception:  # the registry may be what failed: the next run drops the pending row
+                pass
+        for d in reversed(created):  # parent folders this run made, if still empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -239,12 +239,11 @@ def find_cell(name: str) -> Cell:
     raise TracemarkError(f"{name}: not a cell of the grid plans")
 
 
-def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
-    from tracemark.audit import audit_model
-    from tracemark.dataset import load_dataset
-    from tracemark.sim import finetune, generate
-    from tracemark.sim.pipeline import load_pipeline
-    from tracemark.sim.probe import colour_accuracy
+def train_cell(work: Path, cell: Cell, base: Path, log=print):
+    """Group, training data and fine-tuned model of a cell (resumable; nothing is redone).
+
+    Returns ``(registry, owner data, group dir, cell dir, data seconds, fine-tune seconds)``."""
+    from tracemark.sim import finetune
 
     timer = Timer()
     base = cell_base(work, cell, base)
@@ -260,7 +259,18 @@ def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
             shutil.rmtree(model, ignore_errors=True)  # interrupted before the first checkpoint: start afresh
         finetune(train, base, model, method=cell.method, steps=cell.steps or DEFAULT_STEPS, lr=cell.lr or None,
                  rank=cell.rank, seed=cell.seed, resume=(model / "checkpoints" / "last.pt").exists(), progress=False)
-    t_ft = timer.lap()
+    return reg, data, gdir, cdir, t_data, timer.lap()
+
+
+def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
+    from tracemark.audit import audit_model
+    from tracemark.dataset import load_dataset
+    from tracemark.sim import generate
+    from tracemark.sim.pipeline import load_pipeline
+    from tracemark.sim.probe import colour_accuracy
+
+    reg, data, gdir, cdir, t_data, t_ft = train_cell(work, cell, base, log)
+    timer = Timer()
     model_dir, lora = cell_model(work, cell, base)
     audit_dir = cdir / "audit"
     shutil.rmtree(audit_dir, ignore_errors=True)

@@ -33,8 +33,10 @@ def get_scheme(name: str = DEFAULT_SCHEME, **params) -> Scheme:
         raise TracemarkError(f"unknown scheme '{name}'; choose one of {', '.join(sorted(SCHEMES))}") from None
     try:
         return cls(**{k: v for k, v in params.items() if v is not None})
-    except TypeError as e:  # an unknown parameter name
-        raise TracemarkError(f"scheme '{name}': {e}") from None
+    except TracemarkError:
+        raise
+    except (TypeError, ValueError, IndexError) as e:  # an unknown parameter name, a value of the wrong type
+        raise TracemarkError(f"scheme '{name}': bad parameter ({e})") from None
 
 
 def parse_params(items: list[str] | None) -> dict:

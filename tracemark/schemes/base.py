@@ -37,9 +37,21 @@ class Scheme(ABC):
     kind: ClassVar[str] = "correlation"
     #: Default strength in the scheme's own unit (documented per scheme).
     default_strength: ClassVar[float]
+    #: Largest accepted strength: beyond it the "watermark" destroys the image.
+    max_strength: ClassVar[float] = 64.0
 
     def __init__(self, strength: float | None = None) -> None:
-        self.strength = float(self.default_strength if strength is None else strength)
+        import math
+
+        from tracemark.errors import TracemarkError
+
+        try:
+            value = float(self.default_strength if strength is None else strength)
+        except (TypeError, ValueError):
+            raise TracemarkError(f"{self.name} scheme: --strength must be a number, got {strength!r}") from None
+        if not (math.isfinite(value) and 0 < value <= self.max_strength):
+            raise TracemarkError(f"{self.name} scheme: --strength must be in (0, {self.max_strength:g}], got {strength}")
+        self.strength = value
 
     # --- embedding -------------------------------------------------------------------------
     @abstractmethod

@@ -98,6 +98,7 @@ class DwtDctScheme(Scheme):
     name = "dwtdct"
     kind = "message"
     default_strength = 24.0
+    max_strength = 128.0
     n_bits = N_BITS
 
     def __init__(

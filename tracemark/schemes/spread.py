@@ -63,14 +63,23 @@ class SpreadScheme(Scheme):
     name = "spread"
     kind = "correlation"
     default_strength = 2.0
+    max_strength = 16.0  # RMS 16/255: about 24 dB
 
     def __init__(self, strength: float | None = None, grid: int = 32, band: tuple[float, float] = (3.0, 16.0),
                  flip_invariant: bool = True) -> None:
         super().__init__(strength)
+        from tracemark.errors import TracemarkError
+
         self.grid = int(grid)
+        if not 8 <= self.grid <= 256:
+            raise TracemarkError(f"spread scheme: grid must be in 8..256, got {grid}")
+        if len(band) != 2 or not 0 <= float(band[0]) < float(band[1]) <= self.grid * 1.5:
+            raise TracemarkError(f"spread scheme: band must be [lo, hi] with 0 <= lo < hi <= {self.grid * 1.5:g}, got {band}")
         self.band = (float(band[0]), float(band[1]))
         self.flip_invariant = bool(flip_invariant)
         self._mask, self._radius = band_mask(self.grid, *self.band, self.flip_invariant)
+        if self._mask.sum() < 8:
+            raise TracemarkError(f"spread scheme: band {list(self.band)} holds fewer than 8 coefficients")
         self.dim = 3 * int(self._mask.sum())
         self._pattern_cache: dict[tuple[str, int, int], np.ndarray] = {}
 

@@ -34,6 +34,7 @@ class VisibleScheme(Scheme):
     name = "visible"
     kind = "correlation"
     default_strength = 24.0
+    max_strength = 128.0
 
     def __init__(self, strength: float | None = None, cells: int = CELLS) -> None:
         super().__init__(strength)

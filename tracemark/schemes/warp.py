@@ -116,6 +116,7 @@ class WarpScheme(Scheme):
     name = "warp"
     kind = "correlation"
     default_strength = 0.2
+    max_strength = 8.0
 
     def __init__(
         self,

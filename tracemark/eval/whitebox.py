@@ -1,0 +1,212 @@
+"""White-box audit experiment: power on fine-tuned models, false accusations on innocent ones.
+
+Each *guilty* cell is a grid cell (:class:`tracemark.eval.grid.Cell`): a 100-licensee group, one
+licensee's copy fine-tuned (resumable), then :func:`tracemark.audit.audit_whitebox` against all
+100 copies. Each *innocent* model (the base; a LoRA fine-tuned on the clean owner data; a LoRA
+fine-tuned on another owner's protected data) is audited against the same groups with the same
+product call. A row per (model, group) goes to ``results/whitebox.csv``.
+
+Calibration beyond a handful of real audits (``--null-audits``): for an innocent model the
+residuals of *every* sample of the owner dataset are computed once (a prompt per sample: its
+caption behind a trigger word no copy uses); then each simulated audit draws 100 copies the way
+``protect`` does (a random ``rate`` subset of samples, a fresh random key's sign vector), scores
+each on its own samples' residuals against ``n_decoys`` decoys with the product's
+:func:`tracemark.stats.test_keys`, and applies Holm. The fraction of audits that name anyone is
+the false-accusation rate, reported with its Clopper-Pearson 95% interval.
+
+    python -m tracemark.eval.whitebox --rates 0.02 --seeds 0 1 2 3 4 --scope licensee
+    python -m tracemark.eval.whitebox --innocent --null-audits 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from tracemark.eval.common import Timer, append_row, done_cells
+from tracemark.eval.grid import Cell, cell_base, cell_model, ensure_group, train_cell
+
+ROW_KEYS = ["model", "group"]
+
+
+def _audit_row(model_name: str, group: str, res, truth: set[str], extra: dict) -> dict:
+    v = res.verdict
+    true = [s for s in v.scores if s.licensee in truth]
+    others = [s for s in v.scores if s.licensee not in truth]
+    return {
+        "model": model_name, "group": group, **extra,
+        "z": round(float(np.mean([s.z for s in true])), 3) if true else "",
+        "p": max(s.p_value for s in true) if true else "",
+        "p_holm": max(s.p_holm for s in true) if true else "",
+        "named_true": bool(truth) and truth <= set(v.named),
+        "false_named": len(set(v.named) - truth),
+        "named": ";".join(v.named),
+        "max_z_innocent": round(max(s.z for s in others), 3) if others else "",
+        "n_probes": res.params["n_probes"], "reference": res.params["reference"],
+        "residuals_s": res.timings["residuals_s"],
+        "finished": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def guilty(cells: list[Cell], work: Path, out: Path, base: Path | None = None, log=print) -> None:
+    from tracemark.audit import audit_whitebox
+
+    done = done_cells(out, ROW_KEYS)
+    for cell in cells:
+        gname = _group_name(work, cell)
+        if (cell.name, gname) in done:
+            continue
+        log(f"{cell.name}")
+        reg, data, gdir, cdir, t_data, t_ft = train_cell(work, cell, base, log)
+        model_dir, lora = cell_model(work, cell, base)
+        res = audit_whitebox(model_dir, reg, data, lora=lora, base=None if lora else cell_base(work, cell, base))
+        (cdir / "whitebox.json").write_text(json.dumps(res.to_dict(), default=float, indent=1))
+        row = _audit_row(cell.name, gname, res, set(cell.licensees),
+                         {"rate": cell.rate, "method": cell.method, "scope": cell.scope, "finetune_s": t_ft})
+        append_row(out, row)
+        log(f"  z {row['z']} p {row['p']} named [{row['named']}] false {row['false_named']} "
+            f"max innocent z {row['max_z_innocent']} ({row['residuals_s']} s)")
+
+
+def _group_name(work: Path, cell: Cell) -> str:
+    from tracemark.eval.grid import group_dir
+
+    return group_dir(work, cell).name
+
+
+def innocent_models(work: Path, base: Path | None = None, log=print) -> dict[str, tuple[Path, Path | None]]:
+    """The innocent models: the base, a LoRA on the clean owner data, a LoRA on another owner's
+    protected copy (another dataset of the domain, spread at 10%, its own registry)."""
+    from tracemark.sim import default_base_path, finetune
+    from tracemark.eval.grid import owner_dataset
+
+    base = base or default_base_path()
+    out = {"base": (base, None)}
+    clean = work / "cells" / "innocent-clean-lora" / "model"
+    if not (clean / "pytorch_lora_weights.safetensors").exists():
+        log("fine-tuning the innocent model on the clean owner data")
+        finetune(owner_dataset(work, "faces"), base, clean, method="lora", seed=0,
+                 resume=(clean / "checkpoints" / "last.pt").exists(), progress=False)
+    out["clean-lora"] = (base, clean)
+    other = work / "cells" / "innocent-other-owner-lora" / "model"
+    if not (other / "pytorch_lora_weights.safetensors").exists():
+        from tracemark.protect import protect
+        from tracemark.registry import Registry
+
+        odata = owner_dataset(work, "faces", seed=12)
+        ohome = work / "other_owner" / "home"
+        ocopy = work / "other_owner" / "copy"
+        if not ocopy.exists():
+            import shutil
+
+            shutil.rmtree(ohome, ignore_errors=True)
+            reg = Registry.init(ohome)
+            protect(odata, ocopy, "someone", registry=reg, rate=0.1, workers=1)
+        log("fine-tuning the innocent model on another owner's protected data")
+        finetune(ocopy, base, other, method="lora", seed=0, resume=(other / "checkpoints" / "last.pt").exists(),
+                 progress=False)
+    out["other-owner-lora"] = (base, other)
+    return out
+
+
+def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None, log=print) -> None:
+    """Real product audits of every innocent model against each group's 100 copies."""
+    from tracemark.audit import audit_whitebox
+
+    done = done_cells(out, ROW_KEYS)
+    for name, (model_dir, lora) in innocent_models(work, base, log).items():
+        for g in groups:
+            reg, data, gdir = ensure_group(work, g, log)
+            if (f"innocent-{name}", gdir.name) in done:
+                continue
+            res = audit_whitebox(model_dir, reg, data, lora=lora)
+            row = _audit_row(f"innocent-{name}", gdir.name, res, set(),
+                             {"rate": g.rate, "method": "lora" if lora else "none", "scope": g.scope, "finetune_s": ""})
+            append_row(out, row)
+            log(f"  innocent {name} vs {gdir.name}: named [{row['named']}] max z {row['max_z_innocent']}")
+
+
+def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int = 200, n_copies: int = 100,
+                rate: float = 0.02, n_decoys: int = 1000, alpha: float = 0.01, seed: int = 0) -> dict:
+    """Simulated audits of an innocent model (see the module docstring): false-accusation rate."""
+    from scipy.stats import beta
+
+    from tracemark import stats
+    from tracemark.dataset import load_dataset, read_image_rgb
+    from tracemark.schemes import get_scheme
+    from tracemark.sim.pipeline import load_pipeline
+    from tracemark.strategies import apply_trigger
+    from tracemark.whitebox import Probe, denoiser_residuals
+
+    samples = load_dataset(data).samples
+    word = "zulopamek"  # a trigger word of no issued copy (the null: the model never saw it bound to a mark)
+    probes = [Probe(read_image_rgb(s.path), apply_trigger(s.text, word)) for s in samples]
+    t = Timer()
+    res = denoiser_residuals(load_pipeline(model_dir, lora=lora), probes, seed=seed)
+    t_res = t.lap()
+    sch = get_scheme("spread")
+    F = sch.features(res)
+    rng = np.random.default_rng(seed)
+    k = max(1, int(round(rate * len(samples))))
+    any_named, below_1e3, n_keys = 0, 0, 0
+    for _ in range(n_audits):
+        decoys = sch.random_vectors(n_decoys, rng)
+        p = []
+        for _ in range(n_copies):
+            idx = rng.choice(len(samples), size=k, replace=False)
+            r = stats.test_keys(F[idx], sch.random_vectors(1, rng), decoys, sch.kind)
+            p.append(float(r.p_value[0]))
+        p = np.array(p)
+        any_named += bool((stats.holm(p) < alpha).any())
+        below_1e3 += int((p < 1e-3).sum())
+        n_keys += len(p)
+    lo = beta.ppf(0.025, any_named, n_audits - any_named + 1) if any_named else 0.0
+    hi = beta.ppf(0.975, any_named + 1, n_audits - any_named)
+    return {"n_audits": n_audits, "n_copies": n_copies, "rate": rate, "alpha": alpha,
+            "false_accusation_rate": any_named / n_audits, "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "keys_p_below_1e-3": below_1e3, "keys": n_keys, "expected_below_1e-3": n_keys * 1e-3,
+            "residuals_s": t_res, "n_samples": len(samples)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", type=float, nargs="*", default=[0.02])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--scheme", default="spread")
+    ap.add_argument("--scope", default="licensee")
+    ap.add_argument("--method", default="lora")
+    ap.add_argument("--innocent", action="store_true", help="audit the innocent models against the rates' groups")
+    ap.add_argument("--null-audits", type=int, default=0, help="simulated audits per innocent model")
+    ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
+    ap.add_argument("--out", type=Path, default=Path("results/whitebox.csv"))
+    args = ap.parse_args(argv)
+    cells = [Cell(scheme=args.scheme, rate=r, seed=s, scope=args.scope, method=args.method)
+             for r in args.rates for s in args.seeds]
+    if args.innocent:
+        groups = [Cell(scheme=args.scheme, rate=r, scope=args.scope) for r in args.rates]
+        innocent(groups, args.work, args.out)
+        if args.null_audits:
+            data = ensure_group(args.work, groups[0])[1]
+            null_out = args.out.with_name("whitebox_null.json")
+            done = json.loads(null_out.read_text()) if null_out.exists() else {}
+            for name, (model_dir, lora) in innocent_models(args.work).items():
+                for r in args.rates:
+                    key = f"{name}@{r:g}"
+                    if key in done:
+                        continue
+                    done[key] = null_audits(model_dir, lora, data, n_audits=args.null_audits, rate=r)
+                    print(key, done[key], flush=True)
+                    tmp = null_out.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(done, indent=1))
+                    tmp.replace(null_out)
+    else:
+        guilty(cells, args.work, args.out)
+
+
+if __name__ == "__main__":
+    main()
