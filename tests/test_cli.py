@@ -99,3 +99,21 @@ def test_sigterm_during_protect_leaves_nothing_and_no_worker_lives_on(tmp_path):
     assert not alive, f"pool workers outlived their parent: {alive}"
     assert not out.exists() and not list((tmp_path / "out").glob(".copy*"))
     run("protect", data, "-l", "a", "-o", out, "--rate", "0.02", home=home)
+
+
+def test_unwritable_json_or_report_is_refused_before_the_audit_is_recorded(sample_dir, tmp_path):
+    """Issue #15.13: --json / --report naming a folder or a read-only place: one line, nothing recorded."""
+    home = tmp_path / "home"
+    run("init", home=home)
+    run("protect", sample_dir, "-l", "a", "-o", tmp_path / "a", "--rate", "0.2", home=home)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")  # (root ignores permission bits: a file as parent is unwritable for all)
+    for args in (["--json", tmp_path / "adir"], ["--json", tmp_path / "afile" / "v.json"]):
+        p = run("trace-files", tmp_path / "a", *args, home=home, check=False)
+        assert p.returncode == 1 and "Traceback" not in p.stderr and "--json" in p.stderr, p.stderr
+    p = run("audit", "--images", tmp_path / "a", "--report", tmp_path / "adir", home=home, check=False)
+    assert p.returncode == 1 and "--report" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    from tracemark.registry import Registry
+
+    assert Registry(home).conn.execute("SELECT COUNT(*) FROM audits").fetchone()[0] == 0
+    assert not list(tmp_path.rglob("*.part"))

@@ -49,6 +49,10 @@ def audit_cmd(
         raise TracemarkError("--whitebox needs --model DIR and --data DIR (the original dataset)")
     if not whitebox and (data is not None or base is not None):
         raise TracemarkError("--data and --base are options of --whitebox")
+    from tracemark.fsutil import check_output_file
+
+    check_output_file(json_out, "--json")
+    check_output_file(report, "--report")
     reg = Registry(home)
     if whitebox:
         with console.status("reading the denoiser at the marked samples...", spinner="dots") if not json_only \
@@ -66,10 +70,9 @@ def audit_cmd(
     data = result.to_dict()
     reg.add_audit("audit-" + result.kind, result.target, result.verdict.used, result.verdict.p_value, data)
     if json_out:
-        tmp = json_out.with_name(json_out.name + ".part")
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-        os.replace(tmp, json_out)
+        from tracemark.fsutil import write_text_atomic
+
+        write_text_atomic(json_out, json.dumps(data, indent=2, default=float) + "\n")
     if report:
         from tracemark.report import write_report
 

@@ -44,10 +44,9 @@ def _progress(description: str) -> Progress:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".part")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    from tracemark.fsutil import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n")
 
 
 HomeOpt = typer.Option(None, "--home", envvar="TRACEMARK_HOME", help="Registry folder (default ~/.tracemark).")
@@ -184,8 +183,10 @@ def trace_files_cmd(
     home: Optional[Path] = HomeOpt,
 ) -> None:
     """Name the licensee whose copy these leaked files come from (verdict + p-value)."""
+    from tracemark.fsutil import check_output_file
     from tracemark.trace import trace_files
 
+    check_output_file(json_out, "--json")
     reg = _registry(home)
     with _progress("reading") as bar:
         task = bar.add_task("read", total=None)

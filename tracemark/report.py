@@ -131,12 +131,9 @@ def write_report(result, path: str | Path, max_rows: int = 50) -> Path:
         bars_png=_bars_plot(scores), grid_png=grid_png, grid_n=grid_n, grid_w=min(grid_w, 1024),
         params=json.dumps({"command": _command(r), **r["params"], "query_plan": r["query_plan"]}, indent=2),
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from tracemark.fsutil import write_text_atomic
+
+    return write_text_atomic(Path(path), html)
 
 
 def _command(r: dict) -> str:
