@@ -200,3 +200,81 @@ def test_bad_scheme_parameters_are_one_line_errors_before_anything_is_written(
         protect(sample_dir, tmp_path / "c", "x", registry=registry, scheme=scheme, strength=strength,
                 scheme_params=params, workers=1)
     assert not (tmp_path / "c").exists() and registry.copies() == []
+
+
+def _small_dataset(folder, files):
+    """An imagefolder of the given {name: PIL image or (image, save kwargs)} with captions."""
+    folder.mkdir(parents=True)
+    rows = []
+    for name, spec in files.items():
+        im, kw = spec if isinstance(spec, tuple) else (spec, {})
+        im.save(folder / name, **kw)
+        rows.append(json.dumps({"file_name": name, "text": f"a photo {name}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def _noise_image(seed, size=64, mode="RGB"):
+    from tracemark.samples import pink_noise
+
+    arr = np.clip(pink_noise(size, size, np.random.default_rng(seed)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, "RGB").convert(mode)
+
+
+def test_a_truncated_image_is_an_error_whether_or_not_it_is_marked(registry, tmp_path):
+    """Issue #15.9: the check used to depend on the key (marked: error; unmarked: copied, rc 0)."""
+    files = {f"{i:02d}.png": _noise_image(i) for i in range(20)}
+    data = _small_dataset(tmp_path / "d", files)
+    victim = data / "07.png"
+    victim.write_bytes(victim.read_bytes()[:-200])
+    for lic in ("a", "b", "c"):  # different keys mark different samples: the verdict must not change
+        with pytest.raises(TracemarkError, match="07.png"):
+            protect(data, tmp_path / f"c_{lic}", lic, registry=registry, rate=0.05, workers=1)
+    res = protect(data, tmp_path / "skip", "a", registry=registry, rate=0.05, workers=1, on_error="skip")
+    assert any("07.png" in s for s in res.skipped) and not (tmp_path / "skip" / "07.png").exists()
+    assert "07.png" not in (tmp_path / "skip" / "metadata.jsonl").read_text()
+
+
+def test_multi_frame_images_are_refused_not_flattened(registry, tmp_path):
+    """Issue #15.8: animated PNG/WebP and multi-page TIFF used to lose every frame but the first."""
+    frames = [_noise_image(1), _noise_image(2)]
+    for name, kw in (("a.png", {}), ("a.webp", {"lossless": True}), ("a.tif", {})):
+        files = {f"{i:02d}.png": _noise_image(i) for i in range(5)}
+        files[name] = (frames[0], {"save_all": True, "append_images": frames[1:], **kw})
+        data = _small_dataset(tmp_path / name, files)
+        with pytest.raises(TracemarkError, match=rf"{name}: 2 frames"):
+            protect(data, tmp_path / f"c{name}", "a", registry=registry, rate=1.0, workers=1)
+
+
+def test_marked_files_keep_what_the_source_carried(registry, tmp_path):
+    """Issue #15.7/8: lossless WebP stays lossless; PNG text and transparency colour, JPEG progressive,
+    TIFF compression survive marking; every format measures >= 38 dB on the file as written."""
+    from PIL import PngImagePlugin
+
+    from tracemark.imaging import webp_is_lossless
+    from tracemark.metrics import psnr
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Copyright", "Owner 2026")
+    files = {
+        "p.png": (_noise_image(1), {"pnginfo": info, "transparency": (1, 2, 3)}),
+        "w.webp": (_noise_image(2), {"lossless": True}),
+        "j.jpg": (_noise_image(3), {"quality": 90, "progressive": True}),
+        "t.tif": (_noise_image(4), {"compression": "tiff_lzw", "dpi": (300, 300)}),
+    }
+    data = _small_dataset(tmp_path / "d", files)
+    res = protect(data, tmp_path / "c", "a", registry=registry, rate=1.0, workers=1)
+    out = tmp_path / "c"
+    assert res.psnr_min >= 38.0, res
+    for name in files:
+        assert psnr(read_image_rgb(data / name), read_image_rgb(out / name)) >= 38.0, name
+    p = Image.open(out / "p.png")
+    assert p.text.get("Copyright") == "Owner 2026" and p.info.get("transparency") == (1, 2, 3)
+    assert webp_is_lossless(out / "w.webp")
+    assert Image.open(out / "j.jpg").info.get("progressive")
+    t = Image.open(out / "t.tif")
+    assert t.info.get("compression") == "tiff_lzw" and tuple(round(v) for v in t.info["dpi"]) == (300, 300)
+    # and the mark is still there on the files as written
+    from tracemark.trace import trace_files
+
+    assert trace_files(out, registry).named == ["a"]

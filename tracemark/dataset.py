@@ -158,9 +158,12 @@ def check_image_header(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         if isinstance(exc, UnidentifiedImageError):
             raise TracemarkError(f"{path}: not a readable image") from exc
         raise TracemarkError(f"{path}: image is too large (decompression-bomb guard)") from exc
-    except OSError as exc:
+    except (OSError, ValueError, SyntaxError) as exc:  # fuzzed headers, oversized text chunks, ...
         raise TracemarkError(f"{path}: cannot open image ({exc})") from exc
     w, h = im.size
+    if getattr(im, "n_frames", 1) > 1:
+        raise TracemarkError(f"{path}: {im.n_frames} frames (animated or multi-page); every frame but the first "
+                             "would be lost: give one frame per file")
     if w * h > max_pixels:
         raise TracemarkError(f"{path}: {w}x{h} exceeds the pixel limit of {max_pixels:,} (decompression-bomb guard)")
     if w < 8 or h < 8:

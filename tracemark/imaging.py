@@ -45,8 +45,28 @@ def estimate_jpeg_quality(im: Image.Image) -> int | None:
     return best if best_err <= 0.05 * actual + 8 else None
 
 
+def webp_is_lossless(path: str | Path) -> bool:
+    """Whether a WebP file holds a lossless (VP8L) bitstream (RIFF chunk walk; Pillow does not say)."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+            return False
+        while True:
+            hdr = fh.read(8)
+            if len(hdr) < 8:
+                return False
+            tag, size = hdr[:4], int.from_bytes(hdr[4:], "little")
+            if tag == b"VP8L":
+                return True
+            if tag == b"VP8 ":
+                return False
+            fh.seek(size + (size & 1), 1)
+
+
 def save_like(marked_rgb: np.ndarray, source: Image.Image, dest: Path) -> None:
-    """Save ``marked_rgb`` (uint8 HxWx3) to ``dest`` in the source's format and mode."""
+    """Save ``marked_rgb`` (uint8 HxWx3) to ``dest`` in the source's format and mode, keeping what
+    the source carried: EXIF, ICC, resolution, PNG text chunks and transparency colour, JPEG
+    progressive flag and subsampling, TIFF compression, WebP losslessness."""
     mode = source.mode
     im = Image.fromarray(marked_rgb, "RGB")
     if mode == "L":
@@ -67,12 +87,32 @@ def save_like(marked_rgb: np.ndarray, source: Image.Image, dest: Path) -> None:
             pass
         if kwargs.get("subsampling", 0) == -1:
             kwargs.pop("subsampling")
+        if source.info.get("progressive") or source.info.get("progression"):
+            kwargs["progressive"] = True
     elif fmt == "PNG":
         # zlib level 1 (OpenCV's default): ~5x faster than Pillow's 6 for a few % larger files
         kwargs["compress_level"] = 1
+        if "transparency" in source.info and mode in ("RGB", "L"):
+            kwargs["transparency"] = source.info["transparency"]
+        text = getattr(source, "text", None) or {}
+        if text:
+            from PIL import PngImagePlugin
+
+            info = PngImagePlugin.PngInfo()
+            for k, v in text.items():
+                info.add_text(k, v)
+            kwargs["pnginfo"] = info
+    elif fmt == "TIFF":
+        if source.info.get("compression") and source.info["compression"] != "raw":
+            kwargs["compression"] = source.info["compression"]
+        res = source.info.get("resolution")
+        if isinstance(res, tuple) and len(res) == 2:
+            kwargs["x_resolution"], kwargs["y_resolution"] = float(res[0]), float(res[1])
     elif fmt == "WEBP":
-        kwargs["lossless"] = bool(source.info.get("lossless", False))
-        kwargs["quality"] = 100 if kwargs["lossless"] else DEFAULT_JPEG_QUALITY
+        lossless = bool(source.info.get("lossless")) or bool(
+            getattr(source, "filename", None) and webp_is_lossless(source.filename))
+        kwargs["lossless"] = lossless
+        kwargs["quality"] = 100 if lossless else DEFAULT_JPEG_QUALITY
     tmp = dest.with_name(dest.name + ".part")
     with open(tmp, "wb") as fh:
         im.save(fh, format=fmt, **kwargs)

@@ -103,8 +103,33 @@ def mark_file(src: str, dst: str, scheme_name: str, scheme_params: dict, secret:
                 "dhash": dhash(pil), "error": None}
     except _TE as exc:
         return {"src": src, "error": str(exc)}
+    except OSError as exc:
+        import errno
+
+        if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM):  # the output's fault
+            return {"src": src, "error": f"{dst}: cannot write ({exc.strerror})"}
+        return {"src": src, "error": f"{src}: cannot mark ({exc.__class__.__name__}: {exc})"}
     except Exception as exc:  # any decoder surprise still names the file
         return {"src": src, "error": f"{src}: cannot mark ({exc.__class__.__name__}: {exc})"}
+
+
+def copy_file(src: str, dst: str, max_pixels: int = MAX_PIXELS) -> dict:
+    """Decode an unmarked image fully (a truncated file is an error whatever the key), then copy its
+    bytes unchanged."""
+    try:
+        read_image(Path(src), max_pixels, dtype=np.uint8)
+        shutil.copyfile(src, dst)
+        return {"src": src, "error": None}
+    except TracemarkError as exc:
+        return {"src": src, "error": str(exc)}
+    except OSError as exc:
+        return {"src": src, "error": f"{dst if exc.filename == dst else src}: cannot copy ({exc.strerror or exc})"}
+
+
+def process_file(job: tuple) -> dict:
+    """Pool entry point: ``("mark", ...)`` or ``("copy", ...)`` job tuples."""
+    kind, *args = job
+    return mark_file(*args) if kind == "mark" else copy_file(*args)
 
 
 def _die_with_parent() -> None:
@@ -237,34 +262,41 @@ def protect(
         to_mark = [s for s in valid if s.file_name in marked_ids]
         done = 0
         total = len(valid)
-        for s in valid:
-            if s.file_name not in marked_ids:
-                dst = tmp / s.file_name
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(s.path, dst)
-                done += 1
-                if progress and done % 64 == 0:
-                    progress(done, total)
+        params = {k: v for k, v in sch.params().items() if k != "scheme"}
         jobs = []
-        for s in to_mark:
+        n_mark = 0
+        for s in valid:  # every image is decoded (truncation is caught whether or not the key marks it)
             (tmp / s.file_name).parent.mkdir(parents=True, exist_ok=True)
-            jobs.append((str(s.path), str(tmp / s.file_name), sch.name, {k: v for k, v in sch.params().items()
-                         if k != "scheme"}, key.secret, max_pixels, len(jobs) < SSIM_SAMPLE))
+            if s.file_name in marked_ids:
+                jobs.append(("mark", str(s.path), str(tmp / s.file_name), sch.name, params, key.secret, max_pixels,
+                             n_mark < SSIM_SAMPLE))
+                n_mark += 1
+            else:
+                jobs.append(("copy", str(s.path), str(tmp / s.file_name), max_pixels))
         n_workers = workers or min(2, os.cpu_count() or 1)
         results = []
         if n_workers > 1 and len(jobs) >= 8:
             with ProcessPoolExecutor(max_workers=n_workers, initializer=_die_with_parent) as pool:
-                for r in pool.map(mark_file, *zip(*jobs), chunksize=max(1, len(jobs) // (8 * n_workers))):
+                for r in pool.map(process_file, jobs, chunksize=max(1, len(jobs) // (8 * n_workers))):
                     results.append(r)
                     done += 1
-                    if progress:
+                    if progress and (done % 16 == 0 or done == total):
                         progress(done, total)
         else:
             for job in jobs:
-                results.append(mark_file(*job))
+                results.append(process_file(job))
                 done += 1
-                if progress:
+                if progress and (done % 16 == 0 or done == total):
                     progress(done, total)
+        bad_unmarked = set()
+        for s, r in zip(valid, results):
+            if r["error"] and s.file_name not in marked_ids:
+                if on_error == "fail":
+                    raise TracemarkError(r["error"])
+                skipped.append(r["error"])
+                bad_unmarked.add(s.file_name)
+                (tmp / s.file_name).unlink(missing_ok=True)
+        valid_ids -= bad_unmarked
         by_src = {r["src"]: r for r in results}
         marked_records = []
         for s in to_mark:

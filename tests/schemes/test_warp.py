@@ -52,7 +52,10 @@ def test_embed_keeps_shape_dtype_and_quality(images384):
         marked = stored(out)
         assert psnr(im, marked) >= 45.0  # smooth 1/f images: ~54 dB at the default
         assert ssim(im, marked) >= 0.99
-    assert np.array_equal(WarpScheme(strength=0.0).embed(images384[0], KEY), images384[0])
+    from tracemark.errors import TracemarkError
+
+    with pytest.raises(TracemarkError, match="strength"):  # an untraceable "mark" is refused, not issued
+        WarpScheme(strength=0.0)
 
 
 def test_default_psnr_on_a_real_photo():
