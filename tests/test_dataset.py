@@ -31,10 +31,15 @@ def rgb(size=(32, 32)):
 
 def test_loads_jsonl_csv_and_subfolders(tmp_path):
     root = write_ds(tmp_path / "d", [{"file_name": "a.png", "text": "x"}], {"a.png": rgb(), "sub/b.png": rgb()})
-    (root / "sub" / "metadata.csv").write_text("file_name,text\nb.png,hello\n")
+    (root / "sub" / "metadata.jsonl").write_text('{"file_name": "b.png", "text": "hello"}\n')
     ds = load_dataset(root)
     assert sorted(s.file_name for s in ds.samples) == ["a.png", "sub/b.png"]
     assert {s.text for s in ds.samples} == {"x", "hello"}
+    (root / "metadata.jsonl").unlink()
+    (root / "sub" / "metadata.jsonl").unlink()
+    (root / "metadata.csv").write_text("file_name,text\na.png,x\n")
+    (root / "sub" / "metadata.csv").write_text("file_name,text\nb.png,hello\n")
+    assert sorted(s.file_name for s in load_dataset(root).samples) == ["a.png", "sub/b.png"]
 
 
 @pytest.mark.parametrize("rows,files,match", [
@@ -107,3 +112,57 @@ def test_decompression_bomb(tmp_path):
     rgb((200, 200)).save(p)
     with pytest.raises(TracemarkError, match="pixel limit|too large"):
         check_image_header(p, max_pixels=10_000)
+
+
+def _meta_folder(tmp_path, n=3):
+    import json as _json
+
+    import numpy as _np
+    from PIL import Image as _Image
+
+    d = tmp_path / "d"
+    d.mkdir()
+    for i in range(n):
+        _Image.fromarray(_np.full((16, 16, 3), (20 * i) % 256, _np.uint8)).save(d / f"{i}.png")
+    (d / "metadata.jsonl").write_text("".join(_json.dumps({"file_name": f"{i}.png", "text": f"c{i}"}) + "\n"
+                                              for i in range(n)))
+    return d
+
+
+def test_mixed_metadata_formats_are_refused(tmp_path):
+    """Issue #15.10: Hugging Face imagefolder refuses mixed metadata; so do we."""
+    d = _meta_folder(tmp_path)
+    (d / "sub").mkdir()
+    (d / "sub" / "metadata.csv").write_text("file_name,text\n")
+    with pytest.raises(TracemarkError, match="both metadata.jsonl and metadata.csv"):
+        load_dataset(d)
+
+
+def test_csv_rows_with_extra_fields_and_a_user_line_column(tmp_path):
+    d = _meta_folder(tmp_path)
+    (d / "metadata.jsonl").unlink()
+    (d / "metadata.csv").write_text("file_name,text,__line__\n0.png,c0,keep\n1.png,c1,me\n")
+    ds = load_dataset(d)
+    assert [s.extra for s in ds.samples] == [{"__line__": "keep"}, {"__line__": "me"}]  # not dropped
+    (d / "metadata.csv").write_text("file_name,text\n0.png,c0\n1.png,c1,surplus\n")
+    with pytest.raises(TracemarkError, match=r"metadata.csv:3: more fields"):
+        load_dataset(d)
+
+
+def test_a_symlink_inside_the_dataset_keeps_its_own_name_in_the_copy(tmp_path):
+    """Issue #15.10: metadata used to name a file the copy did not contain."""
+    import json as _json
+    import os as _os
+
+    from tracemark.protect import protect
+    from tracemark.registry import Registry
+
+    d = _meta_folder(tmp_path, n=12)
+    _os.symlink("0.png", d / "link.png")
+    with open(d / "metadata.jsonl", "a") as fh:
+        fh.write(_json.dumps({"file_name": "link.png", "text": "the link"}) + "\n")
+    reg = Registry.init(tmp_path / "home")
+    protect(d, tmp_path / "c", "a", registry=reg, rate=0.5, workers=1)
+    names = [_json.loads(line)["file_name"] for line in (tmp_path / "c" / "metadata.jsonl").read_text().splitlines()]
+    assert "link.png" in names and all((tmp_path / "c" / n).is_file() for n in names)
+    assert not (tmp_path / "c" / "link.png").is_symlink()

@@ -59,8 +59,8 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _read_rows(meta: Path) -> list[dict]:
-    """Rows of one metadata file; each row's problems name the file and line."""
+def read_rows(meta: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of one metadata file; each row's problems name the file and line."""
     try:
         raw = meta.read_bytes()
     except OSError as exc:
@@ -81,11 +81,15 @@ def _read_rows(meta: Path) -> list[dict]:
                 raise TracemarkError(f"{meta}:{lineno}: line is not valid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
                 raise TracemarkError(f"{meta}:{lineno}: line is not a JSON object")
-            rows.append({"__line__": lineno, **row})
+            rows.append((lineno, row))
     else:
         reader = csv.DictReader(io.StringIO(text))
         for lineno, row in enumerate(reader, 2):
-            rows.append({"__line__": lineno, **row})
+            if None in row:
+                raise TracemarkError(f"{meta}:{lineno}: more fields than the header names")
+            if any(v is None for v in row.values()):
+                raise TracemarkError(f"{meta}:{lineno}: fewer fields than the header names")
+            rows.append((lineno, row))
     return rows
 
 
@@ -103,12 +107,15 @@ def load_dataset(root: str | Path, caption_column: str = "text") -> Dataset:
     )
     if not metas:
         raise TracemarkError(f"{root}: no metadata.jsonl or metadata.csv (imagefolder layout expected)")
+    kinds = {m.suffix for m in metas}
+    if len(kinds) > 1:  # Hugging Face imagefolder refuses mixed metadata too
+        raise TracemarkError(f"{root}: both metadata.jsonl and metadata.csv files ({', '.join(_rel(m, root) for m in metas)}); "
+                             "use one format")
     root_resolved = root.resolve()
     samples: list[Sample] = []
     seen: dict[str, Path] = {}
     for meta in metas:
-        for row in _read_rows(meta):
-            lineno = row.pop("__line__")
+        for lineno, row in read_rows(meta):
             name = row.get("file_name")
             if not isinstance(name, str) or not name:
                 raise TracemarkError(f"{meta}:{lineno}: missing 'file_name'")
@@ -117,7 +124,9 @@ def load_dataset(root: str | Path, caption_column: str = "text") -> Dataset:
                 raise TracemarkError(f"{meta}:{lineno}: missing or non-string caption column '{caption_column}'")
             path = (meta.parent / name)
             try:
-                rel = path.resolve().relative_to(root_resolved).as_posix()
+                path.resolve().relative_to(root_resolved)
+                # the name as written (a symlink keeps its own name: the copy holds a file under it)
+                rel = Path(os.path.normpath(path)).relative_to(Path(os.path.normpath(root))).as_posix()
             except ValueError as exc:
                 raise TracemarkError(f"{meta}:{lineno}: file_name '{name}' points outside the dataset") from exc
             if rel in seen:

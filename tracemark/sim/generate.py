@@ -34,13 +34,13 @@ def read_prompts(path) -> list[str]:
     if not p.is_file():
         raise TracemarkError(f"{path}: prompts file not found")
     if p.suffix in (".jsonl", ".csv"):  # the dataset reader: same parsing, same one-line errors
-        from tracemark.dataset import _read_rows
+        from tracemark.dataset import read_rows
 
         prompts = []
-        for row in _read_rows(p):
+        for lineno, row in read_rows(p):
             prompt = row.get("text", row.get("prompt"))
             if not isinstance(prompt, str):
-                raise TracemarkError(f"{p}:{row['__line__']}: no 'text' or 'prompt' string")
+                raise TracemarkError(f"{p}:{lineno}: no 'text' or 'prompt' string")
             prompts.append(prompt)
     else:
         prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
