@@ -117,3 +117,12 @@ def test_unwritable_json_or_report_is_refused_before_the_audit_is_recorded(sampl
 
     assert Registry(home).conn.execute("SELECT COUNT(*) FROM audits").fetchone()[0] == 0
     assert not list(tmp_path.rglob("*.part"))
+
+
+def test_out_under_a_file_is_one_line(sample_dir, tmp_path):
+    """An --out that cannot be created (read-only place; as root, a file where a folder should be)."""
+    home = tmp_path / "home"
+    run("init", home=home)
+    (tmp_path / "afile").write_text("x")
+    p = run("protect", sample_dir, "-l", "a", "-o", tmp_path / "afile" / "copy", home=home, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "afile" in p.stderr, p.stderr

@@ -158,3 +158,37 @@ def test_damaged_registry_is_a_one_line_error_and_backup_restores_it(home, damag
 
     restore(home, backup)
     assert [r["name"] for r in Registry(home).licensees()] == ["acme"]
+
+
+def test_a_registry_locked_too_long_is_a_one_line_error(home):
+    reg = Registry.init(home)
+    holder = sqlite3.connect(reg.db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    other = Registry(home)
+    other.conn.execute("PRAGMA busy_timeout=100")
+    try:
+        with pytest.raises(TracemarkError, match="locked by another tracemark command"):
+            with other.write() as c:
+                other.ensure_licensee(c, "x")
+    finally:
+        holder.execute("ROLLBACK")
+
+
+def test_two_runs_writing_the_same_out_folder(home, sample_dir, tmp_path, monkeypatch):
+    """Issue #15 (Errno 39): the loser gets one line, keeps no row, leaves the winner's folder alone."""
+    from tracemark.protect import protect
+
+    reg = Registry.init(home)
+    out = tmp_path / "copy"
+    real = Registry.add_copy
+
+    def other_run_finishes_first(self, c, **kw):
+        out.mkdir()
+        (out / "theirs.txt").write_text("the other run's copy")
+        return real(self, c, **kw)
+
+    monkeypatch.setattr(Registry, "add_copy", other_run_finishes_first)
+    with pytest.raises(TracemarkError, match="another run wrote this folder"):
+        protect(sample_dir, out, "a", registry=reg, rate=0.2, workers=1)
+    assert (out / "theirs.txt").exists() and reg.copies() == [] and reg.pending_copy("data", "a") is None
+    assert not list(tmp_path.glob(".copy.tracemark-tmp-*"))

@@ -340,7 +340,12 @@ def protect(
                 marked=[{k: m[k] for k in ("file_name", "dhash", "text")} for m in marked_records],
                 out_path=str(out_dir.resolve()), status="pending",
             )
-        os.rename(tmp, out_dir)  # atomic
+        try:
+            os.rename(tmp, out_dir)  # atomic
+        except OSError as exc:
+            if out_dir.exists():
+                raise TracemarkError(f"{out_dir}: another run wrote this folder meanwhile; choose a new one") from None
+            raise TracemarkError(f"{out_dir}: cannot create the copy here ({exc.strerror or exc})") from None
         renamed = True
         registry.finalize_copy(copy_id)
     except BaseException:

@@ -192,7 +192,13 @@ class Registry:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (BEGIN IMMEDIATE: concurrent writers wait, never interleave)."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise TracemarkError(f"{self.db_path}: the registry is locked by another tracemark command for more "
+                                     "than 30 s; try again when it has finished") from None
+            raise TracemarkError(f"{self.db_path}: cannot write the registry ({exc})") from None
         try:
             yield self.conn
         except BaseException:
