@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from tracemark import __version__
-from tracemark.dataset import list_images, read_image_rgb
+from tracemark.dataset import content_sample, list_images, read_image_rgb
 from tracemark.errors import TracemarkError
 from tracemark.registry import Copy, Registry
 from tracemark.strategies import apply_trigger
@@ -207,6 +207,7 @@ def audit_model(
     work_dir: str | Path | None = None,
     device: str | None = None,
     pipe=None,
+    data_dir: str | Path | None = None,
 ) -> AuditResult:
     """Query a diffusers pipeline (plus optional LoRA) with the query plan and test every copy.
 
@@ -237,14 +238,15 @@ def audit_model(
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tracemark-audit-"))
     try:
         return _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, steps, guidance, alpha,
-                            n_decoys, work, own_work, t0, t_load)  # fmt: skip
+                            n_decoys, work, own_work, t0, t_load, content_sample(data_dir), data_dir)  # fmt: skip
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
 
 
 def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, steps, guidance, alpha, n_decoys,
-                 work: Path, own_work: bool, t0: float, t_load: float) -> AuditResult:  # fmt: skip
+                 work: Path, own_work: bool, t0: float, t_load: float, content=None,
+                 data_dir=None) -> AuditResult:  # fmt: skip
     gen_args = {"steps": steps, "guidance": guidance}
     n_trig = len({trigger_of(c, registry) for c in copies if c.strategy == "trigger"})  # distinct words
     two_stage = n_trig > n // MIN_PER_COPY
@@ -255,7 +257,7 @@ def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, step
     t_gen = time.perf_counter()
     images1 = [read_image_rgb(p) for p in paths1]
     v1 = score_copies(images1, copies, registry, match_files=False, subsets=plan1.subsets(copies),
-                      n_decoys=n_decoys, alpha=stage_alpha, seed=seed)
+                      n_decoys=n_decoys, alpha=stage_alpha, seed=seed, content=content)
     plans, paths, verdict, shown = [plan1], list(paths1), v1, images1[:64]
     if two_stage:
         cands = [s.copy_id for s in sorted(v1.scores, key=lambda s: s.p_value)
@@ -267,7 +269,7 @@ def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, step
         cand_copies = [c for c in copies if c.id in cands]
         v2 = score_copies(images2, cand_copies, registry, match_files=False, subsets=plan2.subsets(cand_copies),
                           n_decoys=n_decoys, alpha=stage_alpha, seed=seed + 1,
-                          family=sum(c.strategy == "trigger" for c in copies))
+                          family=sum(c.strategy == "trigger" for c in copies), content=content)
         verdict = merge_stages(v1, v2, alpha)
         plans.append(plan2)
         paths += paths2
@@ -276,7 +278,8 @@ def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, step
                "total_s": round(t_end - t0, 2)}
     params = {"n": n, "seed": seed, "steps": steps, "guidance": guidance, "alpha": alpha, "n_decoys": n_decoys,
               "dataset": dataset, "lora": str(lora) if lora else None, "model": str(model_dir),
-              "two_stage": two_stage, "work_dir": None if own_work else str(work)}
+              "two_stage": two_stage, "work_dir": None if own_work else str(work),
+              "data": str(data_dir) if data_dir else None}
     return AuditResult(verdict, "model", str(model_dir), plans, [] if own_work else paths,
                        model_hash(model_dir, lora), params, timings, images=shown, n_images=len(paths))  # fmt: skip
 
@@ -347,7 +350,7 @@ def audit_whitebox(
     residuals = denoiser_residuals(pipe, probes, ref_pipe=ref_pipe, t_fracs=t_fracs, draws=draws, seed=seed)
     t_res = time.perf_counter()
     verdict = score_copies(residuals, copies, registry, match_files=False, subsets=subsets, n_decoys=n_decoys,
-                           alpha=alpha, seed=seed)
+                           alpha=alpha, seed=seed, content=content_sample(data_dir))
     reference = "lora-off" if lora is not None else ("base" if ref_pipe is not None else "data")
     params = {"seed": seed, "alpha": alpha, "n_decoys": n_decoys, "dataset": dataset, "model": str(model_dir),
               "lora": str(lora) if lora else None, "base": str(base) if base else None, "reference": reference,
@@ -408,9 +411,11 @@ def audit_images(
     dataset: str | None = None,
     alpha: float = DEFAULT_ALPHA,
     n_decoys: int = DEFAULT_DECOYS,
+    data_dir: str | Path | None = None,
 ) -> AuditResult:
     """Black box: score images a suspect model produced. Prompts in a metadata.jsonl, if present,
-    route each image to the trigger copy whose trigger word it was prompted with."""
+    route each image to the trigger copy whose trigger word it was prompted with. ``data_dir``:
+    the original dataset, to test outside its content subspace (see :func:`score_copies`)."""
     check_test_parameters(alpha, n_decoys)
     t0 = time.perf_counter()
     images_dir = Path(images_dir)
@@ -434,10 +439,10 @@ def audit_images(
             # no image was prompted with a trigger: score every image for every copy
             subsets = {c.id: np.arange(len(paths)) for c in copies}
     verdict = score_copies(images, copies, registry, match_files=False, subsets=subsets, n_decoys=n_decoys,
-                           alpha=alpha)
+                           alpha=alpha, content=content_sample(data_dir))
     plan = QueryPlan(prompts or [""] * len(paths), [None] * len(paths), [])
     params = {"alpha": alpha, "n_decoys": n_decoys, "dataset": dataset, "images": str(images_dir),
-              "prompts_known": prompts is not None}
+              "prompts_known": prompts is not None, "data": str(data_dir) if data_dir else None}
     return AuditResult(verdict, "images", str(images_dir), [plan], paths, None, params,
                        {"total_s": round(time.perf_counter() - t0, 2)})
 

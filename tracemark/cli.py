@@ -170,6 +170,8 @@ def _print_verdict(verdict, top: int = 10) -> None:
         table.add_row(str(s.copy_id), s.dataset, s.licensee, s.scheme, f"{s.z:.2f}", f"{s.p_value:.2e}",
                       f"{s.p_holm:.2e}", str(s.n_images), "[bold red]YES[/]" if s.named else "no")
     console.print(table)
+    for line in getattr(verdict, "untested", []):
+        err_console.print(f"[yellow]not tested:[/] {line}", highlight=False, soft_wrap=True)
     console.print(("[bold red]" if verdict.used else "[bold green]") + verdict.sentence() + "[/]")
 
 
@@ -180,6 +182,8 @@ def trace_files_cmd(
     dataset: Optional[str] = typer.Option(None, help="Only test copies of this dataset."),
     alpha: float = typer.Option(0.01, help="Family-wise false-accusation rate."),
     decoys: int = typer.Option(1000, help="Decoy keys for the null distribution."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The original dataset (recommended): test outside "
+                                        "its content subspace, so no key aligned by chance with the domain is accused."),
     home: Optional[Path] = HomeOpt,
 ) -> None:
     """Name the licensee whose copy these leaked files come from (verdict + p-value)."""
@@ -191,7 +195,7 @@ def trace_files_cmd(
     with _progress("reading") as bar:
         task = bar.add_task("read", total=None)
         verdict = trace_files(leaked_dir, reg, dataset=dataset, n_decoys=decoys, alpha=alpha,
-                              progress=lambda d, t: bar.update(task, completed=d, total=t))
+                              progress=lambda d, t: bar.update(task, completed=d, total=t), data_dir=data)
     result = {"tracemark_version": __version__, "kind": "trace-files", "input": str(leaked_dir), **verdict.to_dict()}
     reg.add_audit("trace-files", str(leaked_dir), verdict.used, verdict.p_value, result)
     _print_verdict(verdict)

@@ -279,3 +279,18 @@ def is_inside(child: Path, parent: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+#: Images of the owner's dataset used to estimate its content subspace (stats.content_basis).
+CONTENT_SAMPLE = 2000
+
+
+def content_sample(data_dir: str | Path | None, n: int = CONTENT_SAMPLE, seed: int = 0) -> list[np.ndarray] | None:
+    """Up to ``n`` original images of the owner's dataset (a fixed sample), or None without data."""
+    if data_dir is None:
+        return None
+    samples = load_dataset(data_dir).samples
+    if len(samples) > n:
+        idx = np.sort(np.random.default_rng(seed).choice(len(samples), size=n, replace=False))
+        samples = [samples[i] for i in idx]
+    return [read_image_rgb(s.path) for s in samples]

@@ -152,6 +152,8 @@ def _command(r: dict) -> str:
         cmd += f" --seed {p['seed']}"
     else:
         cmd = f"tracemark audit --images {p['images']}"
+    if p.get("data") and r["kind"] != "whitebox":
+        cmd += f" --data {p['data']}"
     if p.get("dataset"):
         cmd += f" --dataset {p['dataset']}"
     return cmd + f" --alpha {p['alpha']} --decoys {p['n_decoys']}"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tracemark import stats
-from tracemark.dataset import list_images, read_image_rgb
+from tracemark.dataset import content_sample, list_images, read_image_rgb
 from tracemark.errors import TracemarkError
 from tracemark.imaging import dhash
 from tracemark.registry import Copy, Registry
@@ -59,6 +59,8 @@ class Verdict:
     scores: list[CopyScore]
     null: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    #: Copies that could not be tested (e.g. a row whose key the master key does not derive), one line each.
+    untested: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -139,9 +141,13 @@ def score_copies(
     alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
     family: int | None = None,
+    content: Sequence[np.ndarray] | None = None,
 ) -> Verdict:
     """Test every copy's key on ``images`` (decoy-calibrated, Holm over copies, or over a larger
-    ``family`` of copies that these were selected from: see :func:`tracemark.stats.holm`)."""
+    ``family`` of copies that these were selected from: see :func:`tracemark.stats.holm`).
+
+    ``content``: unmarked images of the dataset (the owner's originals); correlation schemes then
+    test outside their content subspace (:func:`tracemark.stats.content_basis`)."""
     check_test_parameters(alpha, n_decoys)
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to test against")
@@ -154,14 +160,21 @@ def score_copies(
     rng = np.random.default_rng(seed)
     rows = []
     nulls = {}
+    untested: list[str] = []
     for copy in copies:
         params = scheme_params(copy)
         sig = f"{copy.scheme}:{sorted(params.items())}"
         if sig not in feats:
             sch = get_scheme(copy.scheme, **params)
-            feats[sig] = (sch, sch.features(images), sch.random_vectors(n_decoys, rng))
-        sch, F, decoys = feats[sig]
-        key = registry.key_for_copy(copy)
+            basis = (stats.content_basis(sch.features(content)) if content is not None and len(content)
+                     and sch.kind == "correlation" else None)
+            feats[sig] = (sch, sch.features(images), sch.random_vectors(n_decoys, rng), basis)
+        sch, F, decoys, basis = feats[sig]
+        try:
+            key = registry.key_for_copy(copy)
+        except TracemarkError as exc:  # one bad row must not stop the others from being traced
+            untested.append(str(exc))
+            continue
         P = sch.key_vectors([key])
         subset = None
         if subsets is not None and copy.id in subsets:
@@ -173,7 +186,7 @@ def score_copies(
             rows.append(CopyScore(copy.id, copy.dataset, copy.licensee, copy.scheme, copy.strategy, 0.0, 0.0,
                                   1.0, 1.0, 1.0, 0, subset is not None))
             continue
-        res = stats.test_keys(Fi, P, decoys, sch.kind)
+        res = stats.test_keys(Fi, P, decoys, sch.kind, basis)
         stat = float(res.stat[0])
         if sch.kind == "message":
             L = P.shape[1]
@@ -184,7 +197,10 @@ def score_copies(
                           "decoy_values": res.null.values}
         rows.append(CopyScore(copy.id, copy.dataset, copy.licensee, copy.scheme, copy.strategy, stat, float(z),
                               float(res.p_value[0]), float(res.p_empirical[0]), 1.0, len(Fi), subset is not None))
-    p_holm = stats.holm(np.array([r.p_value for r in rows]), family)
+    if not rows:
+        raise TracemarkError(f"no issued copy could be tested: {untested[0]}")
+    # untested copies stay in Holm's family (p = 1): skipping them must not make naming easier
+    p_holm = stats.holm(np.array([r.p_value for r in rows]), max(family or 0, len(rows) + len(untested)))
     for r, ph in zip(rows, p_holm):
         r.p_holm = float(ph)
         r.named = bool(ph < alpha)
@@ -192,6 +208,7 @@ def score_copies(
     return Verdict(
         used=bool(named), p_value=float(p_holm.min()), alpha=alpha, n_images=len(images), n_decoys=n_decoys,
         named=named, scores=rows, null=nulls, timings={"scoring_s": round(time.perf_counter() - t0, 3)},
+        untested=untested,
     )
 
 
@@ -203,8 +220,13 @@ def trace_files(
     n_decoys: int = DEFAULT_DECOYS,
     alpha: float = DEFAULT_ALPHA,
     progress: Callable[[int, int], None] | None = None,
+    data_dir: str | Path | None = None,
 ) -> Verdict:
-    """Which licensee's copy are these leaked files? Reads images only, never modifies them."""
+    """Which licensee's copy are these leaked files? Reads images only, never modifies them.
+
+    ``data_dir``: the original dataset, to test outside its content subspace (recommended: a key
+    that happens to align with the domain's content cannot then be accused by unrelated images of
+    that domain; :func:`tracemark.stats.content_basis`)."""
     leaked_dir = Path(leaked_dir)
     paths = list_images(leaked_dir)
     copies = registry.copies(dataset)
@@ -217,6 +239,7 @@ def trace_files(
         if progress:
             progress(i + 1, len(paths))
     names = [p.relative_to(leaked_dir).as_posix() for p in paths]
-    verdict = score_copies(images, copies, registry, names=names, n_decoys=n_decoys, alpha=alpha)
+    verdict = score_copies(images, copies, registry, names=names, n_decoys=n_decoys, alpha=alpha,
+                           content=content_sample(data_dir))
     verdict.timings["load_s"] = round(time.perf_counter() - t0 - verdict.timings["scoring_s"], 3)
     return verdict
