@@ -177,7 +177,7 @@ class AuditResult:
 
 
 def _generate(pipe_args: dict, plan: QueryPlan, out_dir: Path, pipe) -> list[Path]:
-    from tracemark.sim.generate import generate
+    from tracemark.diffusion.generation import generate
 
     # one call per image keeps each image's recorded seed exact whatever the batching
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,9 +205,12 @@ def audit_model(
     alpha: float = DEFAULT_ALPHA,
     n_decoys: int = DEFAULT_DECOYS,
     work_dir: str | Path | None = None,
-    device: str | None = None,
+    device: str | None = "auto",
     pipe=None,
     data_dir: str | Path | None = None,
+    dtype: str | None = "auto",
+    batch_size: int = 32,
+    config: str | Path | None = None,
 ) -> AuditResult:
     """Query a diffusers pipeline (plus optional LoRA) with the query plan and test every copy.
 
@@ -216,7 +219,7 @@ def audit_model(
     are then only recorded and hashed."""
     import tempfile
 
-    from tracemark.sim.pipeline import load_pipeline
+    from tracemark.diffusion.loading import load_pipeline
 
     check_test_parameters(alpha, n_decoys)
     t0 = time.perf_counter()
@@ -224,12 +227,10 @@ def audit_model(
     copies = registry.copies(dataset)
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
-    if pipe is None:
-        if device is None:  # a GPU when there is one (a real SD checkpoint), else the CPU
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = load_pipeline(model_dir, lora=lora, device=device)
+    if batch_size <= 0:
+        raise TracemarkError(f"--batch-size must be positive, got {batch_size}")
+    if pipe is None:  # a GPU when there is one (fp16 there), else the CPU in fp32
+        pipe = load_pipeline(model_dir, lora=lora, device=device or "auto", dtype=dtype, config=config)
     t_load = time.perf_counter()
     # Generated images and their prompts (which hold the licensees' secret trigger words) live in
     # a private temporary folder that is removed when the audit ends, unless the caller names a
@@ -238,7 +239,8 @@ def audit_model(
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tracemark-audit-"))
     try:
         return _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, steps, guidance, alpha,
-                            n_decoys, work, own_work, t0, t_load, content_sample(data_dir), data_dir)  # fmt: skip
+                            n_decoys, work, own_work, t0, t_load, content_sample(data_dir), data_dir,
+                            batch_size)  # fmt: skip
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -246,8 +248,8 @@ def audit_model(
 
 def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, steps, guidance, alpha, n_decoys,
                  work: Path, own_work: bool, t0: float, t_load: float, content=None,
-                 data_dir=None) -> AuditResult:  # fmt: skip
-    gen_args = {"steps": steps, "guidance": guidance}
+                 data_dir=None, batch_size: int = 32) -> AuditResult:  # fmt: skip
+    gen_args = {"steps": steps, "guidance": guidance, "batch_size": batch_size}
     n_trig = len({trigger_of(c, registry) for c in copies if c.strategy == "trigger"})  # distinct words
     two_stage = n_trig > n // MIN_PER_COPY
     stage_alpha = alpha / 2 if two_stage else alpha
@@ -315,9 +317,11 @@ def audit_whitebox(
     draws: int | None = None,
     alpha: float = DEFAULT_ALPHA,
     n_decoys: int = DEFAULT_DECOYS,
-    device: str | None = None,
+    device: str | None = "auto",
     pipe=None,
     ref_pipe=None,
+    dtype: str | None = "auto",
+    config: str | Path | None = None,
 ) -> AuditResult:
     """White box: read every copy's marked samples through the suspect's denoiser (no sampling).
 
@@ -326,7 +330,7 @@ def audit_whitebox(
     with its own pipeline with the LoRA switched off, and with neither the residual is taken
     against the original image. See :mod:`tracemark.whitebox`.
     """
-    from tracemark.sim.pipeline import load_pipeline
+    from tracemark.diffusion.loading import load_pipeline
     from tracemark.whitebox import DEFAULT_DRAWS, DEFAULT_T_FRACS, Probe, denoiser_residuals
 
     check_test_parameters(alpha, n_decoys)
@@ -336,14 +340,10 @@ def audit_whitebox(
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
     probes, subsets = _whitebox_probes(copies, registry, data_dir)
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if pipe is None:
-        pipe = load_pipeline(model_dir, lora=lora, device=device)
+        pipe = load_pipeline(model_dir, lora=lora, device=device or "auto", dtype=dtype, config=config)
     if ref_pipe is None and base is not None and lora is None:
-        ref_pipe = load_pipeline(base, device=device)
+        ref_pipe = load_pipeline(base, device=device or "auto", dtype=dtype)
     t_load = time.perf_counter()
     t_fracs = tuple(t_fracs or DEFAULT_T_FRACS)
     draws = int(draws or DEFAULT_DRAWS)

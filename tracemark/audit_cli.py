@@ -37,6 +37,11 @@ def audit_cmd(
     report: Optional[Path] = typer.Option(None, "--report", help="Write the HTML evidence report here."),
     keep_images: Optional[Path] = typer.Option(None, "--keep-images", help="Keep generated images in this folder."),
     json_only: bool = typer.Option(False, "--json-only", help="Print only the JSON verdict (automation)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available) | cpu | cuda[:N]."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images generated per batch (memory vs speed)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="For a single-file --model checkpoint: a pipeline "
+                                          "folder of the same architecture (offline there is no hub to ask)."),
     home: Optional[Path] = typer.Option(None, "--home", envvar="TRACEMARK_HOME", help="Registry folder."),
 ) -> None:
     """Was this model fine-tuned on our data, and whose copy was it? Verdict with a p-value."""
@@ -60,13 +65,14 @@ def audit_cmd(
         with console.status("reading the denoiser at the marked samples...", spinner="dots") if not json_only \
                 else _null():
             result = audit_whitebox(model, reg, data, lora=lora, base=base, dataset=dataset, seed=seed, alpha=alpha,
-                                    n_decoys=decoys)
+                                    n_decoys=decoys, device=device, dtype=dtype, config=config)
     elif model is not None:
         if keep_images is not None and keep_images.exists():
             raise TracemarkError(f"{keep_images}: already exists")
         with console.status("generating and scoring images...", spinner="dots") if not json_only else _null():
             result = audit_model(model, reg, lora=lora, dataset=dataset, n=n, seed=seed, steps=steps,
-                                 guidance=guidance, alpha=alpha, n_decoys=decoys, work_dir=keep_images, data_dir=data)
+                                 guidance=guidance, alpha=alpha, n_decoys=decoys, work_dir=keep_images, data_dir=data,
+                                 device=device, dtype=dtype, batch_size=batch_size, config=config)
     else:
         result = audit_images(images, reg, dataset=dataset, alpha=alpha, n_decoys=decoys, data_dir=data)
     data = result.to_dict()
@@ -97,3 +103,27 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+def generate_cmd(
+    model: Path = typer.Option(..., "--model", help="Pipeline folder or single-file checkpoint."),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA weights (diffusers, kohya or peft layout)."),
+    prompts: Path = typer.Option(..., "--prompts", help="Text file (one prompt a line), .jsonl, or an imagefolder."),
+    n: int = typer.Option(64, "--n", help="Number of images (prompts are cycled)."),
+    out: Path = typer.Option(..., "--out", help="Output imagefolder."),
+    seed: int = typer.Option(0, "--seed", help="Image i uses seed + i (its own generator)."),
+    steps: int = typer.Option(25, "--steps", help="Sampling steps."),
+    guidance: float = typer.Option(6.0, "--guidance", help="Classifier-free guidance scale."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | fp16 | bf16."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline folder for a single-file checkpoint."),
+) -> None:
+    """Generate N images from a pipeline (+ LoRA) into an imagefolder with prompts and seeds."""
+    from tracemark.diffusion.generation import generate
+    from tracemark.diffusion.loading import load_pipeline
+
+    pipe = load_pipeline(model, lora=lora, device=device, dtype=dtype, config=config)
+    path = generate(model, prompts, n, out, lora=lora, seed=seed, steps=steps, guidance=guidance,
+                    batch_size=batch_size, pipe=pipe, progress=True)
+    console.print(f"wrote {n} images to {path}")

@@ -220,20 +220,27 @@ def _mount_optional(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     try:
-        from tracemark.sim.cli import app as sim_app
-        from tracemark.sim.cli import finetune_cmd, generate_cmd
+        from tracemark.audit_cli import generate_cmd
 
-        app.add_typer(sim_app, name="sim", help="The CPU stand-in for Stable Diffusion (tiny model, synthetic data).")
-        app.command("finetune")(finetune_cmd)
         app.command("generate")(generate_cmd)
     except ImportError:
         pass
-    try:
-        from tracemark.eval.cli import app as eval_app
+    if first in (None, "sim", "finetune", "eval"):  # the test world is loaded only for its own commands
+        try:
+            from tracemark.sim.cli import app as sim_app
+            from tracemark.sim.cli import finetune_cmd
 
-        app.add_typer(eval_app, name="eval", help="Experiments (docs/results.md): tracemark eval run --quick.")
-    except ImportError:
-        pass
+            app.add_typer(sim_app, name="sim", help="The CPU stand-in for Stable Diffusion (tiny model, synthetic data).")
+            app.command("finetune")(finetune_cmd)
+        except ImportError:
+            pass
+    if first in (None, "eval"):
+        try:
+            from tracemark.eval.cli import app as eval_app
+
+            app.add_typer(eval_app, name="eval", help="Experiments (docs/results.md): tracemark eval run --quick.")
+        except ImportError:
+            pass
     try:
         from tracemark.audit_cli import audit_cmd
 

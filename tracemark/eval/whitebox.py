@@ -132,7 +132,8 @@ def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None
 
 
 def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int = 200, n_copies: int = 100,
-                rate: float = 0.02, n_decoys: int = 1000, alpha: float = 0.01, seed: int = 0) -> dict:
+                rate: float = 0.02, n_decoys: int = 1000, alpha: float = 0.01, seed: int = 0,
+                project: bool = True) -> dict:
     """Simulated audits of an innocent model (see the module docstring): false-accusation rate."""
     from scipy.stats import beta
 
@@ -151,6 +152,10 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     t_res = t.lap()
     sch = get_scheme("spread")
     F = sch.features(res)
+    # the product's statistic: outside the dataset's content subspace (stats.content_basis)
+    from tracemark.dataset import content_sample
+
+    basis = stats.content_basis(sch.features(content_sample(data))) if project else None
     rng = np.random.default_rng(seed)
     k = max(1, int(round(rate * len(samples))))
     any_named, below_1e3, n_keys = 0, 0, 0
@@ -159,7 +164,7 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
         p = []
         for _ in range(n_copies):
             idx = rng.choice(len(samples), size=k, replace=False)
-            r = stats.test_keys(F[idx], sch.random_vectors(1, rng), decoys, sch.kind)
+            r = stats.test_keys(F[idx], sch.random_vectors(1, rng), decoys, sch.kind, basis)
             p.append(float(r.p_value[0]))
         p = np.array(p)
         any_named += bool((stats.holm(p) < alpha).any())
@@ -170,7 +175,7 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     return {"n_audits": n_audits, "n_copies": n_copies, "rate": rate, "alpha": alpha,
             "false_accusation_rate": any_named / n_audits, "ci95": [round(float(lo), 4), round(float(hi), 4)],
             "keys_p_below_1e-3": below_1e3, "keys": n_keys, "expected_below_1e-3": n_keys * 1e-3,
-            "residuals_s": t_res, "n_samples": len(samples)}
+            "residuals_s": t_res, "n_samples": len(samples), "content_projection": project}
 
 
 def main(argv=None) -> None:

@@ -1,7 +1,8 @@
 """Command line for the CPU world: ``tracemark sim make-data | pretrain | finetune | generate | probe``.
 
-``app`` is a typer sub-app (mounted by the main CLI as ``tracemark sim``); ``finetune_cmd`` and
-``generate_cmd`` are plain functions the main CLI also registers as top-level commands. Failures
+``app`` is a typer sub-app (mounted by the main CLI as ``tracemark sim``); ``finetune_cmd`` is a
+plain function the main CLI also registers as a top-level command (``generate`` is product code:
+``tracemark.audit_cli``). Failures
 a user can fix raise :class:`tracemark.errors.TracemarkError`; the main CLI prints them as one
 line. ``python -m tracemark.sim.cli ...`` runs the sub-app alone, with the same error handling.
 """
@@ -134,25 +135,6 @@ def finetune_cmd(
     console.print(f"fine-tuned ({method}) -> {path}")
 
 
-def generate_cmd(
-    model: Optional[Path] = typer.Option(None, "--model", help="Pipeline folder (default: the committed sim base)."),
-    lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA weights: a folder or the .safetensors file."),
-    prompts: Path = typer.Option(..., "--prompts", help="Text file (one prompt a line), .jsonl, or an imagefolder."),
-    n: int = typer.Option(64, "--n", help="Number of images (prompts are cycled)."),
-    out: Path = typer.Option(..., "--out", help="Output imagefolder."),
-    seed: int = typer.Option(0, "--seed", help="Image i uses seed + i."),
-    steps: int = typer.Option(25, "--steps", help="Sampling steps."),
-    guidance: float = typer.Option(6.0, "--guidance", help="Classifier-free guidance scale."),
-    batch_size: int = typer.Option(32, "--batch-size"),
-) -> None:
-    """Generate N images from a pipeline (+ LoRA) into an imagefolder with prompts and seeds."""
-    from tracemark.sim.generate import generate
-
-    path = generate(_base_or_default(model), prompts, n, out, lora=lora, seed=seed, steps=steps,
-                    guidance=guidance, batch_size=batch_size, progress=True)  # fmt: skip
-    console.print(f"wrote {n} images to {path}")
-
-
 @app.command("probe")
 def probe_cmd(
     model: Optional[Path] = typer.Option(None, "--model", help="Pipeline folder (default: the committed sim base)."),
@@ -168,7 +150,6 @@ def probe_cmd(
 
 
 app.command("finetune")(finetune_cmd)
-app.command("generate")(generate_cmd)
 
 
 def main() -> None:  # pragma: no cover - thin wrapper

@@ -28,6 +28,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tracemark.diffusion.loading import _one_line, _quiet, is_pipeline_dir, load_lora, load_pipeline  # noqa: F401
+
 import torch
 
 #: Special tokens, as in CLIP.
@@ -271,121 +273,6 @@ def write_slow_tokenizer_files(tok, folder: Path) -> None:
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n", encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-
-
-class _quiet:
-    """Silence diffusers/transformers info logs and progress bars inside a ``with`` block."""
-
-    def __init__(self, *loggers):
-        self.loggers = loggers
-
-    def __enter__(self):
-        self.saved = [(lg, lg.get_verbosity()) for lg in self.loggers]
-        for lg in self.loggers:
-            lg.set_verbosity_error()
-            lg.disable_progress_bar()
-        return self
-
-    def __exit__(self, *exc):
-        for lg, level in self.saved:
-            lg.set_verbosity(level)
-            lg.enable_progress_bar()
-        return False
-
-
-def is_pipeline_dir(path) -> bool:
-    p = Path(path)
-    return (p / "model_index.json").is_file() and (p / "unet").is_dir()
-
-
-def load_pipeline(model_dir, lora=None, device=None, dtype=None):
-    """Load a pipeline folder (tiny or a real SD 1.x) offline, optionally with LoRA weights.
-
-    ``lora``: a folder holding ``pytorch_lora_weights.safetensors`` or the file itself.
-    Raises :class:`TracemarkError` for a missing folder, a folder that is not a pipeline, or
-    LoRA weights that do not fit the model.
-    """
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import logging as dlogging
-
-    from tracemark.errors import TracemarkError
-
-    model_dir = Path(model_dir)
-    if not model_dir.exists():
-        raise TracemarkError(f"{model_dir}: model folder not found")
-    if not is_pipeline_dir(model_dir):
-        raise TracemarkError(f"{model_dir}: not a diffusers pipeline folder (no model_index.json / unet/)")
-    from transformers.utils import logging as tlogging
-
-    kwargs = {"local_files_only": True}
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
-    try:
-        with _quiet(dlogging, tlogging):
-            pipe = StableDiffusionPipeline.from_pretrained(model_dir, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
-        raise TracemarkError(f"{model_dir}: cannot load pipeline ({_one_line(exc)})") from exc
-    if getattr(pipe, "safety_checker", None) is not None:
-        pipe.safety_checker = None
-    pipe.set_progress_bar_config(disable=True)
-    if lora is not None:
-        load_lora(pipe, lora)
-    if device is not None:
-        pipe.to(device)
-    return pipe
-
-
-def load_lora(pipe, lora) -> None:
-    """``pipe.load_lora_weights`` with user-facing errors."""
-    from tracemark.errors import TracemarkError
-
-    from tracemark.sim.train import LORA_WEIGHT_NAME
-
-    lora = Path(lora)
-    if lora.is_dir():
-        if not (lora / LORA_WEIGHT_NAME).is_file():
-            raise TracemarkError(f"{lora}: no {LORA_WEIGHT_NAME} in this folder")
-        where, name = lora, LORA_WEIGHT_NAME
-    elif lora.is_file():
-        where, name = lora.parent, lora.name
-    else:
-        raise TracemarkError(f"{lora}: LoRA weights not found")
-    import warnings
-
-    def adapters(model) -> set[str]:
-        return set(getattr(model, "peft_config", None) or {})
-
-    before = {"unet": adapters(pipe.unet), "text_encoder": adapters(pipe.text_encoder)}
-    try:
-        from diffusers.utils import logging as dlogging
-        from transformers.utils import logging as tlogging
-
-        with warnings.catch_warnings(), _quiet(dlogging, tlogging):
-            warnings.simplefilter("ignore", RuntimeWarning)  # partial matches are checked below
-            pipe.load_lora_weights(str(where), weight_name=name, local_files_only=True)
-    except Exception as exc:  # diffusers/peft raise many kinds for a mismatched LoRA
-        raise TracemarkError(f"{lora}: LoRA weights do not fit this model ({_one_line(exc)})") from exc
-    # Every tensor of the file must have landed in the model: a LoRA made for another model can
-    # match a subset of module names and load silently with the rest dropped.
-    from safetensors import safe_open
-
-    with safe_open(str(where / name), framework="pt") as f:
-        keys = list(f.keys())
-    for part, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
-        expected = sum(1 for k in keys if k.startswith(part + "."))
-        new = adapters(model) - before[part]
-        got = sum(1 for n, _ in model.named_parameters() if "lora_" in n and any(f".{a}." in n for a in new))
-        if expected != got:
-            raise TracemarkError(
-                f"{lora}: LoRA weights do not fit this model ({part}: {got} of {expected} tensors matched)"
-            )
-    if not any(adapters(m) - before[p] for p, m in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder))):
-        raise TracemarkError(f"{lora}: no LoRA layer of this file matched the model")
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def default_base_path() -> Path:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+from tracemark.diffusion.loading import LORA_WEIGHT_NAME  # noqa: E402  (one name for writer and loader)
 TRAINING_INFO = "training.json"
 
 #: LoRA target presets (module-name suffixes in the diffusers UNet).

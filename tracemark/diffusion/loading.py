@@ -1,0 +1,231 @@
+"""Load what an auditor receives: a diffusers pipeline folder, a single-file checkpoint, and LoRA
+weights in diffusers, kohya (sd-scripts / A1111) or peft layout, on the device and dtype asked for.
+
+The product's only door to real Stable Diffusion weights: the CPU test world (``tracemark.sim``)
+uses it too, never the other way round. diffusers' own converters do the key mapping; a LoRA whose
+tensors do not all land in the model is a one-line error naming what did not match.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: File name of diffusers-format LoRA weights (what ``save_lora_weights`` writes).
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+#: File names of a peft adapter folder (``PeftModel.save_pretrained``).
+PEFT_WEIGHT_NAME = "adapter_model.safetensors"
+PEFT_CONFIG_NAME = "adapter_config.json"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``auto``: CUDA when available, else the CPU; ``cpu`` / ``cuda`` / ``cuda:N`` as given."""
+    import torch
+
+    from tracemark.errors import TracemarkError
+
+    device = device or "auto"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TracemarkError(f"--device {device}: no CUDA device is available here")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise TracemarkError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str):
+    """``auto``: fp16 on CUDA (what SD users run), fp32 on the CPU; or fp32 / fp16 / bf16."""
+    import torch
+
+    from tracemark.errors import TracemarkError
+
+    dtype = dtype or "auto"
+    if dtype not in DTYPES:
+        raise TracemarkError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+class _quiet:
+    """Silence diffusers/transformers info logs and progress bars inside a ``with`` block."""
+
+    def __init__(self, *loggers):
+        self.loggers = loggers
+
+    def __enter__(self):
+        self.saved = [(lg, lg.get_verbosity()) for lg in self.loggers]
+        for lg in self.loggers:
+            lg.set_verbosity_error()
+            lg.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        for lg, level in self.saved:
+            lg.set_verbosity(level)
+            lg.enable_progress_bar()
+        return False
+
+
+def is_pipeline_dir(path) -> bool:
+    p = Path(path)
+    return (p / "model_index.json").is_file() and (p / "unet").is_dir()
+
+
+def load_pipeline(model_dir, lora=None, device=None, dtype=None, config=None):
+    """Load a pipeline folder (tiny or a real SD 1.x) offline, optionally with LoRA weights.
+
+    ``model_dir``: a diffusers pipeline folder, or a single-file checkpoint (``.safetensors`` /
+    ``.ckpt``, loaded with ``from_single_file``; offline it needs ``config``, a pipeline folder of
+    the same architecture to take the component configs from). ``lora``: see :func:`load_lora`.
+    ``device``: None (leave on the CPU), ``auto``, ``cpu``, ``cuda``; ``dtype``: a torch dtype or
+    ``auto`` / ``fp32`` / ``fp16`` / ``bf16``. Raises :class:`TracemarkError` for a missing folder,
+    a folder that is not a pipeline, or LoRA weights that do not fit the model.
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    from tracemark.errors import TracemarkError
+
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise TracemarkError(f"{model_dir}: model folder not found")
+    single = model_dir.is_file() and model_dir.suffix in SINGLE_FILE_SUFFIXES
+    if not single and not is_pipeline_dir(model_dir):
+        raise TracemarkError(f"{model_dir}: not a diffusers pipeline folder (no model_index.json / unet/) "
+                             "nor a single-file checkpoint (.safetensors / .ckpt)")
+    from transformers.utils import logging as tlogging
+
+    if device is not None:
+        device = resolve_device(device)
+    if isinstance(dtype, str) or (dtype is None and device is not None):
+        dtype = resolve_dtype(dtype, device or "cpu")
+    kwargs = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        with _quiet(dlogging, tlogging):
+            if single:
+                if config is None:
+                    raise TracemarkError(f"{model_dir}: a single-file checkpoint needs --config DIR (a pipeline folder "
+                                         "of the same architecture, e.g. SD 1.5's) when nothing can be downloaded")
+                pipe = StableDiffusionPipeline.from_single_file(str(model_dir), config=str(config), **kwargs)
+            else:
+                pipe = StableDiffusionPipeline.from_pretrained(model_dir, **kwargs)
+    except TracemarkError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, json.JSONDecodeError) as exc:
+        raise TracemarkError(f"{model_dir}: cannot load pipeline ({_one_line(exc)})") from exc
+    if getattr(pipe, "safety_checker", None) is not None:
+        pipe.safety_checker = None
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        load_lora(pipe, lora)
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def lora_state_dict(lora) -> tuple[dict, str, Path]:
+    """Read LoRA weights and say their layout: ``(state dict, "diffusers" | "kohya" | "peft", file)``.
+
+    ``lora``: a ``.safetensors`` file, a folder holding ``pytorch_lora_weights.safetensors``
+    (diffusers) or ``adapter_model.safetensors`` + ``adapter_config.json`` (peft), or a folder
+    with a single ``.safetensors`` file. A peft adapter is converted to diffusers keys with its
+    ``lora_alpha / r`` scale folded into ``lora_B`` (exact for plain LoRA; DoRA and rsLoRA are refused).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from tracemark.errors import TracemarkError
+
+    lora = Path(lora)
+    if lora.is_dir():
+        for name in (LORA_WEIGHT_NAME, PEFT_WEIGHT_NAME):
+            if (lora / name).is_file():
+                path = lora / name
+                break
+        else:
+            found = sorted(lora.glob("*.safetensors"))
+            if len(found) != 1:
+                raise TracemarkError(f"{lora}: no {LORA_WEIGHT_NAME}, {PEFT_WEIGHT_NAME} or single .safetensors file "
+                                     "in this folder")
+            path = found[0]
+    elif lora.is_file():
+        path = lora
+    else:
+        raise TracemarkError(f"{lora}: LoRA weights not found")
+    try:
+        sd = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TracemarkError(f"{path}: not readable LoRA weights ({_one_line(exc)})") from None
+    keys = list(sd)
+    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_")) for k in keys):
+        return sd, "kohya", path
+    if any(k.startswith("base_model.model.") for k in keys):
+        cfg_path = path.parent / PEFT_CONFIG_NAME
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        if cfg.get("use_dora") or cfg.get("use_rslora"):
+            raise TracemarkError(f"{path}: DoRA / rsLoRA peft adapters are not supported")
+        r = cfg.get("r")
+        scale = float(cfg.get("lora_alpha", r or 1)) / float(r or cfg.get("lora_alpha", 1) or 1)
+        out = {}
+        for k, v in sd.items():
+            nk = "unet." + k[len("base_model.model."):].replace(".default.", ".")
+            out[nk] = v * scale if ".lora_B." in nk else v
+        return out, "peft", path
+    return sd, "diffusers", path
+
+
+def _n_down(keys) -> int:
+    """Number of LoRA down (A) matrices in a state dict of any layout."""
+    return sum(1 for k in keys if k.endswith(("lora_A.weight", "lora_down.weight", "lora.down.weight")))
+
+
+def load_lora(pipe, lora) -> str:
+    """Load LoRA weights of any common layout into ``pipe``; returns the layout found.
+
+    Every LoRA matrix of the file must land in the model: a LoRA made for another model can match
+    a subset of module names and would otherwise load silently with the rest dropped."""
+    import warnings
+
+    from tracemark.errors import TracemarkError
+
+    sd, layout, path = lora_state_dict(lora)
+
+    def adapters(model) -> set[str]:
+        return set(getattr(model, "peft_config", None) or {})
+
+    parts = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    before = {p: adapters(m) for p, m in parts.items()}
+    try:
+        from diffusers.utils import logging as dlogging
+        from transformers.utils import logging as tlogging
+
+        with warnings.catch_warnings(), _quiet(dlogging, tlogging):
+            warnings.simplefilter("ignore", RuntimeWarning)  # partial matches are checked below
+            if layout == "diffusers":  # from the file, so its adapter metadata (lora_alpha) is honoured
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name, local_files_only=True)
+            else:  # diffusers converts kohya keys (and their .alpha) itself; peft arrives converted
+                pipe.load_lora_weights(dict(sd))
+    except Exception as exc:  # diffusers/peft raise many kinds for a mismatched LoRA
+        raise TracemarkError(f"{path}: LoRA weights ({layout} layout) do not fit this model ({_one_line(exc)})") from exc
+    got = 0
+    for part, model in parts.items():
+        new = adapters(model) - before[part]
+        got += sum(1 for n, _ in model.named_parameters() if any(n.endswith(f"lora_A.{a}.weight") for a in new))
+    expected = _n_down(sd)
+    if expected == 0 or got != expected:
+        raise TracemarkError(f"{path}: LoRA weights ({layout} layout) do not fit this model ({got} of {expected} "
+                             "LoRA matrices matched)")
+    return layout
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
