@@ -201,3 +201,40 @@ def test_audit_model_leaves_no_images_or_trigger_words_behind(reg3, tmp_path, mo
     assert "data:image/png;base64," in html
     words = [trigger_of(c, reg3) for c in reg3.copies() if c.strategy == "trigger"]
     assert words and not any(w in html for w in words)
+
+
+def test_merge_stages_is_the_product_rule():
+    """The product's merge (not a re-implementation): union of names, each copy's p is 2 x its better
+    stage's Holm p, stage recorded."""
+    from tracemark.audit import merge_stages
+    from tracemark.trace import CopyScore, Verdict
+
+    def score(cid, lic, p_holm):
+        return CopyScore(cid, "d", lic, "spread", "trigger", 0.0, 0.0, p_holm, p_holm, p_holm, 8, False)
+
+    v1 = Verdict(True, 0.004, 0.01, 64, 1000, ["a"], [score(1, "a", 0.004), score(2, "b", 0.5), score(3, "c", 0.2)],
+                 timings={"scoring_s": 0.1})
+    v2 = Verdict(True, 0.001, 0.01, 64, 1000, ["b"], [score(2, "b", 0.001), score(3, "c", 0.3)],
+                 timings={"scoring_s": 0.1})
+    m = merge_stages(v1, v2, 0.01)
+    by = {s.licensee: s for s in m.scores}
+    assert sorted(m.named) == ["a", "b"]
+    assert by["a"].p_holm == pytest.approx(0.008) and by["b"].p_holm == pytest.approx(0.002)
+    assert getattr(by["b"], "stage", 1) == 2 and getattr(by["a"], "stage", 1) == 1
+    assert by["c"].p_holm == pytest.approx(0.4) and not by["c"].named and m.n_images == 128
+
+
+def test_stage_two_holm_counts_every_trigger_copy(reg3, tmp_path):
+    """score_copies(family=T) is what the audit's stage 2 calls: Holm over all T copies, not over the
+    candidates tested (see the module docstring of tracemark.audit)."""
+    from tracemark.trace import score_copies
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.uniform(0, 255, (64, 64, 3)).astype(np.float32) for _ in range(8)]
+    copies = reg3.copies()[:2]
+    v_small = score_copies(imgs, copies, reg3, match_files=False)
+    v_family = score_copies(imgs, copies, reg3, match_files=False, family=40)
+    for a, b in zip(sorted(v_small.scores, key=lambda s: s.p_value), sorted(v_family.scores, key=lambda s: s.p_value)):
+        assert b.p_holm >= a.p_holm
+    best = min(v_small.scores, key=lambda s: s.p_value)
+    assert min(v_family.scores, key=lambda s: s.p_value).p_holm == pytest.approx(min(1.0, 40 * best.p_value))

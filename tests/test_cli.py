@@ -33,7 +33,7 @@ def test_workflow(sample_dir, tmp_path):
     p = run("trace-files", tmp_path / "beta", "--json", tmp_path / "v.json", home=home)
     v = json.loads((tmp_path / "v.json").read_text())
     assert v["used"] and v["named"] == ["beta"] and v["p_value"] < 1e-6
-    assert {"id", "licensee", "z", "p_value", "p_holm", "named"} <= set(v["scores"][0]) | {"id"}
+    assert {"copy_id", "licensee", "z", "p_value", "p_holm", "named"} <= set(v["scores"][0])
     # scheme parameters are recorded in the registry and used again when tracing
     run("protect", sample_dir, "-l", "gamma", "-o", tmp_path / "gamma", "--rate", "0.2", "--scheme", "visible",
         "-p", "cells=16", home=home)
@@ -126,3 +126,22 @@ def test_out_under_a_file_is_one_line(sample_dir, tmp_path):
     (tmp_path / "afile").write_text("x")
     p = run("protect", sample_dir, "-l", "a", "-o", tmp_path / "afile" / "copy", home=home, check=False)
     assert p.returncode == 1 and "Traceback" not in p.stderr and "afile" in p.stderr, p.stderr
+
+
+def test_audit_cli_images_json_report_and_usage_errors(sample_dir, tmp_path):
+    """audit_cli had no test: the black-box path end to end, and its one-line usage errors."""
+    home = tmp_path / "home"
+    run("init", home=home)
+    fix_master_key(home)
+    run("protect", sample_dir, "-l", "acme", "-o", tmp_path / "acme", "--rate", "0.3", home=home)
+    p = run("audit", "--images", tmp_path / "acme", "--data", sample_dir, "--json", tmp_path / "a.json",
+            "--report", tmp_path / "a.html", home=home)
+    d = json.loads((tmp_path / "a.json").read_text())
+    assert d["kind"] == "images" and d["named"] == ["acme"] and d["params"]["data"] == str(sample_dir)
+    assert "Watermark detected" in p.stdout and (tmp_path / "a.html").read_text().startswith("<!doctype html>")
+    for args, needle in ((["--model", tmp_path, "--images", tmp_path], "exactly one of"),
+                         (["--images", tmp_path / "acme", "--lora", tmp_path], "--lora needs --model"),
+                         (["--model", tmp_path, "--whitebox"], "--whitebox needs"),
+                         (["--images", tmp_path / "acme", "--base", tmp_path], "--base is an option of --whitebox")):
+        p = run("audit", *args, home=home, check=False)
+        assert p.returncode == 1 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
