@@ -278,3 +278,21 @@ def test_marked_files_keep_what_the_source_carried(registry, tmp_path):
     from tracemark.trace import trace_files
 
     assert trace_files(out, registry).named == ["a"]
+
+
+def test_licensee_trigger_words_are_unique_within_a_dataset(sample_dir, registry, tmp_path, monkeypatch):
+    """Issue #14: ~2 collisions are expected among 10^4 licensees; a collision is now avoided at issue
+    time (the next candidate word of the key is taken and its index recorded)."""
+    from tracemark import strategies
+    from tracemark.trace import trigger_of
+
+    real = strategies.trigger_candidate
+    monkeypatch.setattr(protect_mod, "trigger_word", lambda key, avoid=None: strategies.trigger_word(key, avoid))
+    # force the first candidate of every key to be the same word
+    monkeypatch.setattr(strategies, "trigger_candidate",
+                        lambda key, attempt=0, syllables=4: "samesame" if attempt == 0 else real(key, attempt, syllables))
+    for lic in ("a", "b", "c"):
+        protect(sample_dir, tmp_path / lic, lic, registry=registry, rate=0.1, workers=1)
+    words = [trigger_of(c, registry) for c in registry.copies()]
+    assert words[0] == "samesame" and len(set(words)) == 3, words
+    assert [c.params["trigger_attempt"] for c in registry.copies()] == [0, 1, 1]

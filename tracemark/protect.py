@@ -250,8 +250,14 @@ def protect(
     if trigger_scope not in TRIGGER_SCOPES:
         raise TracemarkError(f"--trigger-scope must be one of {', '.join(TRIGGER_SCOPES)}")
     trig_key = key if trigger_scope == "licensee" else registry.key_for(name, DATASET_TRIGGER_ID)
-    trig, trig_attempt = (trigger_word(trig_key, vocabulary(s.text for s in ds.samples)) if strategy == "trigger"
-                          else (None, None))
+    avoid = vocabulary(s.text for s in ds.samples)
+    if strategy == "trigger" and trigger_scope == "licensee":
+        # unique per dataset: two licensees with one word could not be told apart by a trigger audit
+        from tracemark.trace import trigger_of
+
+        avoid |= {w for c in registry.copies(None) if c.dataset == name and c.strategy == "trigger"
+                  and c.params.get("trigger_scope", "licensee") == "licensee" and (w := trigger_of(c, registry))}
+    trig, trig_attempt = (trigger_word(trig_key, avoid) if strategy == "trigger" else (None, None))
 
     tmp = out_dir.parent / f".{out_dir.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     created = _make_parents(out_dir.parent)
