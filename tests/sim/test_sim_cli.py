@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from tracemark.errors import TracemarkError
 from tracemark.sim.cli import app as sim_app
-from tracemark.sim.cli import finetune_cmd, generate_cmd
+from tracemark.audit_cli import generate_cmd
+from tracemark.sim.cli import finetune_cmd
 
 runner = CliRunner()
 

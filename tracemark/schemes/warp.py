@@ -116,7 +116,7 @@ class WarpScheme(Scheme):
     name = "warp"
     kind = "correlation"
     default_strength = 0.2
-    max_strength = 8.0
+    max_strength = 32.0
 
     def __init__(
         self,
