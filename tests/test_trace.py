@@ -92,3 +92,17 @@ def test_meaningless_statistics_parameters_are_refused(world, alpha, decoys, msg
     root, data, reg = world
     with pytest.raises(TracemarkError, match=msg):
         trace_files(data, reg, alpha=alpha, n_decoys=decoys)
+
+
+def test_content_projection_uses_the_recorded_source_by_default(sample_dir, registry, tmp_path):
+    """Without --data, trace-files takes the original dataset's folder the registry recorded at issue
+    time (the content projection is then on by default); a named --data wins; a gone source turns it off."""
+    from tracemark.protect import protect
+    from tracemark.trace import trace_files
+
+    protect(sample_dir, tmp_path / "a", "a", registry=registry, rate=0.2, workers=1)
+    v = trace_files(tmp_path / "a", registry)
+    assert v.named == ["a"] and v.timings["content_from"] == str(sample_dir.resolve())
+    assert trace_files(tmp_path / "a", registry, data_dir=tmp_path / "a").timings["content_from"] == str(tmp_path / "a")
+    registry.conn.execute("UPDATE datasets SET source_path = ?", (str(tmp_path / "gone"),))
+    assert trace_files(tmp_path / "a", registry).timings["content_from"] is None

@@ -41,7 +41,8 @@ from tracemark.dataset import content_sample, list_images, read_image_rgb
 from tracemark.errors import TracemarkError
 from tracemark.registry import Copy, Registry
 from tracemark.strategies import apply_trigger
-from tracemark.trace import DEFAULT_ALPHA, DEFAULT_DECOYS, Verdict, check_test_parameters, score_copies, trigger_of
+from tracemark.trace import (DEFAULT_ALPHA, DEFAULT_DECOYS, Verdict, check_test_parameters, content_for,
+                             score_copies, trigger_of)
 
 MIN_PER_COPY = 16
 MAX_CANDIDATES = 8
@@ -238,9 +239,9 @@ def audit_model(
     own_work = work_dir is None
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tracemark-audit-"))
     try:
+        content, data_used = content_for(registry, copies, data_dir)
         return _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, steps, guidance, alpha,
-                            n_decoys, work, own_work, t0, t_load, content_sample(data_dir), data_dir,
-                            batch_size)  # fmt: skip
+                            n_decoys, work, own_work, t0, t_load, content, data_used, batch_size)  # fmt: skip
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -438,11 +439,12 @@ def audit_images(
         if not prompted:
             # no image was prompted with a trigger: score every image for every copy
             subsets = {c.id: np.arange(len(paths)) for c in copies}
+    content, data_used = content_for(registry, copies, data_dir)
     verdict = score_copies(images, copies, registry, match_files=False, subsets=subsets, n_decoys=n_decoys,
-                           alpha=alpha, content=content_sample(data_dir))
+                           alpha=alpha, content=content)
     plan = QueryPlan(prompts or [""] * len(paths), [None] * len(paths), [])
     params = {"alpha": alpha, "n_decoys": n_decoys, "dataset": dataset, "images": str(images_dir),
-              "prompts_known": prompts is not None, "data": str(data_dir) if data_dir else None}
+              "prompts_known": prompts is not None, "data": data_used}
     return AuditResult(verdict, "images", str(images_dir), [plan], paths, None, params,
                        {"total_s": round(time.perf_counter() - t0, 2)})
 

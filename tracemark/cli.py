@@ -196,6 +196,10 @@ def trace_files_cmd(
         task = bar.add_task("read", total=None)
         verdict = trace_files(leaked_dir, reg, dataset=dataset, n_decoys=decoys, alpha=alpha,
                               progress=lambda d, t: bar.update(task, completed=d, total=t), data_dir=data)
+    if not verdict.timings.get("content_from"):
+        err_console.print("[yellow]note:[/] the original dataset was not found (pass --data): tested without the "
+                          "content projection, so a key aligned by chance with the domain is not guarded against",
+                          highlight=False, soft_wrap=True)
     result = {"tracemark_version": __version__, "kind": "trace-files", "input": str(leaked_dir), **verdict.to_dict()}
     reg.add_audit("trace-files", str(leaked_dir), verdict.used, verdict.p_value, result)
     _print_verdict(verdict)

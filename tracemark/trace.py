@@ -96,6 +96,28 @@ def trigger_of(copy: Copy, registry: Registry) -> str | None:
     return trigger_candidate(key, int(copy.params.get("trigger_attempt", 0)))
 
 
+def content_for(registry: Registry, copies: Sequence[Copy], data_dir: str | Path | None = None):
+    """(content images, their folder) for the content projection: ``data_dir`` when given, else the
+    source folder the registry recorded for the copies' dataset when it still exists, else (None, None).
+
+    Any key-independent basis keeps the null exact, so a source that changed since issuing is safe;
+    it only helps less."""
+    if data_dir is None:
+        names = {c.dataset for c in copies}
+        for row in registry.datasets():
+            if row["name"] in names and row["source_path"] and Path(row["source_path"]).is_dir():
+                data_dir = row["source_path"]
+                break
+    if data_dir is None:
+        return None, None
+    try:
+        return content_sample(data_dir), str(data_dir)
+    except TracemarkError:
+        if data_dir is not None and not Path(data_dir).is_dir():
+            raise
+        return None, None
+
+
 def load_images(paths: Sequence[Path]) -> list[np.ndarray]:
     return [read_image_rgb(p) for p in paths]
 
@@ -239,7 +261,8 @@ def trace_files(
         if progress:
             progress(i + 1, len(paths))
     names = [p.relative_to(leaked_dir).as_posix() for p in paths]
-    verdict = score_copies(images, copies, registry, names=names, n_decoys=n_decoys, alpha=alpha,
-                           content=content_sample(data_dir))
+    content, used = content_for(registry, copies, data_dir)
+    verdict = score_copies(images, copies, registry, names=names, n_decoys=n_decoys, alpha=alpha, content=content)
+    verdict.timings["content_from"] = used
     verdict.timings["load_s"] = round(time.perf_counter() - t0 - verdict.timings["scoring_s"], 3)
     return verdict
