@@ -106,3 +106,21 @@ def test_content_projection_uses_the_recorded_source_by_default(sample_dir, regi
     assert trace_files(tmp_path / "a", registry, data_dir=tmp_path / "a").timings["content_from"] == str(tmp_path / "a")
     registry.conn.execute("UPDATE datasets SET source_path = ?", (str(tmp_path / "gone"),))
     assert trace_files(tmp_path / "a", registry).timings["content_from"] is None
+
+
+def test_batched_scoring_equals_per_copy_scoring(sample_dir, registry, tmp_path):
+    """Issue #14: copies reading the same images are tested in one key-matrix product with one decoy
+    pass; every copy's z and p must equal what testing it alone gives (to 1e-9)."""
+    from tracemark.protect import protect
+    from tracemark.trace import load_images, score_copies
+
+    for lic in ("a", "b", "c", "d"):
+        protect(sample_dir, tmp_path / lic, lic, registry=registry, rate=0.2, workers=1)
+    protect(sample_dir, tmp_path / "e", "e", registry=registry, rate=0.2, workers=1, strategy="ambient")
+    images = load_images(sorted((tmp_path / "b").glob("*.png"))[:12])
+    copies = registry.copies()
+    together = score_copies(images, copies, registry, match_files=False, seed=3)
+    for c in copies:
+        alone = score_copies(images, [c], registry, match_files=False, seed=3)
+        a, t = alone.scores[0], next(s for s in together.scores if s.copy_id == c.id)
+        assert abs(a.z - t.z) < 1e-9 and abs(a.p_value - t.p_value) < 1e-9 * max(1.0, a.p_value) + 1e-300

@@ -180,9 +180,12 @@ def score_copies(
     names = list(names) if names is not None else [""] * len(images)
     feats: dict[str, tuple] = {}
     rng = np.random.default_rng(seed)
-    rows = []
+    rows: list[CopyScore] = []
     nulls = {}
     untested: list[str] = []
+    # pass 1: each copy's scheme, key and images; copies that read the same images with the same
+    # scheme form one group, tested with one pooled vector, one decoy pass and one key-matrix product
+    groups: dict[tuple, list] = {}
     for copy in copies:
         params = scheme_params(copy)
         sig = f"{copy.scheme}:{sorted(params.items())}"
@@ -191,34 +194,41 @@ def score_copies(
             basis = (stats.content_basis(sch.features(content)) if content is not None and len(content)
                      and sch.kind == "correlation" else None)
             feats[sig] = (sch, sch.features(images), sch.random_vectors(n_decoys, rng), basis)
-        sch, F, decoys, basis = feats[sig]
         try:
             key = registry.key_for_copy(copy)
         except TracemarkError as exc:  # one bad row must not stop the others from being traced
             untested.append(str(exc))
             continue
-        P = sch.key_vectors([key])
         subset = None
         if subsets is not None and copy.id in subsets:
-            subset = subsets[copy.id]
+            subset = np.asarray(subsets[copy.id], dtype=int)
         elif match_files:
             subset = _subset_for(copy, names, hashes)
+        gkey = (sig, None if subset is None else subset.tobytes())
+        groups.setdefault(gkey, []).append((copy, key, subset))
+    # pass 2: one test per group
+    by_id: dict[int, CopyScore] = {}
+    for (sig, _), members in groups.items():
+        sch, F, decoys, basis = feats[sig]
+        subset = members[0][2]
         Fi = F if subset is None else F[subset]
-        if len(Fi) == 0:  # no image was queried for this copy: nothing to test, p = 1
-            rows.append(CopyScore(copy.id, copy.dataset, copy.licensee, copy.scheme, copy.strategy, 0.0, 0.0,
-                                  1.0, 1.0, 1.0, 0, subset is not None))
+        if len(Fi) == 0:  # no image was queried for these copies: nothing to test, p = 1
+            for copy, _, sub in members:
+                by_id[copy.id] = CopyScore(copy.id, copy.dataset, copy.licensee, copy.scheme, copy.strategy, 0.0, 0.0,
+                                           1.0, 1.0, 1.0, 0, sub is not None)
             continue
+        P = sch.key_vectors([key for _, key, _ in members])
         res = stats.test_keys(Fi, P, decoys, sch.kind, basis)
-        stat = float(res.stat[0])
-        if sch.kind == "message":
-            L = P.shape[1]
-            z = (stat - L / 2) / np.sqrt(L / 4)
-        else:
-            z = stat
-        nulls[copy.id] = {"decoy_mean": res.null.mean, "decoy_std": res.null.std, "ks_p": res.null.ks_p,
-                          "decoy_values": res.null.values}
-        rows.append(CopyScore(copy.id, copy.dataset, copy.licensee, copy.scheme, copy.strategy, stat, float(z),
-                              float(res.p_value[0]), float(res.p_empirical[0]), 1.0, len(Fi), subset is not None))
+        null = {"decoy_mean": res.null.mean, "decoy_std": res.null.std, "ks_p": res.null.ks_p,
+                "decoy_values": res.null.values}
+        for j, (copy, _, sub) in enumerate(members):
+            stat = float(res.stat[j])
+            z = (stat - P.shape[1] / 2) / np.sqrt(P.shape[1] / 4) if sch.kind == "message" else stat
+            nulls[copy.id] = null
+            by_id[copy.id] = CopyScore(copy.id, copy.dataset, copy.licensee, copy.scheme, copy.strategy, stat,
+                                       float(z), float(res.p_value[j]), float(res.p_empirical[j]), 1.0, len(Fi),
+                                       sub is not None)
+    rows = [by_id[c.id] for c in copies if c.id in by_id]
     if not rows:
         raise TracemarkError(f"no issued copy could be tested: {untested[0]}")
     # untested copies stay in Holm's family (p = 1): skipping them must not make naming easier
