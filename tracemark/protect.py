@@ -92,7 +92,8 @@ def mark_file(src: str, dst: str, scheme_name: str, scheme_params: dict, secret:
         original, pil = read_image(Path(src), max_pixels, dtype=np.uint8)
         scheme = _cached_scheme(scheme_name, scheme_params)
         marked = scheme.embed_uint8(original, Key(secret))
-        save_like(marked, pil, Path(dst))
+        if not (pil.format == "JPEG" and _write_jpeg_dct(src, dst, marked.astype(np.float64) - original)):
+            save_like(marked, pil, Path(dst))
         marked, _ = read_image(Path(dst), max_pixels, dtype=np.uint8)  # the harm of what the user gets
         diff = marked.astype(np.int16)
         diff -= original
@@ -111,6 +112,19 @@ def mark_file(src: str, dst: str, scheme_name: str, scheme_params: dict, secret:
         return {"src": src, "error": f"{src}: cannot mark ({exc.__class__.__name__}: {exc})"}
     except Exception as exc:  # any decoder surprise still names the file
         return {"src": src, "error": f"{src}: cannot mark ({exc.__class__.__name__}: {exc})"}
+
+
+def _write_jpeg_dct(src: str, dst: str, delta: np.ndarray) -> bool:
+    """JPEG sources are marked in the DCT domain (no re-encoding loss; :mod:`tracemark.jpegdct`)."""
+    from tracemark import jpegdct
+
+    if not jpegdct.available():
+        return False
+    tmp = Path(dst).with_name(Path(dst).name + ".part")
+    if not jpegdct.write_marked_jpeg(src, tmp, delta):
+        return False
+    os.replace(tmp, dst)
+    return True
 
 
 def copy_file(src: str, dst: str, max_pixels: int = MAX_PIXELS) -> dict:
