@@ -114,7 +114,11 @@ def test_ancestral_sampler_is_reproducible_per_image(lora_files, tmp_path):
     a = generate_images(pipe, ["a red circle", "a blue sky", "a face"], seed=5, steps=4, batch_size=3)
     b = generate_images(pipe, ["a red circle", "a blue sky", "a face"], seed=5, steps=4, batch_size=1)
     c = generate_images(pipe, ["a red circle", "a blue sky", "a face"], seed=6, steps=4, batch_size=3)
-    assert a.std() > 5 and np.array_equal(a, b) and not np.array_equal(a, c)
+    diff = np.abs(a.astype(int) - b.astype(int))
+    # equal up to float non-associativity across batch shapes and threads (a sampler drawing its fresh
+    # noise from a shared generator differs by 13.9 levels on average: measured)
+    assert a.std() > 5 and diff.mean() < 0.05 and diff.max() <= 4, (diff.mean(), diff.max())  # measured 1e-4, 1
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 10
 
 
 def test_the_product_never_loads_the_test_world():
