@@ -269,7 +269,9 @@ def protect(
         # unique per dataset: two licensees with one word could not be told apart by a trigger audit
         from tracemark.trace import trigger_of
 
-        avoid |= {w for c in registry.copies(None) if c.dataset == name and c.strategy == "trigger"
+        known = {r["name"] for r in registry.datasets()}
+        avoid |= {w for c in (registry.copies(name, with_marked=False) if name in known else [])
+                  if c.strategy == "trigger"
                   and c.params.get("trigger_scope", "licensee") == "licensee" and (w := trigger_of(c, registry))}
     trig, trig_attempt = (trigger_word(trig_key, avoid) if strategy == "trigger" else (None, None))
 

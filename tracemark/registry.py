@@ -334,9 +334,13 @@ class Registry:
             "LEFT JOIN copies c ON c.licensee_id = l.id AND c.status = 'issued' GROUP BY l.id ORDER BY l.id"
         ).fetchall()
 
-    def copies(self, dataset: str | None = None) -> list[Copy]:
+    def copies(self, dataset: str | None = None, with_marked: bool = True) -> list[Copy]:
+        """Issued copies (of one dataset). ``with_marked=False`` skips decoding the marked-sample
+        lists (large at scale) for callers that need only keys and parameters."""
+        cols = "c.*" if with_marked else ("c.id, c.key_id, c.scheme, c.strategy, c.rate, c.params, '[]' AS marked, "
+                                          "c.n_marked, c.out_path, c.created")
         sql = (
-            "SELECT c.*, d.name AS dataset, l.name AS licensee FROM copies c "
+            f"SELECT {cols}, d.name AS dataset, l.name AS licensee FROM copies c "
             "JOIN datasets d ON d.id = c.dataset_id JOIN licensees l ON l.id = c.licensee_id WHERE c.status = 'issued'"
         )
         args: tuple = ()
