@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from tracemark import __version__
-from tracemark.dataset import content_sample, list_images, read_image_rgb
+from tracemark.dataset import list_images, read_image_rgb
 from tracemark.errors import TracemarkError
 from tracemark.registry import Copy, Registry
 from tracemark.strategies import apply_trigger
@@ -332,7 +332,7 @@ def audit_whitebox(
     against the original image. See :mod:`tracemark.whitebox`.
     """
     from tracemark.diffusion.loading import load_pipeline
-    from tracemark.whitebox import DEFAULT_DRAWS, DEFAULT_T_FRACS, Probe, denoiser_residuals
+    from tracemark.whitebox import DEFAULT_DRAWS, DEFAULT_T_FRACS, denoiser_residuals
 
     check_test_parameters(alpha, n_decoys)
     t0 = time.perf_counter()
@@ -351,7 +351,7 @@ def audit_whitebox(
     residuals = denoiser_residuals(pipe, probes, ref_pipe=ref_pipe, t_fracs=t_fracs, draws=draws, seed=seed)
     t_res = time.perf_counter()
     verdict = score_copies(residuals, copies, registry, match_files=False, subsets=subsets, n_decoys=n_decoys,
-                           alpha=alpha, seed=seed, content=content_sample(data_dir))
+                           alpha=alpha, seed=seed, content=content_for(registry, copies, data_dir)[0])
     reference = "lora-off" if lora is not None else ("base" if ref_pipe is not None else "data")
     params = {"seed": seed, "alpha": alpha, "n_decoys": n_decoys, "dataset": dataset, "model": str(model_dir),
               "lora": str(lora) if lora else None, "base": str(base) if base else None, "reference": reference,

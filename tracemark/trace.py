@@ -102,20 +102,16 @@ def content_for(registry: Registry, copies: Sequence[Copy], data_dir: str | Path
 
     Any key-independent basis keeps the null exact, so a source that changed since issuing is safe;
     it only helps less."""
-    if data_dir is None:
-        names = {c.dataset for c in copies}
-        for row in registry.datasets():
-            if row["name"] in names and row["source_path"] and Path(row["source_path"]).is_dir():
-                data_dir = row["source_path"]
-                break
-    if data_dir is None:
-        return None, None
-    try:
+    if data_dir is not None:  # the user's --data: its errors are the user's to see
         return content_sample(data_dir), str(data_dir)
-    except TracemarkError:
-        if data_dir is not None and not Path(data_dir).is_dir():
-            raise
-        return None, None
+    names = {c.dataset for c in copies}
+    for row in registry.datasets():
+        if row["name"] in names and row["source_path"] and Path(row["source_path"]).is_dir():
+            try:
+                return content_sample(row["source_path"]), str(row["source_path"])
+            except TracemarkError:  # the recorded source changed into something unreadable: go without
+                continue
+    return None, None
 
 
 def load_images(paths: Sequence[Path]) -> list[np.ndarray]:
