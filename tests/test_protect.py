@@ -313,3 +313,19 @@ def test_small_jpegs_are_marked_without_generation_loss(registry, tmp_path):
         a, b = Image.open(data / name), Image.open(tmp_path / "c" / name)
         assert a.quantization == b.quantization and b.getexif().get(0x010E) == "owner photo"
     assert trace_files(tmp_path / "c", registry).named == ["a"]
+
+
+def test_marked_samples_land_once_in_the_sample_table(registry, sample_dir, tmp_path):
+    """Two copies of one dataset share its sample table: each marked original is one row with its
+    own SHA-256; a copy stores only the ids of its marked samples."""
+    from tracemark.dataset import file_sha256
+
+    a = protect(sample_dir, tmp_path / "a", "acme", registry=registry, workers=1, rate=0.2)
+    b = protect(sample_dir, tmp_path / "b", "globex", registry=registry, workers=1, rate=0.2)
+    ca, cb = registry.copies()
+    names = {m["file_name"] for m in ca.marked} | {m["file_name"] for m in cb.marked}
+    rows = registry.conn.execute("SELECT file_name, sha256 FROM samples").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(names)
+    assert all(file_sha256(sample_dir / n) == h for n, h in rows)
+    assert (len(ca.marked_ids), len(cb.marked_ids)) == (a.n_marked, b.n_marked)
+    assert registry.conn.execute("SELECT MAX(LENGTH(marked)) FROM copies").fetchone()[0] == 2  # '[]'

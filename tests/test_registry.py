@@ -4,6 +4,7 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tracemark.errors import TracemarkError
@@ -192,3 +193,51 @@ def test_two_runs_writing_the_same_out_folder(home, sample_dir, tmp_path, monkey
         protect(sample_dir, out, "a", registry=reg, rate=0.2, workers=1)
     assert (out / "theirs.txt").exists() and reg.copies() == [] and reg.pending_copy("data", "a") is None
     assert not list(tmp_path.glob(".copy.tracemark-tmp-*"))
+
+
+def test_registry_written_by_schema_v2_migrates_to_the_sample_table(tmp_path):
+    """tests/data/registry_v2 was written by the main of session 6 (schema v2: a JSON list of
+    marked samples per copy); it opens, migrates, and every copy keeps its marked samples."""
+    import json
+    import shutil
+    import sqlite3
+    from pathlib import Path
+
+    src = Path(__file__).parent / "data" / "registry_v2"
+    home = tmp_path / "home"
+    shutil.copytree(src, home)
+    old = sqlite3.connect(home / "registry.sqlite")
+    assert old.execute("PRAGMA user_version").fetchone()[0] == 2
+    before = {i: json.loads(m) for i, m in old.execute("SELECT id, marked FROM copies")}
+    old.close()
+    reg = Registry(home)
+    assert reg.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) >= 3
+    copies = reg.copies()
+    assert [c.licensee for c in copies] == ["acme", "globex"]
+    for c in copies:
+        assert c.marked == before[c.id]  # names, perceptual hashes and captions, in order
+        assert c.n_marked == len(before[c.id])
+        assert reg.key_for_copy(c).key_id == c.key_id
+    # shared samples are stored once
+    names = {m["file_name"] for ms in before.values() for m in ms}
+    assert reg.conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == len(names)
+    # leaked originals are matched to the copies that marked them, by name and by hash
+    from tracemark.trace import _subsets_by_match
+
+    acme = copies[0]
+    leaked = [m["file_name"] for m in before[acme.id]] + ["unrelated.png"]
+    hashes = np.array([m["dhash"] for m in before[acme.id]] + [0], dtype=np.uint64)
+    assert _subsets_by_match(copies, leaked, hashes)[acme.id].tolist() == list(range(len(before[acme.id])))
+    by_hash = _subsets_by_match(copies, ["renamed.png"] * len(hashes), hashes)
+    assert by_hash[acme.id].tolist() == list(range(len(before[acme.id])))
+
+
+def test_marked_sample_ids_pack_and_unpack():
+    from tracemark.registry import pack_ids, unpack_ids
+
+    rng = np.random.default_rng(0)
+    ids = np.sort(rng.choice(10**6, 20_000, replace=False))
+    blob = pack_ids(ids)
+    assert np.array_equal(unpack_ids(blob), ids)
+    assert len(blob) < 3 * len(ids)  # delta + zlib: a 2% subset of 10^6 costs well under 3 bytes a sample
+    assert unpack_ids(pack_ids([])).size == 0

@@ -246,11 +246,16 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def content_hash(dataset: Dataset) -> str:
-    """SHA-256 over (file_name, file bytes hash, caption) of every sample, order-independent."""
+def content_hash(dataset: Dataset, file_hashes: dict[str, str] | None = None) -> str:
+    """SHA-256 over (file_name, file bytes hash, caption) of every sample, order-independent.
+    ``file_hashes``, when given, is filled with each sample's own SHA-256 (the registry keeps those
+    of the marked samples)."""
     h = hashlib.sha256()
     for s in sorted(dataset.samples, key=lambda s: s.file_name):
-        h.update(s.file_name.encode() + b"\0" + file_sha256(s.path).encode() + b"\0" + s.text.encode() + b"\n")
+        fh = file_sha256(s.path)
+        if file_hashes is not None:
+            file_hashes[s.file_name] = fh
+        h.update(s.file_name.encode() + b"\0" + fh.encode() + b"\0" + s.text.encode() + b"\n")
     return h.hexdigest()
 
 

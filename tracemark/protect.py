@@ -351,7 +351,8 @@ def protect(
 
         psnrs = np.array([m["psnr"] for m in marked_records])
         ssims = np.array([m["ssim"] for m in marked_records if m["ssim"] is not None] or [np.nan])
-        chash = content_hash(ds)
+        sha: dict[str, str] = {}
+        chash = content_hash(ds, sha)
         with registry.write() as c:
             ds_id = registry.ensure_dataset(c, name, chash, len(ds), str(data_dir.resolve()))
             lic_id = registry.ensure_licensee(c, licensee)
@@ -359,7 +360,8 @@ def protect(
                 c, dataset_id=ds_id, licensee_id=lic_id, key_id=key.key_id, scheme=sch.name, strategy=strategy,
                 rate=rate, params={**sch.params(), **({"trigger_attempt": trig_attempt, "trigger_scope": trigger_scope}
                                             if trig else {})},
-                marked=[{k: m[k] for k in ("file_name", "dhash", "text")} for m in marked_records],
+                marked=[{"file_name": m["file_name"], "dhash": m["dhash"], "text": m["text"],
+                         "sha256": sha.get(m["file_name"])} for m in marked_records],
                 out_path=str(out_dir.resolve()), status="pending",
             )
         try:

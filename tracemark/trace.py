@@ -118,19 +118,26 @@ def load_images(paths: Sequence[Path]) -> list[np.ndarray]:
     return [read_image_rgb(p) for p in paths]
 
 
-def _subset_for(copy: Copy, names: Sequence[str], hashes: np.ndarray) -> np.ndarray | None:
-    """Indices of images that are the copy's marked samples (by name or perceptual hash)."""
-    marked_names = {m["file_name"] for m in copy.marked}
-    base_names = {Path(n).name: n for n in marked_names}
-    idx = [i for i, n in enumerate(names) if n in marked_names or Path(n).name in base_names]
-    if not idx and len(hashes):
-        mh = np.array([m.get("dhash", 0) for m in copy.marked], dtype=np.uint64)
-        for i, h in enumerate(hashes):
-            x = np.bitwise_xor(mh, np.uint64(h))
-            dist = np.array([int(v).bit_count() for v in x])
-            if dist.size and dist.min() <= DHASH_MAX_DISTANCE:
-                idx.append(i)
-    return np.array(idx, dtype=int) if idx else None
+def _subsets_by_match(copies: Sequence[Copy], names: Sequence[str], hashes: np.ndarray) -> dict[int, np.ndarray]:
+    """For every copy, the indices of the images that are its marked samples (by file name, else by
+    perceptual hash within ``DHASH_MAX_DISTANCE`` bits). One pass over each dataset's sample table,
+    then a set-membership test per copy: the cost does not grow with copies x marked samples.
+    The match uses image content and names, never the key, so the null is unchanged."""
+    out: dict[int, np.ndarray] = {}
+    pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for copy in copies:
+        if copy.samples is None or not len(copy.marked_ids):
+            continue
+        t = id(copy.samples)
+        if t not in pairs:
+            pairs[t] = copy.samples.match(list(names), hashes, DHASH_MAX_DISTANCE)
+        img, sid = pairs[t]
+        marked = copy.marked_ids  # sorted: a binary search per matched image
+        pos = np.minimum(np.searchsorted(marked, sid), len(marked) - 1)
+        hit = np.unique(img[marked[pos] == sid])
+        if len(hit):
+            out[copy.id] = hit
+    return out
 
 
 #: Fewer decoys than this cannot calibrate a p-value (the fitted null needs a spread to fit).
@@ -182,6 +189,7 @@ def score_copies(
     # pass 1: each copy's scheme, key and images; copies that read the same images with the same
     # scheme form one group, tested with one pooled vector, one decoy pass and one key-matrix product
     groups: dict[tuple, list] = {}
+    matched = _subsets_by_match(copies, names, hashes) if match_files else {}
     for copy in copies:
         params = scheme_params(copy)
         sig = f"{copy.scheme}:{sorted(params.items())}"
@@ -199,7 +207,7 @@ def score_copies(
         if subsets is not None and copy.id in subsets:
             subset = np.asarray(subsets[copy.id], dtype=int)
         elif match_files:
-            subset = _subset_for(copy, names, hashes)
+            subset = matched.get(copy.id)
         gkey = (sig, None if subset is None else subset.tobytes())
         groups.setdefault(gkey, []).append((copy, key, subset))
     # pass 2: one test per group
