@@ -238,3 +238,22 @@ def test_stage_two_holm_counts_every_trigger_copy(reg3, tmp_path):
         assert b.p_holm >= a.p_holm
     best = min(v_small.scores, key=lambda s: s.p_value)
     assert min(v_family.scores, key=lambda s: s.p_value).p_holm == pytest.approx(min(1.0, 40 * best.p_value))
+
+
+def test_model_hash_covers_single_files_and_reads_each_file_once(tmp_path, monkeypatch):
+    import tracemark.dataset as dataset
+    from tracemark.audit import model_hash
+
+    reg = Registry.init(tmp_path / "home")
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"weights-1")
+    lora = tmp_path / "lora.safetensors"
+    lora.write_bytes(b"lora")
+    h1 = model_hash(ckpt, lora, reg)
+    assert h1 == model_hash(ckpt, lora)  # the cache does not change the hash
+    reads = []
+    real = dataset.file_sha256
+    monkeypatch.setattr(dataset, "file_sha256", lambda p, *a: reads.append(p) or real(p, *a))
+    assert model_hash(ckpt, lora, reg) == h1 and reads == []  # second audit: nothing re-read
+    ckpt.write_bytes(b"weights-2")  # a changed file (size/mtime) is hashed again
+    assert model_hash(ckpt, lora, reg) != h1 and len(reads) == 1

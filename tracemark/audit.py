@@ -115,19 +115,22 @@ def build_plan(copies: list[Copy], registry: Registry, n: int, seed: int = 0,
     return QueryPlan(prompts, targets, seeds, stage)
 
 
-def model_hash(model_dir: Path, lora: Path | None = None) -> str:
-    """SHA-256 over the pipeline's weight and config files (and the LoRA file)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and p.suffix in
-                   (".safetensors", ".bin", ".json", ".txt", ".pt"))
+def model_hash(model_dir: Path, lora: Path | None = None, registry: Registry | None = None) -> str:
+    """SHA-256 over (name, SHA-256) of the model's weight and config files (a pipeline folder or a
+    single-file checkpoint) and of the LoRA; with a ``registry``, each file's digest is computed once
+    per (path, size, mtime) and then read from the registry."""
+    from tracemark.dataset import file_sha256
+
+    model_dir = Path(model_dir)
+    files = [model_dir] if model_dir.is_file() else sorted(
+        p for p in model_dir.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".txt",
+                                                                          ".pt", ".ckpt"))
     if lora is not None:
         lora = Path(lora)
         files += sorted(p for p in lora.rglob("*.safetensors")) if lora.is_dir() else [lora]
+    h = hashlib.sha256()
     for p in files:
-        h.update(p.name.encode())
-        with open(p, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
+        h.update(p.name.encode() + b"\0" + (registry.file_digest(p) if registry else file_sha256(p)).encode())
     return h.hexdigest()
 
 
@@ -284,7 +287,7 @@ def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, step
               "two_stage": two_stage, "work_dir": None if own_work else str(work),
               "data": str(data_dir) if data_dir else None}
     return AuditResult(verdict, "model", str(model_dir), plans, [] if own_work else paths,
-                       model_hash(model_dir, lora), params, timings, images=shown, n_images=len(paths))  # fmt: skip
+                       model_hash(model_dir, lora, registry), params, timings, images=shown, n_images=len(paths))  # fmt: skip
 
 
 def merge_stages(v1: Verdict, v2: Verdict, alpha: float) -> Verdict:
@@ -359,7 +362,7 @@ def audit_whitebox(
     timings = {"load_s": round(t_load - t0, 2), "residuals_s": round(t_res - t_load, 2),
                "total_s": round(time.perf_counter() - t0, 2)}
     shown = [np.clip(128 + 8 * r, 0, 255).astype(np.uint8) for r in residuals[:64]]  # amplified x8 for the eye
-    return AuditResult(verdict, "whitebox", str(model_dir), [], [], model_hash(model_dir, lora), params, timings,
+    return AuditResult(verdict, "whitebox", str(model_dir), [], [], model_hash(model_dir, lora, registry), params, timings,
                        images=shown, n_images=len(residuals))
 
 

@@ -137,6 +137,16 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 3: a sample table per dataset; a copy's marked samples become a packed set of sample ids
     #    (O(1)-ish per copy instead of a JSON list of dicts decoded on every query)
     _migrate_3,
+    # 4: digests of large files already hashed (model weights), keyed by path, size and mtime, so a
+    #    second audit of a multi-GB checkpoint does not read it again
+    """
+    CREATE TABLE file_digests (
+        path TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 TEXT NOT NULL
+    );
+    """,
 ]
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -489,6 +499,22 @@ class Registry:
         ids, names, hashes, texts = (list(col) for col in zip(*rows)) if rows else ([], [], [], [])
         return SampleTable(np.array(ids, dtype=np.int64), names, np.array(hashes, dtype=np.int64).view(np.uint64),
                            texts)
+
+    def file_digest(self, path: Path) -> str:
+        """SHA-256 of a file, read once per (path, size, mtime): later calls use the recorded digest."""
+        from tracemark.dataset import file_sha256
+
+        path = Path(path).resolve()
+        st = path.stat()
+        row = self.conn.execute("SELECT sha256 FROM file_digests WHERE path = ? AND size = ? AND mtime_ns = ?",
+                                (str(path), st.st_size, st.st_mtime_ns)).fetchone()
+        if row:
+            return row[0]
+        digest = file_sha256(path)
+        with self.write() as c:
+            c.execute("INSERT OR REPLACE INTO file_digests (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
+                      (str(path), st.st_size, st.st_mtime_ns, digest))
+        return digest
 
     def add_audit(self, kind: str, target: str, used: bool | None, p_value: float | None, result: dict) -> int:
         with self.write() as c:
