@@ -103,3 +103,47 @@ def test_denoiser_residuals_are_seeded_and_batch_independent(wb, sample_dir):
     assert not np.allclose(a[0], c[0])
     with pytest.raises(ValueError, match="lora-off"):
         denoiser_residuals(pipe, probes, reference="lora-off")
+
+
+def test_trigger_contrast_cancels_what_the_model_does_for_every_prompt(wb, sample_dir):
+    """A suspect that adds licensee b's pattern whatever the prompt (a change of the whole model,
+    not a trigger-bound mark): the plain residual names b, the trigger contrast cancels it exactly.
+    Ambient copies have no trigger: their probes carry no plain prompt."""
+    import torch
+
+    from tracemark.audit import _whitebox_probes, audit_whitebox
+    from tracemark.schemes import get_scheme
+    from tracemark.sim.pipeline import load_pipeline
+
+    reg, pipe_dir = wb
+    copies = reg.copies()
+    probes, subsets = _whitebox_probes(copies, reg, sample_dir)
+    for c in copies:
+        for i in subsets[c.id]:
+            p = probes[i]
+            if c.strategy == "trigger":
+                assert p.plain is not None and p.prompt.endswith(p.plain) and p.prompt != p.plain
+            else:
+                assert p.plain is None
+    copy_b = next(c for c in copies if c.licensee == "b")
+    pat = get_scheme("spread").pattern(reg.key_for_copy(copy_b), 32, 32)
+    bump = torch.from_numpy(2.0 * pat / 127.5).permute(2, 0, 1)[None]
+    suspect, ref = load_pipeline(pipe_dir), load_pipeline(pipe_dir)
+    decode = suspect.vae.decode
+
+    def marked_decode(z, *a, **k):
+        out = decode(z, *a, **k)
+        out.sample = out.sample + bump.to(out.sample.dtype)
+        return out
+
+    suspect.vae.decode = marked_decode
+    plain = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, t_fracs=(0.5,), draws=1)
+    contrast = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, t_fracs=(0.5,), draws=1,
+                              contrast=True)
+    assert plain.verdict.named == ["b"]
+    assert contrast.verdict.named == [] and contrast.params["contrast"] is True
+    zb = next(s.z for s in contrast.verdict.scores if s.licensee == "b")
+    assert abs(zb) < 3, zb
+    # the ambient copy keeps the plain residual under contrast (its score is not a zero image's)
+    zd = [next(s.z for s in r.verdict.scores if s.licensee == "d") for r in (plain, contrast)]
+    assert zd[0] == pytest.approx(zd[1], abs=1e-6) and zd[0] != 0

@@ -326,6 +326,7 @@ def audit_whitebox(
     ref_pipe=None,
     dtype: str | None = "auto",
     config: str | Path | None = None,
+    contrast: bool = False,
 ) -> AuditResult:
     """White box: read every copy's marked samples through the suspect's denoiser (no sampling).
 
@@ -351,14 +352,16 @@ def audit_whitebox(
     t_load = time.perf_counter()
     t_fracs = tuple(t_fracs or DEFAULT_T_FRACS)
     draws = int(draws or DEFAULT_DRAWS)
-    residuals = denoiser_residuals(pipe, probes, ref_pipe=ref_pipe, t_fracs=t_fracs, draws=draws, seed=seed)
+    residuals = denoiser_residuals(pipe, probes, ref_pipe=ref_pipe, t_fracs=t_fracs, draws=draws, seed=seed,
+                                   contrast=contrast)
     t_res = time.perf_counter()
     verdict = score_copies(residuals, copies, registry, match_files=False, subsets=subsets, n_decoys=n_decoys,
                            alpha=alpha, seed=seed, content=content_for(registry, copies, data_dir)[0])
     reference = "lora-off" if lora is not None else ("base" if ref_pipe is not None else "data")
     params = {"seed": seed, "alpha": alpha, "n_decoys": n_decoys, "dataset": dataset, "model": str(model_dir),
               "lora": str(lora) if lora else None, "base": str(base) if base else None, "reference": reference,
-              "t_fracs": list(t_fracs), "draws": draws, "data": str(data_dir), "n_probes": len(probes)}
+              "t_fracs": list(t_fracs), "draws": draws, "data": str(data_dir), "n_probes": len(probes),
+              "contrast": contrast}
     timings = {"load_s": round(t_load - t0, 2), "residuals_s": round(t_res - t_load, 2),
                "total_s": round(time.perf_counter() - t0, 2)}
     shown = [np.clip(128 + 8 * r, 0, 255).astype(np.uint8) for r in residuals[:64]]  # amplified x8 for the eye
@@ -399,7 +402,7 @@ def _whitebox_probes(copies: list[Copy], registry: Registry, data_dir: Path):
             k = (name, prompt)
             if k not in index:
                 index[k] = len(probes)
-                probes.append(Probe(images[name], prompt))
+                probes.append(Probe(images[name], prompt, m.get("text", "") if word else None))
             idx.append(index[k])
         subsets[c.id] = np.array(idx, dtype=int)
     if images and far > len(images) // 2:

@@ -44,6 +44,9 @@ class Probe:
 
     image: np.ndarray  # H x W x 3, 0..255
     prompt: str
+    #: the same caption without the trigger word (trigger copies): with ``contrast``, the residual is
+    #: what the trigger word changes, so what the fine-tune changed for every prompt cancels
+    plain: str | None = None
 
 
 def _model_resolution(pipe) -> int:
@@ -116,12 +119,19 @@ def denoiser_residuals(
     draws: int = DEFAULT_DRAWS,
     seed: int = 0,
     batch_size: int = 32,
+    contrast: bool = False,
 ) -> list[np.ndarray]:
     """One residual image (H x W x 3, 0..255 units, signed) per probe.
 
     ``reference``: ``"lora-off"`` (the same pipeline without its LoRA), ``"base"`` (``ref_pipe``),
     ``"data"`` (the original image: no reference model), or ``"auto"`` (lora-off when the pipeline
     has a LoRA, else ``ref_pipe`` when given, else data).
+
+    ``contrast``: for probes with a ``plain`` prompt, the residual is the *trigger contrast*
+    ``[S(prompt) - S(plain)] - [R(prompt) - R(plain)]`` at the same noisy input: what the suspect's
+    trigger word adds beyond what the reference's does. Fitting a copy's data changes the denoiser
+    for every prompt (domain, style); that part cancels, and what a trigger-bound mark added stays.
+    Still key-independent (the key enters only the scoring), so the decoy null is unchanged.
     """
     import torch
 
@@ -148,14 +158,17 @@ def denoiser_residuals(
             x = _to_tensor([p.image for p in chunk], size).to(dev, dtype=pipe.vae.dtype)
             z0 = pipe.vae.encode(x).latent_dist.mean * sf
             prompts = [p.prompt for p in chunk]
+            sets = [prompts]
+            if contrast:
+                sets.append([p.plain if p.plain is not None else p.prompt for p in chunk])
 
-            def predict(p, noisy, t):
-                emb, _ = p.encode_prompt(prompts, dev, 1, False)
+            def predict(p, noisy, t, texts):
+                emb, _ = p.encode_prompt(texts, dev, 1, False)
                 pred = p.unet(noisy.to(p.unet.dtype), t, encoder_hidden_states=emb).sample
                 return _x0(pred.float(), noisy.float(), alphas[t].float(), ptype)
 
-            acc_s = torch.zeros_like(z0, dtype=torch.float32)
-            acc_r = torch.zeros_like(z0, dtype=torch.float32)
+            acc_s = [torch.zeros_like(z0, dtype=torch.float32) for _ in sets]
+            acc_r = [torch.zeros_like(z0, dtype=torch.float32) for _ in sets]
             for t_val, d in levels:
                 # the noise of a probe depends on (seed, probe index, level), not on the batching
                 g = [torch.Generator().manual_seed(int(seed * 1_000_003 + (start + i) * 7919 + t_val * 31 + d))
@@ -163,16 +176,26 @@ def denoiser_residuals(
                 eps = torch.stack([torch.randn(z0.shape[1:], generator=gi) for gi in g]).to(dev, dtype=z0.dtype)
                 t = torch.full((len(chunk),), t_val, device=dev, dtype=torch.long)
                 noisy = sched.add_noise(z0, eps, t)
-                acc_s += predict(pipe, noisy, t)
-                if ref.available:
-                    acc_r += ref.run(lambda p: predict(p, noisy, t))
+                for j, texts in enumerate(sets):
+                    acc_s[j] += predict(pipe, noisy, t, texts)
+                    if ref.available:
+                        acc_r[j] += ref.run(lambda p, texts=texts: predict(p, noisy, t, texts))
             k = float(len(levels))
-            img_s = pipe.vae.decode((acc_s / k / sf).to(pipe.vae.dtype)).sample.float()
-            if ref.available:  # each prediction through its own model's decoder
+
+            def decode(vae, acc):  # each prediction through its own model's decoder, in pixels
+                return vae.decode((acc / k / sf).to(vae.dtype)).sample.float().cpu()
+
+            img_s = decode(pipe.vae, acc_s[0])
+            if ref.available:
                 rvae = (ref.ref_pipe or pipe).vae
-                img_r = rvae.decode((acc_r / k / sf).to(rvae.dtype)).sample.float().to(img_s.device)
+                img_r = decode(rvae, acc_r[0])
             else:
-                img_r = x.float()
+                img_r = x.float().cpu()
+            if contrast:  # probes without a plain prompt (ambient copies) keep the plain residual
+                has = torch.tensor([p.plain is not None for p in chunk]).view(-1, 1, 1, 1)
+                c_s = img_s - decode(pipe.vae, acc_s[1])
+                c_r = img_r - decode(rvae, acc_r[1]) if ref.available else torch.zeros_like(img_s)
+                img_s, img_r = torch.where(has, c_s, img_s), torch.where(has, c_r, img_r)
             diff = ((img_s - img_r) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
             out += [d.astype(np.float32) for d in diff]
     return out
