@@ -41,10 +41,12 @@ from tracemark.registry import Registry
 from tracemark.schemes import DEFAULT_SCHEME, get_scheme
 from tracemark.strategies import (
     DATASET_TRIGGER_ID,
+    SELECTIONS,
     TRIGGER_SCOPES,
     apply_trigger,
     check_rate,
     check_strategy,
+    select_coherent,
     select_marked,
     trigger_word,
     vocabulary,
@@ -216,6 +218,7 @@ def protect(
     strategy: str = "trigger",
     trigger_scope: str = "licensee",
     rate: float = 0.02,
+    selection: str = "random",
     strength: float | None = None,
     scheme_params: dict | None = None,
     on_error: str = "fail",
@@ -260,7 +263,10 @@ def protect(
         raise TracemarkError(f"{data_dir}: no usable images left after skipping errors")
 
     valid_ids = {s.file_name for s in valid}
-    marked_ids = set(select_marked(key, [s.file_name for s in valid], rate))
+    if selection not in SELECTIONS:
+        raise TracemarkError(f"--selection must be one of {', '.join(SELECTIONS)}")
+    marked_ids = set(select_marked(key, [s.file_name for s in valid], rate) if selection == "random" else
+                     select_coherent(key, [s.file_name for s in valid], [s.text for s in valid], rate))
     if trigger_scope not in TRIGGER_SCOPES:
         raise TracemarkError(f"--trigger-scope must be one of {', '.join(TRIGGER_SCOPES)}")
     trig_key = key if trigger_scope == "licensee" else registry.key_for(name, DATASET_TRIGGER_ID)
@@ -359,7 +365,8 @@ def protect(
             copy_id = registry.add_copy(
                 c, dataset_id=ds_id, licensee_id=lic_id, key_id=key.key_id, scheme=sch.name, strategy=strategy,
                 rate=rate, params={**sch.params(), **({"trigger_attempt": trig_attempt, "trigger_scope": trigger_scope}
-                                            if trig else {})},
+                                            if trig else {}), **({"selection": selection} if selection != "random"
+                                                                 else {})},
                 marked=[{"file_name": m["file_name"], "dhash": m["dhash"], "text": m["text"],
                          "sha256": sha.get(m["file_name"])} for m in marked_records],
                 out_path=str(out_dir.resolve()), status="pending",

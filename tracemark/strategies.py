@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 from tracemark.errors import TracemarkError
 from tracemark.keys import Key
 
@@ -50,6 +52,48 @@ def select_marked(key: Key, sample_ids: Sequence[str], rate: float) -> list[str]
     n = max(1, int(round(check_rate(rate) * len(sample_ids))))
     ranked = sorted(sample_ids, key=lambda s: key.uniform("select", s))
     return ranked[:n]
+
+
+SELECTIONS = ("random", "coherent")
+
+
+def caption_clusters(captions: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
+    """Key-independent clusters of samples by caption words (k-means on L2-normalised TF-IDF bag of
+    words): a cluster is a set of samples that share a concept. One label per caption."""
+    from scipy.cluster.vq import kmeans2
+
+    docs = [set(_WORD.findall(c.lower())) for c in captions]
+    vocab = sorted({w for d in docs for w in d})
+    index = {w: i for i, w in enumerate(vocab)}
+    X = np.zeros((len(docs), len(vocab)))
+    for i, d in enumerate(docs):
+        X[i, [index[w] for w in d]] = 1.0
+    df = X.sum(axis=0)
+    X *= np.log((1 + len(docs)) / (1 + df)) + 1.0
+    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    k = max(1, min(k, len(docs)))
+    _, labels = kmeans2(X, k, seed=seed, minit="++", iter=30)
+    return labels
+
+
+def select_coherent(key: Key, sample_ids: Sequence[str], captions: Sequence[str], rate: float) -> list[str]:
+    """``max(1, round(rate * N))`` sample ids forming one *concept*: the key picks one of the
+    ~1/rate caption clusters (:func:`caption_clusters`, the same for every key); a cluster larger
+    than needed is cut by keyed hash, a smaller one is filled from the next cluster in keyed order.
+
+    Why: a model that cannot tell marked from unmarked samples learns only ``rate`` x the mark (the
+    average); a concept the model already represents lets it learn the mark for that concept in
+    full (docs/learnability.md, session 7)."""
+    n = max(1, int(round(check_rate(rate) * len(sample_ids))))
+    labels = caption_clusters(captions, round(1 / rate))
+    order = sorted(set(labels.tolist()), key=lambda c: key.uniform("cluster", str(c)))
+    chosen: list[int] = []
+    for c in order:  # the keyed cluster first; the next keyed clusters fill it up if it is small
+        members = sorted(np.flatnonzero(labels == c).tolist(), key=lambda i: key.uniform("select", sample_ids[i]))
+        chosen += members[:n - len(chosen)]
+        if len(chosen) >= n:
+            break
+    return [sample_ids[i] for i in chosen]
 
 
 def vocabulary(captions: Iterable[str]) -> set[str]:

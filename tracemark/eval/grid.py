@@ -63,6 +63,7 @@ class Cell:
     opts: str = ""  # extra scheme parameters, "key=value;key=value" (e.g. "cells=16" for visible)
     base: str = ""  # the base model's folder, relative to the work dir ("": the run's base, the committed one)
     scope: str = "dataset"  # trigger scope of the group: "dataset" (one shared word) or "licensee" (one each)
+    selection: str = "random"  # which samples a copy marks: "random" (keyed) or "coherent" (a keyed caption cluster)
 
     def __post_init__(self) -> None:
         # coerce to the declared types, so Cell(rate=0) and Cell(rate=0.0) are one cell (name, CSV key)
@@ -106,7 +107,8 @@ def group_dir(work: Path, cell: Cell) -> Path:
     strength = f"-s{cell.strength:g}" if cell.strength else ""
     opts = "-" + _tag(cell.opts) if cell.opts else ""
     scope = f"-{cell.scope}" if cell.scope != "dataset" else ""
-    return work / "groups" / f"{cell.scheme}{strength}{opts}-{cell.strategy}{scope}-r{rate:g}-{cell.domain}"
+    sel = f"-{cell.selection}" if cell.selection != "random" else ""
+    return work / "groups" / f"{cell.scheme}{strength}{opts}-{cell.strategy}{scope}{sel}-r{rate:g}-{cell.domain}"
 
 
 def owner_dataset(work: Path, domain: str, seed: int = 11, n: int | None = None) -> Path:
@@ -140,7 +142,7 @@ def ensure_group(work: Path, cell: Cell, log=print):
         shutil.rmtree(out, ignore_errors=True)  # a copy written but never registered (interrupted)
         protect(data, out, lic, registry=reg, dataset_name="owner", scheme=cell.scheme,
                       strategy=cell.strategy, trigger_scope=cell.scope, rate=rate, workers=1,
-                      strength=cell.strength or None, scheme_params=cell.scheme_params)
+                      strength=cell.strength or None, scheme_params=cell.scheme_params, selection=cell.selection)
     info = gdir / "group.json"
     if not info.exists():  # measured from the files, so an interrupted group still gets it right
         info.write_text(json.dumps({"psnr_mean": group_psnr(reg, data, gdir), "rate": rate}))

@@ -186,6 +186,7 @@ def main(argv=None) -> None:
     ap.add_argument("--scope", default="licensee")
     ap.add_argument("--method", default="lora")
     ap.add_argument("--strength", type=float, default=0.0, help="scheme strength (0: its default)")
+    ap.add_argument("--selection", default="random", help="random | coherent (see tracemark.strategies)")
     ap.add_argument("--opts", default="", help='extra scheme parameters, "key=value;key=value" (e.g. "band=[11,14]")')
     ap.add_argument("--innocent", action="store_true", help="audit the innocent models against the rates' groups")
     ap.add_argument("--null-audits", type=int, default=0, help="simulated audits per innocent model")
@@ -193,7 +194,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("results/whitebox.csv"))
     args = ap.parse_args(argv)
     cells = [Cell(scheme=args.scheme, rate=r, seed=s, scope=args.scope, method=args.method, strength=args.strength,
-                  opts=args.opts)
+                  opts=args.opts, selection=args.selection)
              for r in args.rates for s in args.seeds]
     if args.innocent:
         groups = [Cell(scheme=args.scheme, rate=r, scope=args.scope, strength=args.strength, opts=args.opts)

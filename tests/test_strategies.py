@@ -1,0 +1,41 @@
+"""Which samples a copy marks: keyed random subsets and keyed caption clusters."""
+
+import numpy as np
+import pytest
+
+from tracemark.errors import TracemarkError
+from tracemark.keys import derive_key
+from tracemark.strategies import caption_clusters, select_coherent, select_marked
+
+
+def _captions(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    colours = ["red", "green", "blue", "pink", "orange", "gray", "white", "black", "cyan", "purple"]
+    things = ["cat", "car", "tree", "house", "boat"]
+    return [f"a {rng.choice(colours)} {rng.choice(things)} on a {rng.choice(colours)} background" for _ in range(n)]
+
+
+def test_coherent_selection_is_keyed_sized_and_shares_a_concept():
+    caps = _captions()
+    ids = [f"{i:04d}.png" for i in range(len(caps))]
+    master = bytes(range(32))
+    picks = [select_coherent(derive_key(master, "d", f"lic{j}"), ids, caps, 0.05) for j in range(6)]
+    assert all(len(p) == 20 for p in picks)
+    assert picks[0] == select_coherent(derive_key(master, "d", "lic0"), ids, caps, 0.05)  # deterministic
+    assert len({tuple(sorted(p)) for p in picks}) == 6  # keyed: licensees differ
+    labels = caption_clusters(caps, 20)
+    for p in picks:  # most of a copy's marked samples come from one cluster
+        lab = labels[[ids.index(s) for s in p]]
+        assert np.bincount(lab).max() >= 10, np.bincount(lab)
+    # a random keyed subset of the same size is spread over many clusters
+    rnd = select_marked(derive_key(master, "d", "lic0"), ids, 0.05)
+    assert np.bincount(labels[[ids.index(s) for s in rnd]]).max() < 10
+
+
+def test_protect_records_the_selection_and_refuses_unknown_ones(registry, sample_dir, tmp_path):
+    from tracemark.protect import protect
+
+    protect(sample_dir, tmp_path / "a", "acme", registry=registry, workers=1, rate=0.1, selection="coherent")
+    assert registry.copies()[0].params["selection"] == "coherent"
+    with pytest.raises(TracemarkError, match="selection"):
+        protect(sample_dir, tmp_path / "b", "globex", registry=registry, workers=1, selection="bogus")
