@@ -134,6 +134,8 @@ def materialize(
         raise TracemarkError(f"{data_dir / missing[0]}: copy {copy.id} marked this file but it is unusable now "
                              f"({len(missing)} such file(s))")
     failed_at_issue = set(select_marked(key, [s.file_name for s in valid], copy.rate)) - recorded
+    skipped += [f"{s.path}: selected for marking, but marking it failed when the copy was issued"
+                for s in valid if s.file_name in failed_at_issue]
     valid = [s for s in valid if s.file_name not in failed_at_issue]
 
     tmp = out_dir.parent / f".{out_dir.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
