@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tarfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +25,12 @@ from tracemark.dataset import MAX_PIXELS, Dataset, content_hash, load_dataset
 from tracemark.engine import check_engine
 from tracemark.errors import TracemarkError
 from tracemark.protect import (
-    TMP_TAG,
     _check_paths,
     _make_parents,
     _remove_stale_temps,
+    remove_empty,
+    rename_into_place,
+    temp_sibling,
     usable_samples,
     write_copy,
 )
@@ -138,7 +138,7 @@ def materialize(
                 for s in valid if s.file_name in failed_at_issue]
     valid = [s for s in valid if s.file_name not in failed_at_issue]
 
-    tmp = out_dir.parent / f".{out_dir.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(out_dir)
     created = _make_parents(out_dir.parent)
     try:
         tmp.mkdir()
@@ -160,18 +160,9 @@ def materialize(
             final = shard_dir
         else:
             final = tmp
-        try:
-            os.rename(final, out_dir)  # atomic
-        except OSError as exc:
-            if out_dir.exists():
-                raise TracemarkError(f"{out_dir}: another run wrote this folder meanwhile; choose a new one") from None
-            raise TracemarkError(f"{out_dir}: cannot create the copy here ({exc.strerror or exc})") from None
+        rename_into_place(final, out_dir)
     except BaseException:
-        for d in reversed(created):  # parent folders this run made, if still empty
-            try:
-                d.rmdir()
-            except OSError:
-                break
+        remove_empty(created)
         raise
     finally:
         if tmp.exists():

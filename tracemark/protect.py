@@ -164,6 +164,31 @@ def _make_parents(folder: Path) -> list[Path]:
     return list(reversed(missing))
 
 
+def temp_sibling(out_dir: Path) -> Path:
+    """The temporary folder an output is assembled in (same filesystem: the final rename is atomic;
+    the pid in its name lets a later run remove it once this process is gone)."""
+    return out_dir.parent / f".{out_dir.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def rename_into_place(tmp: Path, out_dir: Path) -> None:
+    """Atomically rename a finished temporary folder to ``out_dir``; one-line errors."""
+    try:
+        os.rename(tmp, out_dir)
+    except OSError as exc:
+        if out_dir.exists():
+            raise TracemarkError(f"{out_dir}: another run wrote this folder meanwhile; choose a new one") from None
+        raise TracemarkError(f"{out_dir}: cannot create the copy here ({exc.strerror or exc})") from None
+
+
+def remove_empty(created: list[Path]) -> None:
+    """Remove the parent folders a failed run made (innermost first), as long as they are empty."""
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
 def _remove_stale_temps(out_dir: Path) -> None:
     """Remove temporary folders of earlier runs for ``out_dir`` whose process is gone."""
     parent = out_dir.parent
@@ -344,7 +369,7 @@ def protect(
                   and c.params.get("trigger_scope", "licensee") == "licensee" and (w := trigger_of(c, registry))}
     trig, trig_attempt = (trigger_word(trig_key, avoid) if strategy == "trigger" else (None, None))
 
-    tmp = out_dir.parent / f".{out_dir.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(out_dir)
     created = _make_parents(out_dir.parent)
     copy_id = None
     renamed = False
@@ -368,12 +393,7 @@ def protect(
                 marked=[{k: m[k] for k in ("file_name", "dhash", "text")} for m in marked_records],
                 out_path=str(out_dir.resolve()), status="pending",
             )
-        try:
-            os.rename(tmp, out_dir)  # atomic
-        except OSError as exc:
-            if out_dir.exists():
-                raise TracemarkError(f"{out_dir}: another run wrote this folder meanwhile; choose a new one") from None
-            raise TracemarkError(f"{out_dir}: cannot create the copy here ({exc.strerror or exc})") from None
+        rename_into_place(tmp, out_dir)
         renamed = True
         registry.finalize_copy(copy_id)
     except BaseException:
@@ -384,11 +404,7 @@ def protect(
                 registry.drop_pending(copy_id)
             except Exception:  # the registry may be what failed: the next run drops the pending row
                 pass
-        for d in reversed(created):  # parent folders this run made, if still empty
-            try:
-                d.rmdir()
-            except OSError:
-                break
+        remove_empty(created)
         raise
     finally:
         if tmp.exists():
