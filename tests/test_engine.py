@@ -42,6 +42,23 @@ def test_missing_ray_is_a_one_line_error_before_anything_is_written(tmp_path, re
     assert not (tmp_path / "c").exists() and registry.copies() == []
 
 
+def test_an_address_where_no_cluster_listens_fails_fast(tmp_path):
+    """ray.init would retry for minutes; the probe answers in one line (no ray needed to get there)."""
+    import socket
+    import time
+
+    from tracemark.engine import _probe
+
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.perf_counter()
+    with pytest.raises(TracemarkError, match=f"--address 127.0.0.1:{port}: no Ray cluster answers there"):
+        _probe(f"127.0.0.1:{port}")
+    assert time.perf_counter() - t < 6
+    _probe("auto")  # Ray's own resolution: nothing to probe
+
+
 def test_local_engine_keeps_job_order_serial_and_pooled():
     jobs = list(range(40))
     seen = []

@@ -92,6 +92,22 @@ def _run_local(jobs: Sequence[Any], fn: Callable[[Any], dict], workers: int | No
     return results
 
 
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, in one line, for a ``HOST:PORT`` (or ``ray://HOST:PORT``) where nothing
+    listens: ``ray.init`` would retry for minutes, logging a warning every few seconds."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():  # "auto", "local", ...: Ray's own resolution
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise TracemarkError(f"--address {address}: no Ray cluster answers there "
+                             f"({exc.strerror or exc.__class__.__name__})") from None
+
+
 def _run_chunk(fn: Callable[[Any], dict], chunk: Sequence[Any]) -> list[dict]:
     """One Ray task: a chunk of jobs (per-file tasks would cost more in scheduling than in work)."""
     return [fn(job) for job in chunk]
@@ -106,6 +122,7 @@ def _run_ray(jobs: Sequence[Any], fn: Callable[[Any], dict], workers: int | None
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
         if address:
+            _probe(address)
             kwargs["address"] = address
         else:
             kwargs["num_cpus"] = workers or min(2, os.cpu_count() or 1)
