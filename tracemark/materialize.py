@@ -162,7 +162,7 @@ def materialize(
             final = tmp
         rename_into_place(final, out_dir)
     except BaseException:
-        remove_empty(created)
+        remove_empty(created, tmp)
         raise
     finally:
         if tmp.exists():

@@ -180,8 +180,10 @@ def rename_into_place(tmp: Path, out_dir: Path) -> None:
         raise TracemarkError(f"{out_dir}: cannot create the copy here ({exc.strerror or exc})") from None
 
 
-def remove_empty(created: list[Path]) -> None:
-    """Remove the parent folders a failed run made (innermost first), as long as they are empty."""
+def remove_empty(created: list[Path], tmp: Path) -> None:
+    """After a failure: remove the temporary folder, then the parent folders the run made
+    (innermost first) as long as they are empty."""
+    shutil.rmtree(tmp, ignore_errors=True)
     for d in reversed(created):
         try:
             d.rmdir()
@@ -404,7 +406,7 @@ def protect(
                 registry.drop_pending(copy_id)
             except Exception:  # the registry may be what failed: the next run drops the pending row
                 pass
-        remove_empty(created)
+        remove_empty(created, tmp)
         raise
     finally:
         if tmp.exists():
