@@ -70,9 +70,9 @@ def find_copy(registry: Registry, licensee: str, dataset: str | None = None) -> 
     return found[0]
 
 
-def _source(registry: Registry, copy: Copy, data_dir: str | Path | None) -> tuple[Path, Dataset]:
-    """The original dataset (``data_dir``, else the folder recorded at issue time), checked
-    against the content hash the registry recorded: other data would give another copy."""
+def _source(registry: Registry, copy: Copy, data_dir: str | Path | None) -> tuple[Path, str]:
+    """The original dataset's folder (``data_dir``, else the one recorded at issue time) and the
+    content hash the registry recorded for it."""
     row = next((r for r in registry.datasets() if r["name"] == copy.dataset), None)
     if row is None:  # pragma: no cover - copies() joins on datasets
         raise TracemarkError(f"dataset '{copy.dataset}' is not in the registry ({registry.db_path})")
@@ -83,13 +83,18 @@ def _source(registry: Registry, copy: Copy, data_dir: str | Path | None) -> tupl
         if not data_dir.is_dir():
             raise TracemarkError(f"{data_dir}: the recorded source folder of dataset '{copy.dataset}' is gone; "
                                  "pass --data ORIGINAL")
-    data_dir = Path(data_dir)
+    return Path(data_dir), row["content_hash"]
+
+
+def _load_original(data_dir: Path, registered_hash: str, name: str) -> Dataset:
+    """The dataset at ``data_dir``, refused unless its content hash is the registered one: other
+    files or captions would give another copy."""
     ds = load_dataset(data_dir)
     got = content_hash(ds)
-    if got != row["content_hash"]:
-        raise TracemarkError(f"{data_dir}: not the data of dataset '{copy.dataset}' as registered (content hash "
-                             f"{got[:12]} != {row['content_hash'][:12]}: files or captions changed); pass the original")
-    return data_dir, ds
+    if got != registered_hash:
+        raise TracemarkError(f"{data_dir}: not the data of dataset '{name}' as registered (content hash "
+                             f"{got[:12]} != {registered_hash[:12]}: files or captions changed); pass the original")
+    return ds
 
 
 def materialize(
@@ -120,9 +125,10 @@ def materialize(
     key = registry.key_for_copy(copy)  # a wrong master key fails here, before any data is read
     trig = trigger_of(copy, registry)
     sch = get_scheme(copy.scheme, **scheme_params(copy))
-    data_dir, ds = _source(registry, copy, data_dir)
+    data_dir, registered_hash = _source(registry, copy, data_dir)
     _remove_stale_temps(out_dir)
-    _check_paths(data_dir, out_dir)
+    _check_paths(data_dir, out_dir)  # before hashing every file of the data
+    ds = _load_original(data_dir, registered_hash, copy.dataset)
 
     # the same usable samples as at issue time (same data, same checks); a file the issued copy
     # skipped is skipped again, and a file the key selected whose marking failed then stays out
