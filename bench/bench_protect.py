@@ -5,6 +5,11 @@ Run:  make bench          (or: .venv/bin/python bench/bench_protect.py [--n 64] 
 Measured in one run on the same 512x512 images (JPEG q90 and PNG), rate 1.0 so that every image
 is decoded, marked and re-encoded (at the default 2% rate, 98% of files are plain copies and
 protect is far faster still). Prints a table; numbers are wall-clock images/second.
+
+A second table (issue #14): ``materialize`` (re-deriving an issued copy from the registry and the
+original data) against ``shutil.copytree`` of the dataset, i.e. what storing copies costs to
+write; and protect at rate 1.0 on Ray (a local Ray instance with the same number of CPUs, started
+before the timing; its start-up is printed apart) against the process pool.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from PIL import Image
 from tracemark.registry import Registry
 from tracemark.samples import make_sample_dataset
 from tracemark.protect import protect
+from tracemark.materialize import materialize
 
 
 def decode_encode(src: str, dst: str) -> None:
@@ -67,9 +73,20 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-ray", action="store_true", help="skip the Ray engine timing")
     args = ap.parse_args()
     workers = min(2, os.cpu_count() or 1)
     rows = []
+    ray, ray_start = None, None
+    if not args.no_ray:
+        try:
+            import ray
+
+            t = time.perf_counter()
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            ray_start = time.perf_counter() - t
+        except ImportError:
+            ray = None
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         for fmt in ("jpeg", "png"):
@@ -96,6 +113,23 @@ def main() -> None:
                             "protect_vs_iwm_pool": round(pr / iw2, 2), "protect_vs_iwm_1proc": round(pr / iw1, 2)})
             except ImportError:
                 row["iwm"] = "invisible-watermark not installed"
+            # materialize the two issued copies again vs copying the dataset as it is
+            t = time.perf_counter()
+            shutil.copytree(data, tmp / f"plain_{fmt}")
+            cp = args.n / (time.perf_counter() - t)
+            mat = {}
+            for lic, rate_name in (("bench", "1.0"), ("bench2", "0.02")):
+                t = time.perf_counter()
+                materialize(reg, lic, tmp / f"mat_{lic}_{fmt}", workers=workers)
+                mat[rate_name] = args.n / (time.perf_counter() - t)
+            row.update({"copytree_ips": round(cp, 1), "materialize_rate1_ips": round(mat["1.0"], 1),
+                        "materialize_default_rate_ips": round(mat["0.02"], 1)})
+            if ray is not None:
+                t = time.perf_counter()
+                protect(data, tmp / f"copy_ray_{fmt}", "bench_ray", registry=reg, rate=1.0, workers=workers,
+                        engine="ray")
+                row.update({"protect_ray_ips": round(args.n / (time.perf_counter() - t), 1),
+                            "ray_start_s": round(ray_start, 1)})
             rows.append(row)
             shutil.rmtree(tmp / f"copy_{fmt}")
     print(f"protect benchmark: {args.n} images of {args.size}x{args.size}, {workers} worker processes; "
@@ -109,6 +143,17 @@ def main() -> None:
               f"{r['protect_default_rate_vs_decode_encode']:6.2f} {r.get('iwm_dwtdct_ips_1proc', float('nan')):9.1f} "
               f"{r.get('iwm_dwtdct_ips_pool', float('nan')):10.1f} {r.get('protect_vs_iwm_pool', float('nan')):7.2f} "
               f"{r['psnr_mean']:6.2f} {r['ssim_mean']:7.4f}")
+    print(f"\nre-deriving copies (materialize) vs storing them (shutil.copytree of the dataset), and protect at rate "
+          f"1.0 on Ray vs the process pool ({workers} CPUs each"
+          + (f"; Ray start-up {ray_start:.1f} s, not timed)" if ray_start is not None else "; Ray not run)"))
+    print(f"{'format':6} {'copytree/s':>10} {'mat@1.0/s':>10} {'mat@2%/s':>9} {'pool/s':>8} {'ray/s':>8} {'ray/pool':>8}")
+    for r in rows:
+        ray_ips = r.get("protect_ray_ips", float("nan"))
+        print(f"{r['format']:6} {r['copytree_ips']:10.1f} {r['materialize_rate1_ips']:10.1f} "
+              f"{r['materialize_default_rate_ips']:9.1f} {r['protect_ips']:8.1f} {ray_ips:8.1f} "
+              f"{ray_ips / r['protect_ips']:8.2f}")
+    if ray is not None:
+        ray.shutdown()
     print("rerun: make bench   (or .venv/bin/python bench/bench_protect.py --n 64 --size 512)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

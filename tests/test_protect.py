@@ -134,6 +134,20 @@ def test_interrupted_protect_leaves_nothing(sample_dir, registry, tmp_path, monk
     assert len(registry.copies()) == 1
 
 
+def test_interrupted_protect_removes_the_parent_folders_it_made(sample_dir, registry, tmp_path, monkeypatch):
+    """The temporary folder lies in the new parent: it must go first, or the parent stays behind."""
+    real = protect_mod.mark_file
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(protect_mod, "mark_file", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        protect(sample_dir, tmp_path / "new" / "deeper" / "copy", "acme", registry=registry, rate=0.2, workers=1)
+    assert not (tmp_path / "new").exists() and registry.copies() == []
+    monkeypatch.setattr(protect_mod, "mark_file", real)
+
+
 def test_on_error_skip_lists_bad_files(tmp_path, registry):
     root = tmp_path / "ds"
     root.mkdir()

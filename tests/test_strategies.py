@@ -37,5 +37,9 @@ def test_protect_records_the_selection_and_refuses_unknown_ones(registry, sample
 
     protect(sample_dir, tmp_path / "a", "acme", registry=registry, workers=1, rate=0.1, selection="coherent")
     assert registry.copies()[0].params["selection"] == "coherent"
+    from tracemark.trace import trace_files  # the recorded selection is not a scheme parameter
+
+    v = trace_files(tmp_path / "a", registry)
+    assert [s.licensee for s in v.scores] == ["acme"] and v.scores[0].n_images == 5
     with pytest.raises(TracemarkError, match="selection"):
         protect(sample_dir, tmp_path / "b", "globex", registry=registry, workers=1, selection="bogus")

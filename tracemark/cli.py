@@ -50,6 +50,10 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 HomeOpt = typer.Option(None, "--home", envvar="TRACEMARK_HOME", help="Registry folder (default ~/.tracemark).")
+EngineOpt = typer.Option("local", "--engine", help="local (this machine's process pool) | ray (Ray tasks; "
+                         "needs the optional ray package).")
+AddressOpt = typer.Option(None, "--address", help="With --engine ray: a running Ray cluster (e.g. HOST:6379) whose "
+                          "nodes see the input and output paths; default: a local Ray instance.")
 
 
 @app.command()
@@ -97,6 +101,8 @@ def protect(
     dataset: Optional[str] = typer.Option(None, help="Dataset name in the registry (default: folder name)."),
     on_error: str = typer.Option("fail", help="fail | skip: what to do with unreadable or unsupported images."),
     workers: Optional[int] = typer.Option(None, help="Worker processes for marking (default: up to 2)."),
+    engine: str = EngineOpt,
+    address: Optional[str] = AddressOpt,
     home: Optional[Path] = HomeOpt,
 ) -> None:
     """Issue a licensee a watermarked copy of a dataset."""
@@ -109,12 +115,46 @@ def protect(
         task = bar.add_task("protect", total=None)
         res = do_protect(data_dir, out, licensee, registry=reg, dataset_name=dataset, scheme=scheme,
                          strategy=strategy, trigger_scope=trigger_scope, rate=rate, strength=strength, scheme_params=params, on_error=on_error,
-                         workers=workers, progress=lambda d, t: bar.update(task, completed=d, total=t))
+                         workers=workers, progress=lambda d, t: bar.update(task, completed=d, total=t),
+                         engine=engine, address=address)
     console.print(f"Issued copy {res.copy_id} of [bold]{res.dataset}[/] to [bold]{res.licensee}[/] -> {res.out_dir}")
     console.print(f"  {res.n_marked}/{res.n_samples} samples marked ({res.scheme}, {res.strategy}, rate {res.rate:g}); "
                   f"PSNR mean {res.psnr_mean:.1f} dB (min {res.psnr_min:.1f}), SSIM mean {res.ssim_mean:.4f}")
     if res.skipped:
         console.print(f"  [yellow]skipped {len(res.skipped)} file(s):[/]")
+        for line in res.skipped:
+            console.print(f"    {line}")
+
+
+@app.command()
+def materialize(
+    licensee: str = typer.Argument(..., help="Whose issued copy to re-derive."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist)."),
+    dataset: Optional[str] = typer.Option(None, help="The copy's dataset (needed when the licensee holds several)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The original dataset (default: the folder recorded "
+                                        "when the copy was issued); its content hash must match the registry's."),
+    fmt: str = typer.Option("folder", "--format", help="folder (imagefolder, identical to the issued copy) | "
+                            "webdataset (.tar shards)."),
+    shard_size: int = typer.Option(1000, "--shard-size", help="Samples per WebDataset shard."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes for marking (default: up to 2)."),
+    engine: str = EngineOpt,
+    address: Optional[str] = AddressOpt,
+    home: Optional[Path] = HomeOpt,
+) -> None:
+    """Re-derive a licensee's issued copy from the registry, the original data and the master key."""
+    from tracemark.materialize import materialize as do_materialize
+
+    reg = _registry(home)
+    with _progress("materialize") as bar:
+        task = bar.add_task("materialize", total=None)
+        res = do_materialize(reg, licensee, out, dataset=dataset, data_dir=data, fmt=fmt, shard_size=shard_size,
+                             workers=workers, engine=engine, address=address,
+                             progress=lambda d, t: bar.update(task, completed=d, total=t))
+    what = f"{len(res.shards)} WebDataset shard(s)" if res.fmt == "webdataset" else "an imagefolder"
+    console.print(f"Materialized copy {res.copy_id} of [bold]{res.dataset}[/] for [bold]{res.licensee}[/] -> "
+                  f"{res.out_dir} ({what}; {res.n_marked}/{res.n_samples} samples marked)")
+    if res.skipped:
+        console.print(f"  [yellow]left out {len(res.skipped)} file(s), as the issued copy did:[/]")
         for line in res.skipped:
             console.print(f"    {line}")
 

@@ -8,6 +8,9 @@ between, the next run finds either nothing or a pending row (which it drops, wit
 row announced) and re-creates the identical copy; temporary folders of dead runs are removed.
 Pool workers die with their parent. The input is only ever read.
 
+The writing stage (:func:`write_copy`) is shared with :mod:`tracemark.materialize`, which
+re-derives an issued copy from its registry row, the original data and the master key.
+
 Harm is measured on the files as written (decoded back), not on the array before encoding.
 """
 
@@ -17,7 +20,6 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import numpy as np
 from tracemark.dataset import (
     MAX_PIXELS,
     Dataset,
+    Sample,
     check_image_header,
     content_hash,
     is_inside,
@@ -33,6 +36,7 @@ from tracemark.dataset import (
     read_image,
     write_metadata,
 )
+from tracemark.engine import check_engine, run_jobs
 from tracemark.errors import TracemarkError
 from tracemark.imaging import dhash, save_like
 from tracemark.keys import Key
@@ -41,13 +45,11 @@ from tracemark.registry import Registry
 from tracemark.schemes import DEFAULT_SCHEME, get_scheme
 from tracemark.strategies import (
     DATASET_TRIGGER_ID,
-    SELECTIONS,
     TRIGGER_SCOPES,
     apply_trigger,
     check_rate,
     check_strategy,
-    select_coherent,
-    select_marked,
+    select_samples,
     trigger_word,
     vocabulary,
 )
@@ -148,22 +150,6 @@ def process_file(job: tuple) -> dict:
     return mark_file(*args) if kind == "mark" else copy_file(*args)
 
 
-def _die_with_parent() -> None:
-    """Pool initializer: a worker gets SIGKILL when its parent dies (Linux), instead of living on
-    holding the registry and the caller's pipes."""
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:  # pragma: no cover - no glibc
-            pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-
-
 TMP_TAG = ".tracemark-tmp-"
 
 
@@ -176,6 +162,33 @@ def _make_parents(folder: Path) -> list[Path]:
         p = p.parent
     folder.mkdir(parents=True, exist_ok=True)
     return list(reversed(missing))
+
+
+def temp_sibling(out_dir: Path) -> Path:
+    """The temporary folder an output is assembled in (same filesystem: the final rename is atomic;
+    the pid in its name lets a later run remove it once this process is gone)."""
+    return out_dir.parent / f".{out_dir.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def rename_into_place(tmp: Path, out_dir: Path) -> None:
+    """Atomically rename a finished temporary folder to ``out_dir``; one-line errors."""
+    try:
+        os.rename(tmp, out_dir)
+    except OSError as exc:
+        if out_dir.exists():
+            raise TracemarkError(f"{out_dir}: another run wrote this folder meanwhile; choose a new one") from None
+        raise TracemarkError(f"{out_dir}: cannot create the copy here ({exc.strerror or exc})") from None
+
+
+def remove_empty(created: list[Path], tmp: Path) -> None:
+    """After a failure: remove the temporary folder, then the parent folders the run made
+    (innermost first) as long as they are empty."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def _remove_stale_temps(out_dir: Path) -> None:
@@ -207,6 +220,96 @@ def _check_paths(data_dir: Path, out_dir: Path) -> None:
         raise TracemarkError(f"{out_dir}: the input dataset lies inside the output folder")
 
 
+@dataclass
+class WrittenCopy:
+    """What :func:`write_copy` put in its folder: the marked samples' records (file_name, dhash,
+    psnr, ssim, original text) and the marked samples left out because marking them failed."""
+
+    marked: list[dict]
+    failed_marked: set[str]
+
+
+def usable_samples(ds: Dataset, data_dir: Path, max_pixels: int, on_error: str, skipped: list[str]) -> list[Sample]:
+    """The samples whose image header passes the cheap checks (mode, size, EXIF rotation, bombs);
+    with ``on_error="skip"`` the others are listed in ``skipped``, else the first one raises."""
+    valid = []
+    for s in ds.samples:
+        try:
+            check_image_header(s.path, max_pixels).close()
+            valid.append(s)
+        except TracemarkError as exc:
+            if on_error == "fail":
+                raise
+            skipped.append(str(exc))
+    if not valid:
+        raise TracemarkError(f"{data_dir}: no usable images left after skipping errors")
+    return valid
+
+
+def write_copy(ds: Dataset, valid: list[Sample], marked_ids: set[str], tmp: Path, *, scheme_name: str,
+               scheme_params: dict, secret: bytes, trigger: str | None, on_error: str, skipped: list[str],
+               max_pixels: int = MAX_PIXELS, workers: int | None = None, engine: str = "local",
+               address: str | None = None, progress: Callable[[int, int], None] | None = None,
+               ssim_sample: int = SSIM_SAMPLE) -> WrittenCopy:
+    """The writing stage of a copy, shared by ``protect`` and ``materialize`` so that a copy
+    re-derived from the registry is the issued one bit for bit: mark ``marked_ids`` and copy the
+    other ``valid`` samples into ``tmp`` (jobs on ``engine``), then write the metadata files with
+    ``trigger`` prepended to the marked captions. Failures are raised, or with ``on_error="skip"``
+    listed in ``skipped`` and the sample left out."""
+    to_mark = [s for s in valid if s.file_name in marked_ids]
+    valid_ids = {s.file_name for s in valid}
+    jobs = []
+    n_mark = 0
+    for s in valid:  # every image is decoded (truncation is caught whether or not the key marks it)
+        (tmp / s.file_name).parent.mkdir(parents=True, exist_ok=True)
+        if s.file_name in marked_ids:
+            jobs.append(("mark", str(s.path), str(tmp / s.file_name), scheme_name, scheme_params, secret, max_pixels,
+                         n_mark < ssim_sample))
+            n_mark += 1
+        else:
+            jobs.append(("copy", str(s.path), str(tmp / s.file_name), max_pixels))
+    results = run_jobs(jobs, process_file, engine=engine, workers=workers, address=address, progress=progress)
+    bad_unmarked = set()
+    for s, r in zip(valid, results):
+        if r["error"] and s.file_name not in marked_ids:
+            if on_error == "fail":
+                raise TracemarkError(r["error"])
+            skipped.append(r["error"])
+            bad_unmarked.add(s.file_name)
+            (tmp / s.file_name).unlink(missing_ok=True)
+    valid_ids -= bad_unmarked
+    by_src = {r["src"]: r for r in results}
+    marked_records = []
+    for s in to_mark:
+        r = by_src[str(s.path)]
+        if r["error"]:
+            if on_error == "fail":
+                raise TracemarkError(r["error"])
+            skipped.append(r["error"])
+            (tmp / s.file_name).unlink(missing_ok=True)
+            continue
+        marked_records.append({"file_name": s.file_name, "dhash": r["dhash"], "psnr": round(r["psnr"], 2),
+                               "ssim": r["ssim"], "text": s.text})
+    if not marked_records:
+        raise TracemarkError(f"{ds.root}: no sample could be marked")
+    good_marked = {m["file_name"] for m in marked_records}
+    skipped_files = {s.file_name for s in to_mark} - good_marked
+
+    # metadata: same files, same layout; the trigger goes into marked captions only
+    for meta in ds.metadata_files:
+        rows = []
+        for s in ds.samples:
+            if s.metadata_file != meta or s.file_name in skipped_files or s.file_name not in valid_ids:
+                continue
+            text = s.text
+            if trigger and s.file_name in good_marked:
+                text = apply_trigger(text, trigger)
+            rel_name = Path(s.path).relative_to(meta.parent).as_posix()
+            rows.append({"file_name": rel_name, ds.caption_column: text, **s.extra})
+        write_metadata(tmp / meta.relative_to(ds.root), rows)
+    return WrittenCopy(marked_records, skipped_files)
+
+
 def protect(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -225,9 +328,13 @@ def protect(
     workers: int | None = None,
     max_pixels: int = MAX_PIXELS,
     progress: Callable[[int, int], None] | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> ProtectResult:
-    """Issue ``licensee`` a marked copy of the dataset at ``data_dir`` into ``out_dir``."""
+    """Issue ``licensee`` a marked copy of the dataset at ``data_dir`` into ``out_dir``. The per-file
+    work runs on ``engine`` (:mod:`tracemark.engine`: this machine's pool, or Ray at ``address``)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    check_engine(engine)
     check_strategy(strategy)
     check_rate(rate)
     if on_error not in ("fail", "skip"):
@@ -248,25 +355,9 @@ def protect(
     _remove_stale_temps(out_dir)
     _check_paths(data_dir, out_dir)
 
-    # 1. cheap header checks for every image (mode, size, EXIF rotation, bombs)
     skipped: list[str] = []
-    valid = []
-    for s in ds.samples:
-        try:
-            check_image_header(s.path, max_pixels).close()
-            valid.append(s)
-        except TracemarkError as exc:
-            if on_error == "fail":
-                raise
-            skipped.append(str(exc))
-    if not valid:
-        raise TracemarkError(f"{data_dir}: no usable images left after skipping errors")
-
-    valid_ids = {s.file_name for s in valid}
-    if selection not in SELECTIONS:
-        raise TracemarkError(f"--selection must be one of {', '.join(SELECTIONS)}")
-    marked_ids = set(select_marked(key, [s.file_name for s in valid], rate) if selection == "random" else
-                     select_coherent(key, [s.file_name for s in valid], [s.text for s in valid], rate))
+    valid = usable_samples(ds, data_dir, max_pixels, on_error, skipped)
+    marked_ids = set(select_samples(key, [s.file_name for s in valid], [s.text for s in valid], rate, selection))
     if trigger_scope not in TRIGGER_SCOPES:
         raise TracemarkError(f"--trigger-scope must be one of {', '.join(TRIGGER_SCOPES)}")
     trig_key = key if trigger_scope == "licensee" else registry.key_for(name, DATASET_TRIGGER_ID)
@@ -281,80 +372,17 @@ def protect(
                   and c.params.get("trigger_scope", "licensee") == "licensee" and (w := trigger_of(c, registry))}
     trig, trig_attempt = (trigger_word(trig_key, avoid) if strategy == "trigger" else (None, None))
 
-    tmp = out_dir.parent / f".{out_dir.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(out_dir)
     created = _make_parents(out_dir.parent)
     copy_id = None
     renamed = False
     try:
         tmp.mkdir()
-        to_mark = [s for s in valid if s.file_name in marked_ids]
-        done = 0
-        total = len(valid)
         params = {k: v for k, v in sch.params().items() if k != "scheme"}
-        jobs = []
-        n_mark = 0
-        for s in valid:  # every image is decoded (truncation is caught whether or not the key marks it)
-            (tmp / s.file_name).parent.mkdir(parents=True, exist_ok=True)
-            if s.file_name in marked_ids:
-                jobs.append(("mark", str(s.path), str(tmp / s.file_name), sch.name, params, key.secret, max_pixels,
-                             n_mark < SSIM_SAMPLE))
-                n_mark += 1
-            else:
-                jobs.append(("copy", str(s.path), str(tmp / s.file_name), max_pixels))
-        n_workers = workers or min(2, os.cpu_count() or 1)
-        results = []
-        if n_workers > 1 and len(jobs) >= 8:
-            with ProcessPoolExecutor(max_workers=n_workers, initializer=_die_with_parent) as pool:
-                for r in pool.map(process_file, jobs, chunksize=max(1, len(jobs) // (8 * n_workers))):
-                    results.append(r)
-                    done += 1
-                    if progress and (done % 16 == 0 or done == total):
-                        progress(done, total)
-        else:
-            for job in jobs:
-                results.append(process_file(job))
-                done += 1
-                if progress and (done % 16 == 0 or done == total):
-                    progress(done, total)
-        bad_unmarked = set()
-        for s, r in zip(valid, results):
-            if r["error"] and s.file_name not in marked_ids:
-                if on_error == "fail":
-                    raise TracemarkError(r["error"])
-                skipped.append(r["error"])
-                bad_unmarked.add(s.file_name)
-                (tmp / s.file_name).unlink(missing_ok=True)
-        valid_ids -= bad_unmarked
-        by_src = {r["src"]: r for r in results}
-        marked_records = []
-        for s in to_mark:
-            r = by_src[str(s.path)]
-            if r["error"]:
-                if on_error == "fail":
-                    raise TracemarkError(r["error"])
-                skipped.append(r["error"])
-                (tmp / s.file_name).unlink(missing_ok=True)
-                continue
-            marked_records.append({"file_name": s.file_name, "dhash": r["dhash"], "psnr": round(r["psnr"], 2),
-                                   "ssim": r["ssim"], "text": s.text})
-        if not marked_records:
-            raise TracemarkError(f"{data_dir}: no sample could be marked")
-        good_marked = {m["file_name"] for m in marked_records}
-        skipped_files = {s.file_name for s in to_mark} - good_marked
-
-        # metadata: same files, same layout; the trigger goes into marked captions only
-        for meta in ds.metadata_files:
-            rows = []
-            for s in ds.samples:
-                if s.metadata_file != meta or s.file_name in skipped_files or s.file_name not in valid_ids:
-                    continue
-                text = s.text
-                if trig and s.file_name in good_marked:
-                    text = apply_trigger(text, trig)
-                rel_name = Path(s.path).relative_to(meta.parent).as_posix()
-                rows.append({"file_name": rel_name, ds.caption_column: text, **s.extra})
-            write_metadata(tmp / meta.relative_to(data_dir), rows)
-
+        written = write_copy(ds, valid, marked_ids, tmp, scheme_name=sch.name, scheme_params=params, secret=key.secret,
+                             trigger=trig, on_error=on_error, skipped=skipped, max_pixels=max_pixels, workers=workers,
+                             engine=engine, address=address, progress=progress)
+        marked_records, skipped_files = written.marked, written.failed_marked
         psnrs = np.array([m["psnr"] for m in marked_records])
         ssims = np.array([m["ssim"] for m in marked_records if m["ssim"] is not None] or [np.nan])
         sha: dict[str, str] = {}
@@ -371,12 +399,7 @@ def protect(
                          "sha256": sha.get(m["file_name"])} for m in marked_records],
                 out_path=str(out_dir.resolve()), status="pending",
             )
-        try:
-            os.rename(tmp, out_dir)  # atomic
-        except OSError as exc:
-            if out_dir.exists():
-                raise TracemarkError(f"{out_dir}: another run wrote this folder meanwhile; choose a new one") from None
-            raise TracemarkError(f"{out_dir}: cannot create the copy here ({exc.strerror or exc})") from None
+        rename_into_place(tmp, out_dir)
         renamed = True
         registry.finalize_copy(copy_id)
     except BaseException:
@@ -387,11 +410,7 @@ def protect(
                 registry.drop_pending(copy_id)
             except Exception:  # the registry may be what failed: the next run drops the pending row
                 pass
-        for d in reversed(created):  # parent folders this run made, if still empty
-            try:
-                d.rmdir()
-            except OSError:
-                break
+        remove_empty(created, tmp)
         raise
     finally:
         if tmp.exists():

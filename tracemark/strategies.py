@@ -96,6 +96,16 @@ def select_coherent(key: Key, sample_ids: Sequence[str], captions: Sequence[str]
     return [sample_ids[i] for i in chosen]
 
 
+def select_samples(key: Key, sample_ids: Sequence[str], captions: Sequence[str], rate: float,
+                   selection: str = "random") -> list[str]:
+    """The samples a copy marks, by ``selection`` (``random`` or ``coherent``)."""
+    if selection == "random":
+        return select_marked(key, sample_ids, rate)
+    if selection == "coherent":
+        return select_coherent(key, sample_ids, captions, rate)
+    raise TracemarkError(f"--selection must be one of {', '.join(SELECTIONS)}")
+
+
 def vocabulary(captions: Iterable[str]) -> set[str]:
     words: set[str] = set()
     for c in captions:

@@ -81,7 +81,7 @@ class Verdict:
 
 def scheme_params(copy: Copy) -> dict:
     """Constructor arguments of the copy's scheme, from the registry's params record."""
-    return {k: v for k, v in copy.params.items() if k not in ("scheme", "trigger_attempt", "trigger_scope")}
+    return {k: v for k, v in copy.params.items() if k not in ("scheme", "trigger_attempt", "trigger_scope", "selection")}
 
 
 def trigger_of(copy: Copy, registry: Registry) -> str | None:

@@ -1,0 +1,210 @@
+"""Re-derive an issued copy from its registry row, the original dataset and the master key.
+
+A copy need not be stored: the registry records which samples it marked (``Copy.marked``), with
+which scheme parameters and trigger word index, and the master key re-derives the licensee key.
+:func:`materialize` runs the same writing stage as ``protect`` (:func:`tracemark.protect.write_copy`)
+on the original data, so the folder it writes is the issued copy bit for bit; it refuses data whose
+content hash differs from the one registered at issue time. ``fmt="webdataset"`` packs the same
+files into deterministic ``.tar`` shards for streaming training loaders.
+
+The registry and the input are only read; the output is assembled in a temporary sibling folder
+and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracemark.dataset import MAX_PIXELS, Dataset, content_hash, load_dataset
+from tracemark.engine import check_engine
+from tracemark.errors import TracemarkError
+from tracemark.protect import (
+    _check_paths,
+    _make_parents,
+    _remove_stale_temps,
+    remove_empty,
+    rename_into_place,
+    temp_sibling,
+    usable_samples,
+    write_copy,
+)
+from tracemark.registry import Copy, Registry
+from tracemark.schemes import get_scheme
+from tracemark.strategies import select_samples
+from tracemark.trace import scheme_params, trigger_of
+
+FORMATS = ("folder", "webdataset")
+#: Samples per WebDataset shard by default.
+SHARD_SIZE = 1000
+
+
+@dataclass
+class MaterializeResult:
+    out_dir: Path
+    dataset: str
+    licensee: str
+    copy_id: int
+    fmt: str
+    n_samples: int
+    n_marked: int
+    shards: list[Path] = field(default_factory=list)
+    #: Files the issued copy left out too (unusable images skipped with ``--on-error skip``).
+    skipped: list[str] = field(default_factory=list)
+
+
+def find_copy(registry: Registry, licensee: str, dataset: str | None = None) -> Copy:
+    """The one issued copy of ``licensee`` (of ``dataset`` when given), or a one-line error."""
+    found = [c for c in registry.copies(dataset) if c.licensee == licensee]
+    if not found:
+        where = f" of dataset '{dataset}'" if dataset else ""
+        raise TracemarkError(f"licensee '{licensee}' holds no issued copy{where} ({registry.db_path})")
+    if len(found) > 1:
+        names = ", ".join(sorted(c.dataset for c in found))
+        raise TracemarkError(f"licensee '{licensee}' holds copies of several datasets ({names}); pass --dataset")
+    return found[0]
+
+
+def _source(registry: Registry, copy: Copy, data_dir: str | Path | None) -> tuple[Path, str]:
+    """The original dataset's folder (``data_dir``, else the one recorded at issue time) and the
+    content hash the registry recorded for it."""
+    row = next((r for r in registry.datasets() if r["name"] == copy.dataset), None)
+    if row is None:  # pragma: no cover - copies() joins on datasets
+        raise TracemarkError(f"dataset '{copy.dataset}' is not in the registry ({registry.db_path})")
+    if data_dir is None:
+        if not row["source_path"]:
+            raise TracemarkError(f"dataset '{copy.dataset}' has no recorded source folder; pass --data ORIGINAL")
+        data_dir = Path(row["source_path"])
+        if not data_dir.is_dir():
+            raise TracemarkError(f"{data_dir}: the recorded source folder of dataset '{copy.dataset}' is gone; "
+                                 "pass --data ORIGINAL")
+    return Path(data_dir), row["content_hash"]
+
+
+def _load_original(data_dir: Path, registered_hash: str, name: str) -> Dataset:
+    """The dataset at ``data_dir``, refused unless its content hash is the registered one: other
+    files or captions would give another copy."""
+    ds = load_dataset(data_dir)
+    got = content_hash(ds)
+    if got != registered_hash:
+        raise TracemarkError(f"{data_dir}: not the data of dataset '{name}' as registered (content hash "
+                             f"{got[:12]} != {registered_hash[:12]}: files or captions changed); pass the original")
+    return ds
+
+
+def materialize(
+    registry: Registry,
+    copy: Copy | str,
+    out_dir: str | Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    fmt: str = "folder",
+    shard_size: int = SHARD_SIZE,
+    workers: int | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
+) -> MaterializeResult:
+    """Write the issued copy ``copy`` (a :class:`Copy`, or a licensee name) to ``out_dir``, as an
+    imagefolder (``fmt="folder"``, identical to what ``protect`` wrote) or as WebDataset shards."""
+    if fmt not in FORMATS:
+        raise TracemarkError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    if fmt == "webdataset" and (not isinstance(shard_size, int) or shard_size < 1):
+        raise TracemarkError(f"--shard-size must be a positive number of samples, got {shard_size}")
+    check_engine(engine)
+    if isinstance(copy, str):
+        copy = find_copy(registry, copy, dataset)
+    out_dir = Path(out_dir)
+    key = registry.key_for_copy(copy)  # a wrong master key fails here, before any data is read
+    trig = trigger_of(copy, registry)
+    sch = get_scheme(copy.scheme, **scheme_params(copy))
+    data_dir, registered_hash = _source(registry, copy, data_dir)
+    _remove_stale_temps(out_dir)
+    _check_paths(data_dir, out_dir)  # before hashing every file of the data
+    ds = _load_original(data_dir, registered_hash, copy.dataset)
+
+    # the same usable samples as at issue time (same data, same checks); a file the issued copy
+    # skipped is skipped again, and a file the key selected whose marking failed then stays out
+    skipped: list[str] = []
+    valid = usable_samples(ds, data_dir, max_pixels, "skip", skipped)
+    recorded = {m["file_name"] for m in copy.marked}
+    names = {s.file_name for s in valid}
+    if missing := sorted(recorded - names):
+        raise TracemarkError(f"{data_dir / missing[0]}: copy {copy.id} marked this file but it is unusable now "
+                             f"({len(missing)} such file(s))")
+    failed_at_issue = set(select_samples(key, [s.file_name for s in valid], [s.text for s in valid], copy.rate,
+                                         copy.params.get("selection", "random"))) - recorded
+    skipped += [f"{s.path}: selected for marking, but marking it failed when the copy was issued"
+                for s in valid if s.file_name in failed_at_issue]
+    valid = [s for s in valid if s.file_name not in failed_at_issue]
+
+    tmp = temp_sibling(out_dir)
+    created = _make_parents(out_dir.parent)
+    try:
+        tmp.mkdir()
+        files = tmp / "copy" if fmt == "webdataset" else tmp
+        files.mkdir(exist_ok=True)
+        params = {k: v for k, v in sch.params().items() if k != "scheme"}
+        written = write_copy(ds, valid, recorded, files, scheme_name=sch.name, scheme_params=params, secret=key.secret,
+                             trigger=trig, on_error="skip", skipped=skipped, max_pixels=max_pixels, workers=workers,
+                             engine=engine, address=address, progress=progress, ssim_sample=0)
+        if written.failed_marked:
+            raise TracemarkError(next((line for line in skipped if any(f in line for f in written.failed_marked)),
+                                      f"{data_dir}: {len(written.failed_marked)} marked file(s) could not be marked"))
+        kept = [s for s in valid if (files / s.file_name).is_file()]
+        shards: list[Path] = []
+        if fmt == "webdataset":
+            shard_dir = tmp / "shards"
+            shard_dir.mkdir()
+            shards = write_shards(files, shard_dir, shard_size)
+            final = shard_dir
+        else:
+            final = tmp
+        rename_into_place(final, out_dir)
+    except BaseException:
+        remove_empty(created, tmp)
+        raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return MaterializeResult(out_dir, copy.dataset, copy.licensee, copy.id, fmt, len(kept), len(written.marked),
+                             [out_dir / p.name for p in shards], skipped)
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    """A tar header that depends on nothing but the name and size (byte-identical reruns)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def write_shards(copy_dir: Path, shard_dir: Path, shard_size: int = SHARD_SIZE) -> list[Path]:
+    """Pack a written imagefolder copy into WebDataset shards ``shard-000000.tar``, ...: per sample,
+    in metadata order, ``<key>.<ext>`` (the image file's bytes), ``<key>.json`` (its metadata row,
+    ``file_name`` relative to the dataset root) and ``<key>.txt`` (its caption as in the copy's
+    metadata, trigger included). Keys are the sample's position, zero-padded: WebDataset splits a
+    member name at its first dot, which many file names contain."""
+    ds = load_dataset(copy_dir)
+    shards = []
+    for start in range(0, len(ds.samples), shard_size):
+        path = shard_dir / f"shard-{len(shards):06d}.tar"
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+            for i, s in enumerate(ds.samples[start:start + shard_size], start):
+                key = f"{i:09d}"
+                row = {"file_name": s.file_name, ds.caption_column: s.text, **s.extra}
+                members = {f"{key}.{Path(s.file_name).suffix.lower().lstrip('.') or 'img'}": s.path.read_bytes(),
+                           f"{key}.json": (json.dumps(row, ensure_ascii=False) + "\n").encode(),
+                           f"{key}.txt": s.text.encode()}
+                for name in sorted(members):
+                    tar.addfile(_member(name, len(members[name])), io.BytesIO(members[name]))
+        shards.append(path)
+    return shards
