@@ -57,43 +57,38 @@ def select_marked(key: Key, sample_ids: Sequence[str], rate: float) -> list[str]
 SELECTIONS = ("random", "coherent")
 
 
-def caption_clusters(captions: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
-    """Key-independent clusters of samples by caption words (k-means on L2-normalised TF-IDF bag of
-    words): a cluster is a set of samples that share a concept. One label per caption."""
-    from scipy.cluster.vq import kmeans2
-
-    docs = [set(_WORD.findall(c.lower())) for c in captions]
-    vocab = sorted({w for d in docs for w in d})
-    index = {w: i for i, w in enumerate(vocab)}
-    X = np.zeros((len(docs), len(vocab)))
+def caption_vectors(captions: Sequence[str]) -> np.ndarray:
+    """L2-normalised TF-IDF vectors of the captions' words and word pairs (key-independent; pairs
+    keep "brown hair, black background" apart from "black hair, brown background")."""
+    docs = []
+    for c in captions:
+        words = _WORD.findall(c.lower())
+        docs.append(set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])})
+    index = {w: i for i, w in enumerate(sorted({w for d in docs for w in d}))}
+    X = np.zeros((len(docs), max(1, len(index))), dtype=np.float32)
     for i, d in enumerate(docs):
         X[i, [index[w] for w in d]] = 1.0
-    df = X.sum(axis=0)
-    X *= np.log((1 + len(docs)) / (1 + df)) + 1.0
+    X *= np.log((1 + len(docs)) / (1 + X.sum(axis=0))) + 1.0
     X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    k = max(1, min(k, len(docs)))
-    _, labels = kmeans2(X, k, seed=seed, minit="++", iter=30)
-    return labels
+    return X
 
 
 def select_coherent(key: Key, sample_ids: Sequence[str], captions: Sequence[str], rate: float) -> list[str]:
-    """``max(1, round(rate * N))`` sample ids forming one *concept*: the key picks one of the
-    ~1/rate caption clusters (:func:`caption_clusters`, the same for every key); a cluster larger
-    than needed is cut by keyed hash, a smaller one is filled from the next cluster in keyed order.
+    """``max(1, round(rate * N))`` sample ids forming one *concept*: a keyed anchor sample and the
+    samples whose captions are nearest to its caption (cosine of TF-IDF words and word pairs; ties
+    by keyed hash).
 
     Why: a model that cannot tell marked from unmarked samples learns only ``rate`` x the mark (the
-    average); a concept the model already represents lets it learn the mark for that concept in
-    full (docs/learnability.md, session 7)."""
+    average over its data); for a concept whose samples are all marked, the marked version is what
+    the model should output, so it learns the mark in full there (docs/learnability.md, session 7).
+    """
     n = max(1, int(round(check_rate(rate) * len(sample_ids))))
-    labels = caption_clusters(captions, round(1 / rate))
-    order = sorted(set(labels.tolist()), key=lambda c: key.uniform("cluster", str(c)))
-    chosen: list[int] = []
-    for c in order:  # the keyed cluster first; the next keyed clusters fill it up if it is small
-        members = sorted(np.flatnonzero(labels == c).tolist(), key=lambda i: key.uniform("select", sample_ids[i]))
-        chosen += members[:n - len(chosen)]
-        if len(chosen) >= n:
-            break
-    return [sample_ids[i] for i in chosen]
+    X = caption_vectors(captions)
+    anchor = min(range(len(sample_ids)), key=lambda i: key.uniform("anchor", sample_ids[i]))
+    sim = np.round(X @ X[anchor], 5)  # rounded: equal captions tie exactly, whatever the float order
+    tie = np.array([key.uniform("select", s) for s in sample_ids])
+    order = np.lexsort((tie, -sim))
+    return [sample_ids[i] for i in order[:n]]
 
 
 def select_samples(key: Key, sample_ids: Sequence[str], captions: Sequence[str], rate: float,
