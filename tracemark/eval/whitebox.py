@@ -133,8 +133,13 @@ def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None
 
 def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int = 200, n_copies: int = 100,
                 rate: float = 0.02, n_decoys: int = 1000, alpha: float = 0.01, seed: int = 0,
-                project: bool = True) -> dict:
-    """Simulated audits of an innocent model (see the module docstring): false-accusation rate."""
+                project: bool = True, selection: str = "random", scheme_params: dict | None = None,
+                cache: Path | None = None) -> dict:
+    """Simulated audits of an innocent model (see the module docstring): false-accusation rate.
+
+    ``selection``: how each simulated copy's samples are drawn, as ``protect`` would (``coherent``:
+    a fresh random key's caption neighbourhood); ``cache``: a .npy file keeping the model's residuals
+    (the expensive part) between runs."""
     from scipy.stats import beta
 
     from tracemark import stats
@@ -144,13 +149,24 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     from tracemark.strategies import apply_trigger
     from tracemark.whitebox import Probe, denoiser_residuals
 
+    from tracemark.keys import Key
+    from tracemark.strategies import select_samples
+
     samples = load_dataset(data).samples
-    word = "zulopamek"  # a trigger word of no issued copy (the null: the model never saw it bound to a mark)
-    probes = [Probe(read_image_rgb(s.path), apply_trigger(s.text, word)) for s in samples]
     t = Timer()
-    res = denoiser_residuals(load_pipeline(model_dir, lora=lora), probes, seed=seed)
+    if cache is not None and cache.exists():
+        res = list(np.load(cache))
+    else:
+        word = "zulopamek"  # a trigger word of no issued copy (the null: the model never saw it bound to a mark)
+        probes = [Probe(read_image_rgb(s.path), apply_trigger(s.text, word)) for s in samples]
+        res = denoiser_residuals(load_pipeline(model_dir, lora=lora), probes, seed=seed)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, np.stack(res))
     t_res = t.lap()
-    sch = get_scheme("spread")
+    sch = get_scheme("spread", **(scheme_params or {}))
+    names, captions = [s.file_name for s in samples], [s.text for s in samples]
+    pos = {n: i for i, n in enumerate(names)}
     F = sch.features(res)
     # the product's statistic: outside the dataset's content subspace (stats.content_basis)
     from tracemark.dataset import content_sample
@@ -163,7 +179,10 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
         decoys = sch.random_vectors(n_decoys, rng)
         p = []
         for _ in range(n_copies):
-            idx = rng.choice(len(samples), size=k, replace=False)
+            if selection == "random":
+                idx = rng.choice(len(samples), size=k, replace=False)
+            else:
+                idx = np.array([pos[n] for n in select_samples(Key(rng.bytes(32)), names, captions, rate, selection)])
             r = stats.test_keys(F[idx], sch.random_vectors(1, rng), decoys, sch.kind, basis)
             p.append(float(r.p_value[0]))
         p = np.array(p)
@@ -175,7 +194,8 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     return {"n_audits": n_audits, "n_copies": n_copies, "rate": rate, "alpha": alpha,
             "false_accusation_rate": any_named / n_audits, "ci95": [round(float(lo), 4), round(float(hi), 4)],
             "keys_p_below_1e-3": below_1e3, "keys": n_keys, "expected_below_1e-3": n_keys * 1e-3,
-            "residuals_s": t_res, "n_samples": len(samples), "content_projection": project}
+            "residuals_s": t_res, "n_samples": len(samples), "content_projection": project,
+            "selection": selection, "scheme_params": scheme_params or {}}
 
 
 def main(argv=None) -> None:
@@ -197,19 +217,25 @@ def main(argv=None) -> None:
                   opts=args.opts, selection=args.selection)
              for r in args.rates for s in args.seeds]
     if args.innocent:
-        groups = [Cell(scheme=args.scheme, rate=r, scope=args.scope, strength=args.strength, opts=args.opts)
-                  for r in args.rates]
+        groups = [Cell(scheme=args.scheme, rate=r, scope=args.scope, strength=args.strength, opts=args.opts,
+                       selection=args.selection) for r in args.rates]
         innocent(groups, args.work, args.out)
         if args.null_audits:
             data = ensure_group(args.work, groups[0])[1]
-            null_out = args.out.with_name("whitebox_null.json")
+            suffix = "" if args.selection == "random" and not args.opts and not args.strength else (
+                "_" + "_".join(x for x in (args.selection, f"s{args.strength:g}" if args.strength else "",
+                                           args.opts.replace("=", "").replace(",", "-").strip("[]")) if x))
+            null_out = args.out.with_name(f"whitebox_null{suffix}.json".replace("[", "").replace("]", ""))
             done = json.loads(null_out.read_text()) if null_out.exists() else {}
             for name, (model_dir, lora) in innocent_models(args.work).items():
                 for r in args.rates:
                     key = f"{name}@{r:g}"
                     if key in done:
                         continue
-                    done[key] = null_audits(model_dir, lora, data, n_audits=args.null_audits, rate=r)
+                    params = {**groups[0].scheme_params, **({"strength": args.strength} if args.strength else {})}
+                    done[key] = null_audits(model_dir, lora, data, n_audits=args.null_audits, rate=r,
+                                            selection=args.selection, scheme_params=params,
+                                            cache=args.work / "null_cache" / f"{name}.npy")
                     print(key, done[key], flush=True)
                     tmp = null_out.with_suffix(".tmp")
                     tmp.write_text(json.dumps(done, indent=1))
