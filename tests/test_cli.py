@@ -39,11 +39,19 @@ def test_workflow(sample_dir, tmp_path):
         "-p", "cells=16", home=home)
     run("trace-files", tmp_path / "gamma", "--json", tmp_path / "g.json", home=home)
     assert json.loads((tmp_path / "g.json").read_text())["named"] == ["gamma"]
+    # a coherent selection is recorded and traced like any copy
+    run("protect", sample_dir, "-l", "delta", "-o", tmp_path / "delta", "--rate", "0.2", "--selection", "coherent",
+        home=home)
+    rows = [json.loads(line) for line in run("copies", "--json", home=home).stdout.splitlines()]
+    assert [r["licensee"] for r in rows][-1] == "delta"
+    run("trace-files", tmp_path / "delta", "--json", tmp_path / "d.json", home=home)
+    assert json.loads((tmp_path / "d.json").read_text())["named"] == ["delta"]
 
 
 @pytest.mark.parametrize("args,needle", [
     (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--scheme", "nope"], "unknown scheme"),
     (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--rate", "0"], "--rate"),
+    (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--selection", "best"], "--selection"),
     (["protect", "{tmp}/missing", "-l", "x", "-o", "{tmp}/o"], "not found"),
     (["protect", "{data}", "-l", "x", "-o", "{data}/inside"], "inside the input"),
     (["trace-files", "{tmp}"], "no image files"),

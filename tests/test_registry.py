@@ -206,6 +206,7 @@ def test_registry_written_by_schema_v2_migrates_to_the_sample_table(tmp_path):
     src = Path(__file__).parent / "data" / "registry_v2"
     home = tmp_path / "home"
     shutil.copytree(src, home)
+    os.chmod(home / "master.key", 0o600)  # git checks files out 0644; a real home keeps its key private
     old = sqlite3.connect(home / "registry.sqlite")
     assert old.execute("PRAGMA user_version").fetchone()[0] == 2
     before = {i: json.loads(m) for i, m in old.execute("SELECT id, marked FROM copies")}

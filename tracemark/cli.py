@@ -43,6 +43,20 @@ def _progress(description: str) -> Progress:
                     not os.environ.get("TRACEMARK_PROGRESS"))
 
 
+def _with_progress(description: str, run):
+    """``run(progress)`` under a progress bar; ``progress(done, total)`` moves it."""
+    with _progress(description) as bar:
+        task = bar.add_task(description, total=None)
+        return run(lambda d, t: bar.update(task, completed=d, total=t))
+
+
+def _print_skipped(skipped: list[str], what: str) -> None:
+    if skipped:
+        console.print(f"  [yellow]{what} {len(skipped)} file(s):[/]")
+        for line in skipped:
+            console.print(f"    {line}")
+
+
 def _write_json(path: Path, data: dict) -> None:
     from tracemark.fsutil import write_text_atomic
 
@@ -95,6 +109,8 @@ def protect(
     trigger_scope: str = typer.Option("licensee", help="licensee (own trigger word per copy) | dataset "
                                       "(one shared word: audits cost the same for any number of licensees)"),
     rate: float = typer.Option(0.02, help="Fraction of samples to mark."),
+    selection: str = typer.Option("random", help="random (a keyed random subset) | coherent (a keyed caption "
+                                  "neighbourhood: experimental, learned better at 2%; docs/learnability.md)."),
     strength: Optional[float] = typer.Option(None, help="Scheme strength (default: the scheme's)."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Scheme parameter KEY=VALUE, repeatable "
                                               "(e.g. -p cells=16 for the visible scheme); recorded in the registry."),
@@ -111,19 +127,14 @@ def protect(
 
     params = parse_params(param)
     reg = _registry(home)
-    with _progress("protect") as bar:
-        task = bar.add_task("protect", total=None)
-        res = do_protect(data_dir, out, licensee, registry=reg, dataset_name=dataset, scheme=scheme,
-                         strategy=strategy, trigger_scope=trigger_scope, rate=rate, strength=strength, scheme_params=params, on_error=on_error,
-                         workers=workers, progress=lambda d, t: bar.update(task, completed=d, total=t),
-                         engine=engine, address=address)
+    res = _with_progress("protect", lambda progress: do_protect(
+        data_dir, out, licensee, registry=reg, dataset_name=dataset, scheme=scheme, strategy=strategy,
+        trigger_scope=trigger_scope, rate=rate, selection=selection, strength=strength, scheme_params=params,
+        on_error=on_error, workers=workers, progress=progress, engine=engine, address=address))
     console.print(f"Issued copy {res.copy_id} of [bold]{res.dataset}[/] to [bold]{res.licensee}[/] -> {res.out_dir}")
     console.print(f"  {res.n_marked}/{res.n_samples} samples marked ({res.scheme}, {res.strategy}, rate {res.rate:g}); "
                   f"PSNR mean {res.psnr_mean:.1f} dB (min {res.psnr_min:.1f}), SSIM mean {res.ssim_mean:.4f}")
-    if res.skipped:
-        console.print(f"  [yellow]skipped {len(res.skipped)} file(s):[/]")
-        for line in res.skipped:
-            console.print(f"    {line}")
+    _print_skipped(res.skipped, "skipped")
 
 
 @app.command()
@@ -145,18 +156,13 @@ def materialize(
     from tracemark.materialize import materialize as do_materialize
 
     reg = _registry(home)
-    with _progress("materialize") as bar:
-        task = bar.add_task("materialize", total=None)
-        res = do_materialize(reg, licensee, out, dataset=dataset, data_dir=data, fmt=fmt, shard_size=shard_size,
-                             workers=workers, engine=engine, address=address,
-                             progress=lambda d, t: bar.update(task, completed=d, total=t))
+    res = _with_progress("materialize", lambda progress: do_materialize(
+        reg, licensee, out, dataset=dataset, data_dir=data, fmt=fmt, shard_size=shard_size, workers=workers,
+        engine=engine, address=address, progress=progress))
     what = f"{len(res.shards)} WebDataset shard(s)" if res.fmt == "webdataset" else "an imagefolder"
     console.print(f"Materialized copy {res.copy_id} of [bold]{res.dataset}[/] for [bold]{res.licensee}[/] -> "
                   f"{res.out_dir} ({what}; {res.n_marked}/{res.n_samples} samples marked)")
-    if res.skipped:
-        console.print(f"  [yellow]left out {len(res.skipped)} file(s), as the issued copy did:[/]")
-        for line in res.skipped:
-            console.print(f"    {line}")
+    _print_skipped(res.skipped, "as the issued copy did, left out")
 
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON lines instead of a table (scripts, narrow terminals).")
