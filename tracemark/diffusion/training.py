@@ -411,7 +411,8 @@ def run_training(rc: RunConfig, *, pipe=None, progress: bool = True, resume: boo
             raise TracemarkError(f"{ckpt_path}: no checkpoint to resume from")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         saved, mine = state["run_config"], rc.resume_key()
-        diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
+        keys = list(mine) + [k for k in saved if k not in mine]  # (a key saved but now at its default counts)
+        diff = {k: (saved.get(k), getattr(rc, k, None)) for k in keys if saved.get(k) != getattr(rc, k, None)}
         if diff:
             raise TracemarkError(f"{ckpt_path}: cannot resume, settings differ (saved, now): {diff}")
     elif out.exists() and any(out.iterdir()):
