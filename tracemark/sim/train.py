@@ -61,7 +61,10 @@ def export_checkpoint(run_dir, dest, use_ema: bool = True) -> Path:
     rc = state["run_config"]
     if rc["method"] == "lora":
         raise TracemarkError(f"{ckpt}: a LoRA run; its weights are written at the end only")
-    pipe = new_pipeline(seed=rc["seed"], vae=rc.get("vae"), tokenizer=rc.get("tokenizer")) if rc["base"] is None else load_pipeline(rc["base"])
+    if rc["base"] is None:
+        pipe = new_pipeline(seed=rc["seed"], vae=rc.get("vae"), tokenizer=rc.get("tokenizer"))
+    else:
+        pipe = load_pipeline(rc["base"])
     weights = state["weights"]
     if use_ema and state.get("ema") is not None:
         weights = dict(zip(weights.keys(), state["ema"]["shadow"]))
