@@ -50,3 +50,20 @@ def test_errors_are_tracemark_errors(tmp_path):
     assert isinstance(r.exception, TracemarkError)
     r = runner.invoke(_main_app(), ["sim", "make-data", str(tmp_path / "x"), "--domain", "cats"])
     assert isinstance(r.exception, TracemarkError)
+
+
+def test_finetune_with_the_sd15_preset(tiny_pipeline_dir, small_data_dir, tmp_path):
+    """``--preset sd15``: the product's values (512 px, attention-only rank-4 LoRA) from the same command."""
+    from safetensors.torch import load_file
+
+    main = _main_app()
+    r = runner.invoke(main, ["finetune", str(small_data_dir), "--base", str(tiny_pipeline_dir), "--out",
+                             str(tmp_path / "l"), "--preset", "sd15", "--steps", "1",
+                             "--gradient-accumulation-steps", "1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "l" / "training.json").read_text())["config"]
+    assert info["resolution"] == 512 and info["rank"] == 4 and info["lr"] == 1e-4 and not info["cache_latents"]
+    saved = load_file(tmp_path / "l" / "pytorch_lora_weights.safetensors")
+    assert all(".to_" in k for k in saved)
+    r = runner.invoke(main, ["finetune", str(small_data_dir), "--out", str(tmp_path / "x"), "--preset", "sdxl"])
+    assert isinstance(r.exception, TracemarkError)

@@ -123,3 +123,19 @@ def test_finetune_errors(tiny_pipeline_dir, small_data_dir, tmp_path):
         finetune(small_data_dir, tmp_path / "nomodel", tmp_path / "z", steps=1, **FAST)
     with pytest.raises(TracemarkError, match="preset"):
         finetune(small_data_dir, tiny_pipeline_dir, tmp_path / "w", steps=1, lora_targets="everything", **FAST)
+
+
+def test_tiny_preset_keeps_the_world_values():
+    """The world's experiments stay comparable: TINY is what the trainer used before presets."""
+    from tracemark.diffusion.training import LORA_TARGETS, SD15
+    from tracemark.diffusion.training import finetune as product_finetune
+    from tracemark.sim.train import TINY
+
+    assert (TINY.lr, TINY.steps, TINY.full_lr, TINY.full_steps) == (2e-3, 800, 2e-4, 1000)
+    assert TINY.rank == 16 and list(TINY.lora_targets) == LORA_TARGETS["broad"]
+    assert (TINY.batch_size, TINY.gradient_accumulation_steps, TINY.gradient_checkpointing) == (32, 1, False)
+    assert TINY.caption_dropout == 0.1 and TINY.mixed_precision == "no" and TINY.resolution is None
+    assert TINY.cache_latents and (TINY.lr_schedule, TINY.warmup, TINY.ema) == ("constant", 0, 0.0)
+    import inspect
+
+    assert inspect.signature(product_finetune).parameters["preset"].default is SD15  # the product's default

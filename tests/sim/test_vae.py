@@ -32,7 +32,7 @@ def test_pretrain_vae_writes_a_stock_autoencoderkl_and_resumes_exactly(vae_data,
             raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(vae_mod._Progress, "update", interrupt)
+        m.setattr(vae_mod.Progress, "update", interrupt)
         with pytest.raises(KeyboardInterrupt):
             pretrain_vae(vae_data, tmp_path / "b", steps=4, **kw)
     resumed = pretrain_vae(vae_data, tmp_path / "b", steps=4, resume=True, **kw)

@@ -2,6 +2,7 @@
 LoRAs in diffusers / kohya / peft layout) and generate from it reproducibly on any device.
 
 The product's only door to diffusers pipelines; the CPU test world (``tracemark.sim``) builds on it.
+Fine-tuning: :mod:`tracemark.diffusion.training` (not imported here: it pulls in torch at import).
 """
 
 from tracemark.diffusion.generation import generate, generate_images, read_prompts, regenerate

@@ -9,6 +9,9 @@ tensors do not all land in the model is a one-line error naming what did not mat
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 #: File name of diffusers-format LoRA weights (what ``save_lora_weights`` writes).
@@ -127,6 +130,53 @@ def load_pipeline(model_dir, lora=None, device=None, dtype=None, config=None):
     if device is not None:
         pipe.to(device)
     return pipe
+
+
+def save_pipeline(pipe, out_dir, extra_files: dict[str, str] | None = None) -> Path:
+    """``pipe.save_pretrained`` (safetensors) into ``out_dir``, component by component.
+
+    Everything is written to a temporary sibling first; then each component folder and file is
+    swapped in with a rename, so an interrupted save never leaves a half-written component.
+    Entries of ``out_dir`` that are not part of the pipeline (e.g. ``checkpoints/``) are kept.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        from diffusers.utils import logging as dlogging
+        from transformers.utils import logging as tlogging
+
+        with _quiet(dlogging, tlogging):
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if getattr(pipe, "tokenizer", None) is not None:
+            write_slow_tokenizer_files(pipe.tokenizer, tmp / "tokenizer")
+        entries = sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json")  # index last
+        for entry in entries:
+            dest = out / entry.name
+            if dest.is_dir() and not dest.is_symlink():
+                old = out / f".{entry.name}.old-{os.getpid()}"
+                os.replace(dest, old)
+                os.replace(entry, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(entry, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def write_slow_tokenizer_files(tok, folder: Path) -> None:
+    """``vocab.json`` + ``merges.txt`` beside ``tokenizer.json``, as SD's repositories have them.
+
+    transformers 5 saves only ``tokenizer.json``; older transformers, other tools and the
+    diffusers training scripts of their time read the two BPE files.
+    """
+    model = json.loads(tok.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
 def lora_state_dict(lora) -> tuple[dict, str, Path]:

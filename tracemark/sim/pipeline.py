@@ -22,13 +22,18 @@ No safety checker, no feature extractor. Nothing is downloaded.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tracemark.diffusion.loading import _one_line, _quiet, is_pipeline_dir, load_lora, load_pipeline  # noqa: F401
+from tracemark.diffusion.loading import (  # noqa: F401
+    _one_line,
+    _quiet,
+    is_pipeline_dir,
+    load_lora,
+    load_pipeline,
+    save_pipeline,
+    write_slow_tokenizer_files,
+)
 
 import torch
 
@@ -226,53 +231,6 @@ def build_tiny_pipeline(out_dir, seed: int = 0, config: TinyConfig | None = None
     info = {"seed": seed, "config": asdict(cfg), "note": "built by tracemark.sim.build_tiny_pipeline"}
     save_pipeline(pipe, out, extra_files={"tracemark_sim.json": json.dumps(info, indent=2) + "\n"})
     return out
-
-
-def save_pipeline(pipe, out_dir, extra_files: dict[str, str] | None = None) -> Path:
-    """``pipe.save_pretrained`` (safetensors) into ``out_dir``, component by component.
-
-    Everything is written to a temporary sibling first; then each component folder and file is
-    swapped in with a rename, so an interrupted save never leaves a half-written component.
-    Entries of ``out_dir`` that are not part of the pipeline (e.g. ``checkpoints/``) are kept.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        from diffusers.utils import logging as dlogging
-        from transformers.utils import logging as tlogging
-
-        with _quiet(dlogging, tlogging):
-            pipe.save_pretrained(tmp, safe_serialization=True)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        if getattr(pipe, "tokenizer", None) is not None:
-            write_slow_tokenizer_files(pipe.tokenizer, tmp / "tokenizer")
-        entries = sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json")  # index last
-        for entry in entries:
-            dest = out / entry.name
-            if dest.is_dir() and not dest.is_symlink():
-                old = out / f".{entry.name}.old-{os.getpid()}"
-                os.replace(dest, old)
-                os.replace(entry, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(entry, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def write_slow_tokenizer_files(tok, folder: Path) -> None:
-    """``vocab.json`` + ``merges.txt`` beside ``tokenizer.json``, as SD's repositories have them.
-
-    transformers 5 saves only ``tokenizer.json``; older transformers, other tools and the
-    diffusers training scripts of their time read the two BPE files.
-    """
-    model = json.loads(tok.backend_tokenizer.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n", encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
 def default_base_path() -> Path:

@@ -145,11 +145,11 @@ def base_report(model_dir, data_dir, n: int = 256, seed: int = 0, steps: int = 2
     from tracemark.sim.generate import generate_images
     from tracemark.sim.pipeline import load_pipeline
     from tracemark.sim.probe import probe_model
-    from tracemark.sim.train import _read_imagefolder, load_images
+    from tracemark.diffusion.training import load_images, read_imagefolder
     from tracemark.sim.vae import psnr_ssim
 
     pipe = load_pipeline(model_dir)
-    rows = _read_imagefolder(Path(data_dir))[:n]
+    rows = read_imagefolder(Path(data_dir))[:n]
     real = load_images([p for p, _ in rows], 32).permute(0, 2, 3, 1).numpy()
     gen = generate_images(pipe, [c for _, c in rows], seed=seed, steps=steps)
     report = {"model": str(model_dir), "n": len(rows)}

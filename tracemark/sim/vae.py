@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tracemark.sim.train import (
-    _atomic_torch_save,
+from tracemark.diffusion.training import (
+    Progress,
     _batch_indices,
     _mix,
-    _Progress,
-    _read_imagefolder,
+    atomic_torch_save,
     load_images,
+    read_imagefolder,
 )
 
 
@@ -75,7 +75,7 @@ def pretrain_vae(data_dir, out_dir, steps: int = 4000, *, lr: float = 1e-3, batc
     ckpt_path = out / "checkpoints" / "last.pt"
     if not resume and out.exists() and any(out.iterdir()):
         raise TracemarkError(f"{out}: already exists and is not empty (use --resume to continue a run)")
-    rows = _read_imagefolder(Path(data_dir))
+    rows = read_imagefolder(Path(data_dir))
     if len(rows) <= holdout:
         raise TracemarkError(f"{data_dir}: need more than {holdout} images to train and hold out")
     images = load_images([p for p, _ in rows], cfg.resolution)
@@ -102,7 +102,7 @@ def pretrain_vae(data_dir, out_dir, steps: int = 4000, *, lr: float = 1e-3, batc
         sched.load_state_dict(state["lr_scheduler"])
         step, hist = int(state["step"]), list(state["loss_hist"])
     out.mkdir(parents=True, exist_ok=True)
-    bar = _Progress(steps, step, f"vae {out.name}", enabled=progress)
+    bar = Progress(steps, step, f"vae {out.name}", enabled=progress)
     t0, running = time.time(), None
     try:
         while step < steps:
@@ -131,11 +131,11 @@ def pretrain_vae(data_dir, out_dir, steps: int = 4000, *, lr: float = 1e-3, batc
                 hist.append(round(running, 6))
             bar.update(step, running)
             if save_every and step % save_every == 0:
-                _atomic_torch_save({"step": step, "weights": vae.state_dict(), "optimizer": opt.state_dict(),
+                atomic_torch_save({"step": step, "weights": vae.state_dict(), "optimizer": opt.state_dict(),
                                     "lr_scheduler": sched.state_dict(), "loss_hist": hist}, ckpt_path)  # fmt: skip
     finally:
         bar.close()
-    _atomic_torch_save({"step": step, "weights": vae.state_dict(), "optimizer": opt.state_dict(),
+    atomic_torch_save({"step": step, "weights": vae.state_dict(), "optimizer": opt.state_dict(),
                         "lr_scheduler": sched.state_dict(), "loss_hist": hist}, ckpt_path)  # fmt: skip
     vae.eval()
     with torch.no_grad():  # SD's convention: unit-variance latents after scaling
