@@ -291,17 +291,35 @@ def test_cli_audit_of_a_single_file_checkpoint(single_files, sample_dir, tmp_pat
     assert run("init").returncode == 0
     assert run("protect", sample_dir, "-l", "acme", "-o", tmp_path / "acme", "--rate", "0.2").returncode == 0
     p = run("audit", "--model", ckpt, "--config", folder, "--n", 16, "--steps", 2, "--decoys", 100,
-            "--device", "cpu", "--dtype", "fp16", "--batch-size", 8, "--json", tmp_path / "v.json")
+            "--device", "cpu", "--dtype", "fp16", "--batch-size", 8, "--json", tmp_path / "v.json",
+            "--report", tmp_path / "r.html")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "cannot run with" not in p.stderr  # diffusers' fp16-on-CPU warning is not shown
     v = json.loads((tmp_path / "v.json").read_text())
     assert v["kind"] == "model" and v["n_images"] == 16 and len(v["licensees"]) == 1
+    assert v["params"]["config"] == str(folder) and f"--config {folder}" in (tmp_path / "r.html").read_text()
     file_digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert v["model_hash"] == hashlib.sha256(ckpt.name.encode() + b"\0" + file_digest.encode()).hexdigest()
     p = run("audit", "--model", sd_ckpt, "--config", folder, "--n", 16, "--device", "cpu")
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert p.returncode == 1 and "Traceback" not in p.stderr and len(lines) == 1, p.stderr
     assert str(sd_ckpt) in lines[0] and "does not fit --config" in lines[0]
+
+
+def test_whitebox_with_a_single_file_base_reads_zero_residuals(single_files, sample_dir, tmp_path):
+    """``--whitebox --base CKPT --config DIR``: the base read from the LDM file is the folder's model
+    exactly, so the suspect (the folder) minus the reference leaves nothing (score 0.0, not ~0)."""
+    from registry_helpers import seeded_registry
+
+    from tracemark.audit import audit_whitebox
+    from tracemark.protect import protect
+
+    folder, ckpt = single_files["base"]
+    reg = seeded_registry(tmp_path / "home")
+    protect(sample_dir, tmp_path / "acme", "acme", registry=reg, rate=0.2, workers=1)
+    d = audit_whitebox(folder, reg, sample_dir, base=ckpt, config=folder, device="cpu", n_decoys=100).to_dict()
+    assert d["params"]["reference"] == "base" and d["params"]["config"] == str(folder)
+    assert [lic["score"] for lic in d["licensees"]] == [0.0] and not d["used"]
 
 
 def test_fp16_on_the_cpu_runs_or_is_one_line():
