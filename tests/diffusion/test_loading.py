@@ -4,6 +4,7 @@ product -> test world (never the other way round). Runs on the tiny untrained pi
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -194,9 +195,19 @@ def test_a_single_file_checkpoint_generates_the_folders_images(single_files, tmp
     from tracemark.sim.single_file import write_single_file
 
     folder, ckpt = single_files["base"]
+    # --config needs the folder's configs, tokenizer and scheduler only: no weights are read from it;
+    # and its model_index may list SD 1.5's safety checker and feature extractor (not loaded / loaded)
+    from transformers import CLIPImageProcessor
+
+    config = shutil.copytree(folder, tmp_path / "config", ignore=shutil.ignore_patterns("*.safetensors"))
+    CLIPImageProcessor().save_pretrained(config / "feature_extractor")
+    index = json.loads((config / "model_index.json").read_text())
+    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+                 feature_extractor=["transformers", "CLIPImageProcessor"], requires_safety_checker=True)
+    (config / "model_index.json").write_text(json.dumps(index))
     prompts = ["a red circle", "a face"]
     want = generate_images(load_pipeline(folder), prompts, seed=3, steps=4)
-    got = generate_images(load_pipeline(ckpt, config=folder), prompts, seed=3, steps=4)
+    got = generate_images(load_pipeline(ckpt, config=config), prompts, seed=3, steps=4)
     assert want.std() > 5 and np.array_equal(got, want)
     # model sites publish fp16 files: read back at fp32, the weights are the folder's rounded to fp16
     half = write_single_file(folder, tmp_path / "half.safetensors", dtype=torch.float16)
@@ -204,6 +215,19 @@ def test_a_single_file_checkpoint_generates_the_folders_images(single_files, tmp
     ref = load_pipeline(folder).unet
     assert unet.dtype == torch.float32
     assert all(torch.equal(v, ref.state_dict()[k].half().float()) for k, v in unet.state_dict().items())
+
+
+@pytest.mark.parametrize("layout", ["kohya", "peft"])
+def test_a_lora_on_a_single_file_checkpoint(lora_files, tmp_path, layout):
+    """``--model CKPT --config DIR --lora L``: the same UNet output as the LoRA on the folder."""
+    from tracemark.diffusion import load_pipeline
+    from tracemark.sim.single_file import write_single_file
+
+    base, files, (x, t, emb, want) = lora_files
+    pipe = load_pipeline(write_single_file(base, tmp_path / "base.safetensors"), lora=files[layout], config=base)
+    with torch.no_grad():
+        got = pipe.unet(x, t, encoder_hidden_states=emb).sample
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
 
 
 def test_the_ldm_layout_at_sd15_size_reads_back_through_diffusers():
