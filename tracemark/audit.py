@@ -284,8 +284,8 @@ def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, step
                "total_s": round(t_end - t0, 2)}
     params = {"n": n, "seed": seed, "steps": steps, "guidance": guidance, "alpha": alpha, "n_decoys": n_decoys,
               "dataset": dataset, "lora": str(lora) if lora else None, "model": str(model_dir),
-              "config": str(config) if config else None, "two_stage": two_stage, "work_dir": None if own_work else str(work),
-              "data": str(data_dir) if data_dir else None}
+              "config": str(config) if config else None, "two_stage": two_stage,
+              "work_dir": None if own_work else str(work), "data": str(data_dir) if data_dir else None}
     return AuditResult(verdict, "model", str(model_dir), plans, [] if own_work else paths,
                        model_hash(model_dir, lora, registry), params, timings, images=shown, n_images=len(paths))  # fmt: skip
 
@@ -359,7 +359,8 @@ def audit_whitebox(
                            alpha=alpha, seed=seed, content=content_for(registry, copies, data_dir)[0])
     reference = "lora-off" if lora is not None else ("base" if ref_pipe is not None else "data")
     params = {"seed": seed, "alpha": alpha, "n_decoys": n_decoys, "dataset": dataset, "model": str(model_dir),
-              "config": str(config) if config else None, "lora": str(lora) if lora else None, "base": str(base) if base else None, "reference": reference,
+              "config": str(config) if config else None, "lora": str(lora) if lora else None,
+              "base": str(base) if base else None, "reference": reference,
               "t_fracs": list(t_fracs), "draws": draws, "data": str(data_dir), "n_probes": len(probes),
               "contrast": contrast}
     timings = {"load_s": round(t_load - t0, 2), "residuals_s": round(t_res - t_load, 2),

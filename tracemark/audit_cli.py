@@ -43,7 +43,8 @@ def audit_cmd(
     batch_size: int = typer.Option(32, "--batch-size", help="Images generated per batch (memory vs speed)."),
     config: Optional[Path] = typer.Option(None, "--config", help="For a single-file --model (or --base) checkpoint: "
                                           "a diffusers pipeline folder of its architecture, e.g. SD 1.5's; only its "
-                                          "configs, tokenizer and scheduler are read (offline there is no hub to ask)."),
+                                          "configs, tokenizer and scheduler are read (offline there is no hub "
+                                          "to ask)."),
     home: Optional[Path] = typer.Option(None, "--home", envvar="TRACEMARK_HOME", help="Registry folder."),
 ) -> None:
     """Was this model fine-tuned on our data, and whose copy was it? Verdict with a p-value."""

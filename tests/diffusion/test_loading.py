@@ -346,11 +346,20 @@ def test_whitebox_with_a_single_file_base_reads_zero_residuals(single_files, sam
     assert [lic["score"] for lic in d["licensees"]] == [0.0] and not d["used"]
 
 
-def test_fp16_on_the_cpu_runs_or_is_one_line():
+def test_fp16_on_the_cpu_runs_or_is_one_line(monkeypatch):
     """``--dtype fp16 --device cpu``: PyTorch 2.x has CPU half kernels, so it must run (images close
     to fp32's); a PyTorch without them gets the one-line error of _check_cpu_half."""
     from tracemark.diffusion import generate_images, load_pipeline
     from tracemark.sim import default_base_path
+
+    with monkeypatch.context() as m:  # a PyTorch without CPU half convolutions (as 1.x was)
+        def no_half(*a, **k):
+            raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'')
+
+        m.setattr(torch.nn.functional, "conv2d", no_half)
+        with pytest.raises(TracemarkError, match=r"^--dtype fp16 on the CPU: .*use --dtype fp32 or bf16") as err:
+            load_pipeline(default_base_path(), device="cpu", dtype="fp16")
+        assert "\n" not in str(err.value)
 
     try:
         half = load_pipeline(default_base_path(), device="cpu", dtype="fp16")

@@ -144,8 +144,8 @@ def _check_cpu_half(device: str | None, dtype) -> None:
         x = torch.ones(1, 2, 4, 4, dtype=torch.float16)
         torch.nn.functional.group_norm(torch.nn.functional.conv2d(x, torch.ones(2, 2, 3, 3, dtype=torch.float16)), 1)
     except RuntimeError as exc:
-        raise TracemarkError(f"--dtype fp16 on the CPU: this PyTorch has no CPU float16 kernels ({_one_line(exc, 120)}); "
-                             "use --dtype fp32 or bf16, or --device cuda") from None
+        raise TracemarkError(f"--dtype fp16 on the CPU: this PyTorch has no CPU float16 kernels "
+                             f"({_one_line(exc, 120)}); use --dtype fp32 or bf16, or --device cuda") from None
 
 
 #: Where an original-layout (CompVis / A1111, "LDM") SD checkpoint keeps each component.
@@ -177,7 +177,8 @@ def _load_single_file(cls, path: Path, config, kwargs: dict):
     except SingleFileComponentError as exc:
         what = str(exc).split(".")[0].removeprefix("Failed to load ")
         raise TracemarkError(f"{path}: no {what} weights in this checkpoint (an original-layout SD file has "
-                             "model.diffusion_model.*, first_stage_model.* and cond_stage_model.transformer.*)") from exc
+                             "model.diffusion_model.*, first_stage_model.* and cond_stage_model.transformer.*)"
+                             ) from exc
     except (ValueError, KeyError, RuntimeError) as exc:  # shapes or keys that do not match the config
         text = str(exc)
         if "meta tensor" in text:  # parameters the file has no tensor for, left on the meta device
