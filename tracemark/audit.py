@@ -244,7 +244,7 @@ def audit_model(
     try:
         content, data_used = content_for(registry, copies, data_dir)
         return _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, steps, guidance, alpha,
-                            n_decoys, work, own_work, t0, t_load, content, data_used, batch_size)  # fmt: skip
+                            n_decoys, work, own_work, t0, t_load, content, data_used, batch_size, config)  # fmt: skip
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -252,7 +252,7 @@ def audit_model(
 
 def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, steps, guidance, alpha, n_decoys,
                  work: Path, own_work: bool, t0: float, t_load: float, content=None,
-                 data_dir=None, batch_size: int = 32) -> AuditResult:  # fmt: skip
+                 data_dir=None, batch_size: int = 32, config=None) -> AuditResult:  # fmt: skip
     gen_args = {"steps": steps, "guidance": guidance, "batch_size": batch_size}
     n_trig = len({trigger_of(c, registry) for c in copies if c.strategy == "trigger"})  # distinct words
     two_stage = n_trig > n // MIN_PER_COPY
@@ -284,8 +284,8 @@ def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, step
                "total_s": round(t_end - t0, 2)}
     params = {"n": n, "seed": seed, "steps": steps, "guidance": guidance, "alpha": alpha, "n_decoys": n_decoys,
               "dataset": dataset, "lora": str(lora) if lora else None, "model": str(model_dir),
-              "two_stage": two_stage, "work_dir": None if own_work else str(work),
-              "data": str(data_dir) if data_dir else None}
+              "config": str(config) if config else None, "two_stage": two_stage,
+              "work_dir": None if own_work else str(work), "data": str(data_dir) if data_dir else None}
     return AuditResult(verdict, "model", str(model_dir), plans, [] if own_work else paths,
                        model_hash(model_dir, lora, registry), params, timings, images=shown, n_images=len(paths))  # fmt: skip
 
@@ -348,7 +348,7 @@ def audit_whitebox(
     if pipe is None:
         pipe = load_pipeline(model_dir, lora=lora, device=device or "auto", dtype=dtype, config=config)
     if ref_pipe is None and base is not None and lora is None:
-        ref_pipe = load_pipeline(base, device=device or "auto", dtype=dtype)
+        ref_pipe = load_pipeline(base, device=device or "auto", dtype=dtype, config=config)  # a single-file base too
     t_load = time.perf_counter()
     t_fracs = tuple(t_fracs or DEFAULT_T_FRACS)
     draws = int(draws or DEFAULT_DRAWS)
@@ -359,7 +359,8 @@ def audit_whitebox(
                            alpha=alpha, seed=seed, content=content_for(registry, copies, data_dir)[0])
     reference = "lora-off" if lora is not None else ("base" if ref_pipe is not None else "data")
     params = {"seed": seed, "alpha": alpha, "n_decoys": n_decoys, "dataset": dataset, "model": str(model_dir),
-              "lora": str(lora) if lora else None, "base": str(base) if base else None, "reference": reference,
+              "config": str(config) if config else None, "lora": str(lora) if lora else None,
+              "base": str(base) if base else None, "reference": reference,
               "t_fracs": list(t_fracs), "draws": draws, "data": str(data_dir), "n_probes": len(probes),
               "contrast": contrast}
     timings = {"load_s": round(t_load - t0, 2), "residuals_s": round(t_res - t_load, 2),

@@ -16,7 +16,8 @@ console = Console()
 
 
 def audit_cmd(
-    model: Optional[Path] = typer.Option(None, "--model", help="Suspect diffusers pipeline folder."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Suspect diffusers pipeline folder, or an "
+                                         "original-layout (CompVis / A1111) single-file checkpoint with --config."),
     lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA weights (file or folder) to load on the model."),
     images: Optional[Path] = typer.Option(None, "--images", help="Black box: a folder of images the model generated."),
     whitebox: bool = typer.Option(False, "--whitebox", help="White box: read the marked samples through the "
@@ -40,8 +41,10 @@ def audit_cmd(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available) | cpu | cuda[:N]."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images generated per batch (memory vs speed)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="For a single-file --model checkpoint: a pipeline "
-                                          "folder of the same architecture (offline there is no hub to ask)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="For a single-file --model (or --base) checkpoint: "
+                                          "a diffusers pipeline folder of its architecture, e.g. SD 1.5's; only its "
+                                          "configs, tokenizer and scheduler are read (offline there is no hub "
+                                          "to ask)."),
     home: Optional[Path] = typer.Option(None, "--home", envvar="TRACEMARK_HOME", help="Registry folder."),
 ) -> None:
     """Was this model fine-tuned on our data, and whose copy was it? Verdict with a p-value."""

@@ -152,6 +152,8 @@ def _command(r: dict) -> str:
         cmd += f" --seed {p['seed']}"
     else:
         cmd = f"tracemark audit --images {p['images']}"
+    if p.get("config"):  # the single-file checkpoint's pipeline folder
+        cmd += f" --config {p['config']}"
     if p.get("data") and r["kind"] != "whitebox":
         cmd += f" --data {p['data']}"
     if p.get("dataset"):

@@ -4,6 +4,7 @@ product -> test world (never the other way round). Runs on the tiny untrained pi
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -132,3 +133,241 @@ def test_the_product_never_loads_the_test_world():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+# --- single-file (original-layout, "LDM") checkpoints ------------------------------------------------
+
+def _sd_like_tiny(path):
+    """A tiny pipeline arranged like SD 1.x where the committed base is not: 4 UNet levels with
+    attention on the first three, 2 resnets per block, a 3-level VAE with a mid-block attention."""
+    from diffusers import AutoencoderKL
+
+    from tracemark.sim import build_tiny_pipeline
+    from tracemark.sim.pipeline import TinyConfig
+
+    cfg = TinyConfig(unet_channels=(32, 32, 64, 64), layers_per_block=2, attention_levels=(True, True, True, False),
+                     vae_channels=(32, 32, 64))
+    torch.manual_seed(1)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        block_out_channels=(32, 32, 64), layers_per_block=2, latent_channels=4, norm_num_groups=32,
+                        sample_size=64)  # mid_block_add_attention: True, as SD's
+    return build_tiny_pipeline(path, seed=1, config=cfg, vae=vae)
+
+
+@pytest.fixture(scope="module")
+def single_files(tmp_path_factory):
+    """{name: (pipeline folder, the same weights as one LDM-layout .safetensors)} for the committed
+    (trained) base and an SD-arranged tiny pipeline."""
+    from tracemark.sim import default_base_path
+    from tracemark.sim.single_file import write_single_file
+
+    tmp = tmp_path_factory.mktemp("single")
+    out = {"base": default_base_path(), "sd_like": _sd_like_tiny(tmp / "sd_like")}
+    return {k: (d, write_single_file(d, tmp / f"{k}.safetensors")) for k, d in out.items()}
+
+
+@pytest.mark.parametrize("name", ["base", "sd_like"])
+def test_a_single_file_checkpoint_loads_the_folders_weights(single_files, name):
+    """Every UNet, VAE and text-encoder tensor read from the LDM file by diffusers' converter equals
+    the folder's: the writer (tracemark.sim.single_file) and the reader agree on the public layout."""
+    from safetensors import safe_open
+
+    from tracemark.diffusion import load_pipeline
+
+    folder, ckpt = single_files[name]
+    with safe_open(str(ckpt), framework="pt") as f:
+        keys = list(f.keys())
+    prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")
+    assert all(k.startswith(prefixes) or k in ("betas", "alphas_cumprod") for k in keys)
+    assert "model.diffusion_model.input_blocks.0.0.weight" in keys  # original names, not diffusers'
+    a, b = load_pipeline(ckpt, config=folder), load_pipeline(folder)
+    for part in ("unet", "vae", "text_encoder"):
+        sa, sb = getattr(a, part).state_dict(), getattr(b, part).state_dict()
+        assert sa.keys() == sb.keys(), part
+        bad = [k for k in sb if not torch.equal(sa[k], sb[k])]
+        assert not bad, (part, bad[:3])
+    assert dict(a.scheduler.config) == dict(b.scheduler.config)
+    assert a.tokenizer("a tavoreki cat").input_ids == b.tokenizer("a tavoreki cat").input_ids
+
+
+def test_a_single_file_checkpoint_generates_the_folders_images(single_files, tmp_path):
+    from tracemark.diffusion import generate_images, load_pipeline
+    from tracemark.sim.single_file import write_single_file
+
+    folder, ckpt = single_files["base"]
+    # --config needs the folder's configs, tokenizer and scheduler only: no weights are read from it;
+    # and its model_index may list SD 1.5's safety checker and feature extractor (not loaded / loaded)
+    from transformers import CLIPImageProcessor
+
+    config = shutil.copytree(folder, tmp_path / "config", ignore=shutil.ignore_patterns("*.safetensors"))
+    CLIPImageProcessor().save_pretrained(config / "feature_extractor")
+    index = json.loads((config / "model_index.json").read_text())
+    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+                 feature_extractor=["transformers", "CLIPImageProcessor"], requires_safety_checker=True)
+    (config / "model_index.json").write_text(json.dumps(index))
+    prompts = ["a red circle", "a face"]
+    want = generate_images(load_pipeline(folder), prompts, seed=3, steps=4)
+    got = generate_images(load_pipeline(ckpt, config=config), prompts, seed=3, steps=4)
+    assert want.std() > 5 and np.array_equal(got, want)
+    # model sites publish fp16 files: read back at fp32, the weights are the folder's rounded to fp16
+    half = write_single_file(folder, tmp_path / "half.safetensors", dtype=torch.float16)
+    unet = load_pipeline(half, config=folder, dtype="fp32").unet
+    ref = load_pipeline(folder).unet
+    assert unet.dtype == torch.float32
+    assert all(torch.equal(v, ref.state_dict()[k].half().float()) for k, v in unet.state_dict().items())
+
+
+@pytest.mark.parametrize("layout", ["kohya", "peft"])
+def test_a_lora_on_a_single_file_checkpoint(lora_files, tmp_path, layout):
+    """``--model CKPT --config DIR --lora L``: the same UNet output as the LoRA on the folder."""
+    from tracemark.diffusion import load_pipeline
+    from tracemark.sim.single_file import write_single_file
+
+    base, files, (x, t, emb, want) = lora_files
+    pipe = load_pipeline(write_single_file(base, tmp_path / "base.safetensors"), lora=files[layout], config=base)
+    with torch.no_grad():
+        got = pipe.unet(x, t, encoder_hidden_states=emb).sample
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
+def test_the_ldm_layout_at_sd15_size_reads_back_through_diffusers():
+    """SD 1.5's own UNet and VAE architecture (meta tensors: no memory): the written names are those
+    of SD 1.5 files (spot checks of the public layout) and diffusers' reader maps every one back."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
+                                                     infer_diffusers_model_type)
+
+    from tracemark.sim.single_file import unet_to_ldm, vae_to_ldm
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                                    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                                    cross_attention_dim=768, attention_head_dim=8)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    sd = {**unet_to_ldm(unet), **vae_to_ldm(vae)}
+    assert len(sd) == 686 + 248  # SD 1.5: 686 UNet and 248 VAE tensors
+    shapes = {"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
+              "model.diffusion_model.input_blocks.3.0.op.weight": (320, 320, 3, 3),
+              "model.diffusion_model.middle_block.1.proj_in.weight": (1280, 1280, 1, 1),
+              "model.diffusion_model.output_blocks.2.1.conv.weight": (1280, 1280, 3, 3),
+              "model.diffusion_model.output_blocks.5.2.conv.weight": (1280, 1280, 3, 3),
+              "model.diffusion_model.output_blocks.11.0.skip_connection.weight": (320, 640, 1, 1),
+              "model.diffusion_model.out.2.weight": (4, 320, 3, 3),
+              "first_stage_model.encoder.mid.attn_1.q.weight": (512, 512, 1, 1),
+              "first_stage_model.decoder.up.3.block.2.conv2.weight": (512, 512, 3, 3),
+              "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight": (128, 256, 1, 1)}
+    assert {k: tuple(sd[k].shape) for k in shapes} == shapes
+    assert infer_diffusers_model_type(sd) == "v1"
+    for model, convert in ((unet, convert_ldm_unet_checkpoint), (vae, convert_ldm_vae_checkpoint)):
+        back = convert(sd, dict(model.config))
+        want = model.state_dict()
+        assert back.keys() == want.keys()
+        assert all(back[k].shape == want[k].shape for k in want)
+
+
+def test_a_checkpoint_that_does_not_fit_the_config_is_one_line_naming_the_file(single_files, tmp_path):
+    from tracemark.diffusion import load_pipeline
+    from tracemark.sim import build_tiny_pipeline
+    from tracemark.sim.pipeline import TinyConfig
+    from tracemark.sim.single_file import write_single_file
+
+    base, ckpt = single_files["base"]
+    sd_like, sd_ckpt = single_files["sd_like"]
+
+    def refused(path, config, needle, named=None):
+        with pytest.raises(TracemarkError) as err:
+            load_pipeline(path, config=config)
+        msg = str(err.value)
+        assert msg.startswith(f"{named or path}: ") and needle in msg and "\n" not in msg, msg
+
+    refused(sd_ckpt, base, "does not fit --config")  # another architecture: shapes differ
+    refused(ckpt, sd_like, "does not fit --config")
+    # a deeper text encoder: diffusers would skip the extra layer's tensors and load the rest
+    deeper = write_single_file(build_tiny_pipeline(tmp_path / "deep", seed=2, config=TinyConfig(text_layers=3)),
+                               tmp_path / "deep.safetensors")
+    refused(deeper, base, "its text_encoder has 52 tensors, the config's 36")
+    refused(write_single_file(base, tmp_path / "no_te.safetensors", text_encoder=False), base,
+            "no CLIPTextModel weights")
+    refused(base / "unet" / "diffusion_pytorch_model.safetensors", base, "not an original-layout")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    refused(tmp_path / "junk.safetensors", base, "cannot load pipeline")
+    refused(ckpt, base / "unet", "--config must", named=base / "unet")
+    refused(ckpt, None, "needs --config")
+
+
+def test_cli_audit_of_a_single_file_checkpoint(single_files, sample_dir, tmp_path):
+    """``tracemark audit --model CKPT --config DIR`` end to end (fp16 on the CPU: the path a user
+    copying a GPU command gets); a checkpoint of another architecture is one line, no traceback."""
+    import hashlib
+    import os
+
+    folder, ckpt = single_files["base"]
+    _, sd_ckpt = single_files["sd_like"]
+    home = tmp_path / "home"
+    env = {**os.environ, "TRACEMARK_HOME": str(home), "COLUMNS": "200"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "tracemark", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=600)
+
+    assert run("init").returncode == 0
+    assert run("protect", sample_dir, "-l", "acme", "-o", tmp_path / "acme", "--rate", "0.2").returncode == 0
+    p = run("audit", "--model", ckpt, "--config", folder, "--n", 16, "--steps", 2, "--decoys", 100,
+            "--device", "cpu", "--dtype", "fp16", "--batch-size", 8, "--json", tmp_path / "v.json",
+            "--report", tmp_path / "r.html")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "cannot run with" not in p.stderr  # diffusers' fp16-on-CPU warning is not shown
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["kind"] == "model" and v["n_images"] == 16 and len(v["licensees"]) == 1
+    assert v["params"]["config"] == str(folder) and f"--config {folder}" in (tmp_path / "r.html").read_text()
+    file_digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert v["model_hash"] == hashlib.sha256(ckpt.name.encode() + b"\0" + file_digest.encode()).hexdigest()
+    p = run("audit", "--model", sd_ckpt, "--config", folder, "--n", 16, "--device", "cpu")
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 1 and "Traceback" not in p.stderr and len(lines) == 1, p.stderr
+    assert str(sd_ckpt) in lines[0] and "does not fit --config" in lines[0]
+
+
+def test_whitebox_with_a_single_file_base_reads_zero_residuals(single_files, sample_dir, tmp_path):
+    """``--whitebox --base CKPT --config DIR``: the base read from the LDM file is the folder's model
+    exactly, so the suspect (the folder) minus the reference leaves nothing (score 0.0, not ~0)."""
+    from registry_helpers import seeded_registry
+
+    from tracemark.audit import audit_whitebox
+    from tracemark.protect import protect
+
+    folder, ckpt = single_files["base"]
+    reg = seeded_registry(tmp_path / "home")
+    protect(sample_dir, tmp_path / "acme", "acme", registry=reg, rate=0.2, workers=1)
+    d = audit_whitebox(folder, reg, sample_dir, base=ckpt, config=folder, device="cpu", n_decoys=100).to_dict()
+    assert d["params"]["reference"] == "base" and d["params"]["config"] == str(folder)
+    assert [lic["score"] for lic in d["licensees"]] == [0.0] and not d["used"]
+
+
+def test_fp16_on_the_cpu_runs_or_is_one_line(monkeypatch):
+    """``--dtype fp16 --device cpu``: PyTorch 2.x has CPU half kernels, so it must run (images close
+    to fp32's); a PyTorch without them gets the one-line error of _check_cpu_half."""
+    from tracemark.diffusion import generate_images, load_pipeline
+    from tracemark.sim import default_base_path
+
+    with monkeypatch.context() as m:  # a PyTorch without CPU half convolutions (as 1.x was)
+        def no_half(*a, **k):
+            raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'')
+
+        m.setattr(torch.nn.functional, "conv2d", no_half)
+        with pytest.raises(TracemarkError, match=r"^--dtype fp16 on the CPU: .*use --dtype fp32 or bf16") as err:
+            load_pipeline(default_base_path(), device="cpu", dtype="fp16")
+        assert "\n" not in str(err.value)
+
+    try:
+        half = load_pipeline(default_base_path(), device="cpu", dtype="fp16")
+    except TracemarkError as exc:
+        assert "--dtype fp16 on the CPU" in str(exc) and "\n" not in str(exc)
+        return
+    assert half.unet.dtype == torch.float16
+    a = generate_images(half, ["a red circle", "a face"], seed=1, steps=4).astype(int)
+    b = generate_images(load_pipeline(default_base_path(), device="cpu"), ["a red circle", "a face"], seed=1,
+                        steps=4).astype(int)
+    assert b.std() > 5 and np.abs(a - b).mean() < 2, np.abs(a - b).mean()  # measured 0.07 levels (max 1)

@@ -81,12 +81,14 @@ def is_pipeline_dir(path) -> bool:
 def load_pipeline(model_dir, lora=None, device=None, dtype=None, config=None):
     """Load a pipeline folder (tiny or a real SD 1.x) offline, optionally with LoRA weights.
 
-    ``model_dir``: a diffusers pipeline folder, or a single-file checkpoint (``.safetensors`` /
-    ``.ckpt``, loaded with ``from_single_file``; offline it needs ``config``, a pipeline folder of
-    the same architecture to take the component configs from). ``lora``: see :func:`load_lora`.
-    ``device``: None (leave on the CPU), ``auto``, ``cpu``, ``cuda``; ``dtype``: a torch dtype or
-    ``auto`` / ``fp32`` / ``fp16`` / ``bf16``. Raises :class:`TracemarkError` for a missing folder,
-    a folder that is not a pipeline, or LoRA weights that do not fit the model.
+    ``model_dir``: a diffusers pipeline folder, or an original-layout (CompVis / A1111) single-file
+    checkpoint (``.safetensors`` / ``.ckpt``, read by diffusers' ``from_single_file``). Offline a
+    single file needs ``config``: a pipeline folder of the same architecture (for SD 1.5, an SD 1.5
+    diffusers folder) whose component configs, scheduler and tokenizer are used; the UNet, VAE and
+    text encoder weights all come from the file. ``lora``: see :func:`load_lora`. ``device``: None
+    (leave on the CPU), ``auto``, ``cpu``, ``cuda``; ``dtype``: a torch dtype or ``auto`` / ``fp32``
+    / ``fp16`` / ``bf16``. Raises :class:`TracemarkError` for a missing folder, a folder that is not
+    a pipeline, a checkpoint that does not fit ``config``, or LoRA weights that do not fit the model.
     """
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as dlogging
@@ -106,16 +108,14 @@ def load_pipeline(model_dir, lora=None, device=None, dtype=None, config=None):
         device = resolve_device(device)
     if isinstance(dtype, str) or (dtype is None and device is not None):
         dtype = resolve_dtype(dtype, device or "cpu")
+    _check_cpu_half(device, dtype)
     kwargs = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
         with _quiet(dlogging, tlogging):
             if single:
-                if config is None:
-                    raise TracemarkError(f"{model_dir}: a single-file checkpoint needs --config DIR (a pipeline folder "
-                                         "of the same architecture, e.g. SD 1.5's) when nothing can be downloaded")
-                pipe = StableDiffusionPipeline.from_single_file(str(model_dir), config=str(config), **kwargs)
+                pipe = _load_single_file(StableDiffusionPipeline, model_dir, config, kwargs)
             else:
                 pipe = StableDiffusionPipeline.from_pretrained(model_dir, **kwargs)
     except TracemarkError:
@@ -128,7 +128,9 @@ def load_pipeline(model_dir, lora=None, device=None, dtype=None, config=None):
     if lora is not None:
         load_lora(pipe, lora)
     if device is not None:
-        pipe.to(device)
+        # diffusers warns that fp16 "cannot run" on the CPU; with PyTorch's CPU half kernels it does
+        # (checked in _check_cpu_half before loading), so the warning would only mislead.
+        pipe.to(device, silence_dtype_warnings=True)
     return pipe
 
 
@@ -177,6 +179,100 @@ def write_slow_tokenizer_files(tok, folder: Path) -> None:
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n", encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def _check_cpu_half(device: str | None, dtype) -> None:
+    """fp16 on the CPU runs where this PyTorch has CPU half-precision kernels (2.x does); where it
+    has not, say so in one line now rather than fail inside the sampler."""
+    import torch
+
+    from tracemark.errors import TracemarkError
+
+    if device != "cpu" or dtype != torch.float16:
+        return
+    try:
+        x = torch.ones(1, 2, 4, 4, dtype=torch.float16)
+        torch.nn.functional.group_norm(torch.nn.functional.conv2d(x, torch.ones(2, 2, 3, 3, dtype=torch.float16)), 1)
+    except RuntimeError as exc:
+        raise TracemarkError(f"--dtype fp16 on the CPU: this PyTorch has no CPU float16 kernels "
+                             f"({_one_line(exc, 120)}); use --dtype fp32 or bf16, or --device cuda") from None
+
+
+#: Where an original-layout (CompVis / A1111, "LDM") SD checkpoint keeps each component.
+LDM_PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.",
+                "text_encoder": "cond_stage_model.transformer.text_model."}
+
+
+def _load_single_file(cls, path: Path, config, kwargs: dict):
+    """``cls.from_single_file`` offline: the component configs, scheduler and tokenizer come from the
+    pipeline folder ``config``; the UNet, VAE and text encoder weights from the file (diffusers'
+    converter). A file lacking one of the three is refused, not completed from the folder: an audit
+    must run the suspect's own weights."""
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    from tracemark.errors import TracemarkError
+
+    if config is None:
+        raise TracemarkError(f"{path}: a single-file checkpoint needs --config DIR (a pipeline folder "
+                             "of the same architecture, e.g. SD 1.5's) when nothing can be downloaded")
+    if not is_pipeline_dir(config):
+        raise TracemarkError(f"{config}: --config must be a diffusers pipeline folder (model_index.json, unet/, "
+                             "vae/, text_encoder/, tokenizer/, scheduler/) of the checkpoint's architecture")
+    keys = _checkpoint_keys(path)
+    if keys is not None and not any(k.startswith(LDM_PREFIXES["unet"]) for k in keys):
+        raise TracemarkError(f"{path}: not an original-layout (CompVis / A1111) Stable Diffusion checkpoint "
+                             f"(no {LDM_PREFIXES['unet']}* weights)")
+    try:
+        pipe = cls.from_single_file(str(path), config=str(config), **kwargs)
+    except SingleFileComponentError as exc:
+        what = str(exc).split(".")[0].removeprefix("Failed to load ")
+        raise TracemarkError(f"{path}: no {what} weights in this checkpoint (an original-layout SD file has "
+                             "model.diffusion_model.*, first_stage_model.* and cond_stage_model.transformer.*)"
+                             ) from exc
+    except (ValueError, KeyError, RuntimeError) as exc:  # shapes or keys that do not match the config
+        text = str(exc)
+        if "meta tensor" in text:  # parameters the file has no tensor for, left on the meta device
+            why = "the config's components have weights this checkpoint lacks"
+        else:
+            why = _one_line(text.split(". If you want")[0], 200)
+        raise TracemarkError(f"{path}: does not fit --config {config} ({why})") from exc
+    _check_single_file(pipe, path, config, keys)
+    return pipe
+
+
+def _checkpoint_keys(path: Path) -> list[str] | None:
+    """Tensor names of a ``.safetensors`` file (its header only); None for a pickled ``.ckpt``."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError, ValueError):
+        return None  # from_single_file says why it cannot read it
+
+
+def _check_single_file(pipe, path: Path, config, keys: list[str] | None) -> None:
+    """Every component's weights came from the file, all of them: diffusers' converter silently skips
+    checkpoint tensors the config has no place for (a deeper VAE or text encoder, attention the
+    config lacks) and can leave parameters the file lacks uninitialised."""
+    from tracemark.errors import TracemarkError
+
+    for part, prefix in LDM_PREFIXES.items():
+        model = getattr(pipe, part)
+        state = {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+        empty = [k for k, v in state.items() if v.device.type == "meta"]
+        if empty:
+            raise TracemarkError(f"{path}: does not fit --config {config} (its {part} has no weights for {empty[0]} "
+                                 f"and {len(empty) - 1} more)")
+        if keys is None:  # a pickled .ckpt: its keys are not readable without loading it again
+            continue
+        n_file = sum(1 for k in keys if k.startswith(prefix) and not k.endswith("position_ids")
+                     and not k.startswith("first_stage_model.loss."))
+        if n_file and n_file != len(state):
+            raise TracemarkError(f"{path}: does not fit --config {config} (its {part} has {n_file} tensors, the "
+                                 f"config's {len(state)})")
 
 
 def lora_state_dict(lora) -> tuple[dict, str, Path]:
