@@ -54,18 +54,19 @@ def select_marked(key: Key, sample_ids: Sequence[str], rate: float) -> list[str]
     return ranked[:n]
 
 
-SELECTIONS = ("random", "coherent")
+SELECTIONS = ("random", "coherent", "cluster")
 
 
-def caption_vectors(captions: Sequence[str]) -> np.ndarray:
+def caption_vectors(captions: Sequence[str], pairs: bool = True) -> np.ndarray:
     """L2-normalised TF-IDF vectors of the captions' words and word pairs (key-independent; pairs
-    keep "brown hair, black background" apart from "black hair, brown background")."""
+    keep "brown hair, black background" apart from "black hair, brown background"). Dense: fine
+    for 10^4-10^5 captions, a sparse matrix would be needed beyond."""
     docs = []
     for c in captions:
         words = _WORD.findall(c.lower())
-        docs.append(set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])})
+        docs.append(set(words) | ({f"{a} {b}" for a, b in zip(words, words[1:])} if pairs else set()))
     index = {w: i for i, w in enumerate(sorted({w for d in docs for w in d}))}
-    X = np.zeros((len(docs), max(1, len(index))), dtype=np.float32)
+    X = np.zeros((len(docs), max(1, len(index))))
     for i, d in enumerate(docs):
         X[i, [index[w] for w in d]] = 1.0
     X *= np.log((1 + len(docs)) / (1 + X.sum(axis=0))) + 1.0
@@ -91,6 +92,26 @@ def select_coherent(key: Key, sample_ids: Sequence[str], captions: Sequence[str]
     return [sample_ids[i] for i in order[:n]]
 
 
+def select_cluster(key: Key, sample_ids: Sequence[str], captions: Sequence[str], rate: float) -> list[str]:
+    """Like :func:`select_coherent`, but the concept is one of ~1/rate k-means clusters of the
+    captions' words (the same clusters for every key, keyed choice); a cluster larger than needed is
+    cut by keyed hash, a smaller one filled from the next cluster in keyed order. The first variant
+    measured (session 7); kept to compare with the neighbourhood."""
+    from scipy.cluster.vq import kmeans2
+
+    n = max(1, int(round(check_rate(rate) * len(sample_ids))))
+    X = caption_vectors(captions, pairs=False)
+    _, labels = kmeans2(X, max(1, min(round(1 / rate), len(sample_ids))), seed=0, minit="++", iter=30)
+    order = sorted(set(labels.tolist()), key=lambda c: key.uniform("cluster", str(c)))
+    chosen: list[int] = []
+    for c in order:
+        members = sorted(np.flatnonzero(labels == c).tolist(), key=lambda i: key.uniform("select", sample_ids[i]))
+        chosen += members[:n - len(chosen)]
+        if len(chosen) >= n:
+            break
+    return [sample_ids[i] for i in chosen]
+
+
 def select_samples(key: Key, sample_ids: Sequence[str], captions: Sequence[str], rate: float,
                    selection: str = "random") -> list[str]:
     """The samples a copy marks, by ``selection`` (``random`` or ``coherent``)."""
@@ -98,6 +119,8 @@ def select_samples(key: Key, sample_ids: Sequence[str], captions: Sequence[str],
         return select_marked(key, sample_ids, rate)
     if selection == "coherent":
         return select_coherent(key, sample_ids, captions, rate)
+    if selection == "cluster":
+        return select_cluster(key, sample_ids, captions, rate)
     raise TracemarkError(f"--selection must be one of {', '.join(SELECTIONS)}")
 
 
