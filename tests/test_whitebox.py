@@ -49,18 +49,16 @@ def test_innocent_model_names_nobody_and_reports(wb, sample_dir, tmp_path):
     json.dumps(d, default=float)
 
 
-def test_residual_carrying_a_key_pattern_names_that_licensee_only(wb, sample_dir):
-    """A suspect whose clean-image predictions carry licensee b's pattern: residuals must be routed
-    to the right copies and scored against the right keys (fails if probes, subsets or keys mix up)."""
+def _suspect_carrying(reg, pipe_dir, licensee: str):
+    """(suspect, reference): the suspect's decoder adds ``licensee``'s spread pattern (2/255 RMS) to
+    every image it decodes, whatever the prompt; the reference is the same pipeline untouched."""
     import torch
 
-    from tracemark.audit import audit_whitebox
     from tracemark.schemes import get_scheme
     from tracemark.sim.pipeline import load_pipeline
 
-    reg, pipe_dir = wb
-    copy_b = next(c for c in reg.copies() if c.licensee == "b")
-    pat = get_scheme("spread").pattern(reg.key_for_copy(copy_b), 32, 32)  # unit RMS, 32 x 32 x 3
+    copy = next(c for c in reg.copies() if c.licensee == licensee)
+    pat = get_scheme("spread").pattern(reg.key_for_copy(copy), 32, 32)  # unit RMS, 32 x 32 x 3
     bump = torch.from_numpy(2.0 * pat / 127.5).permute(2, 0, 1)[None]
     suspect, ref = load_pipeline(pipe_dir), load_pipeline(pipe_dir)
     decode = suspect.vae.decode
@@ -71,6 +69,16 @@ def test_residual_carrying_a_key_pattern_names_that_licensee_only(wb, sample_dir
         return out
 
     suspect.vae.decode = marked_decode
+    return suspect, ref
+
+
+def test_residual_carrying_a_key_pattern_names_that_licensee_only(wb, sample_dir):
+    """A suspect whose clean-image predictions carry licensee b's pattern: residuals must be routed
+    to the right copies and scored against the right keys (fails if probes, subsets or keys mix up)."""
+    from tracemark.audit import audit_whitebox
+
+    reg, pipe_dir = wb
+    suspect, ref = _suspect_carrying(reg, pipe_dir, "b")
     res = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, t_fracs=(0.5,), draws=1)
     assert res.params["reference"] == "base"
     assert res.verdict.named == ["b"], [(s.licensee, round(s.z, 2)) for s in res.verdict.scores]
@@ -109,11 +117,7 @@ def test_trigger_contrast_cancels_what_the_model_does_for_every_prompt(wb, sampl
     """A suspect that adds licensee b's pattern whatever the prompt (a change of the whole model,
     not a trigger-bound mark): the plain residual names b, the trigger contrast cancels it exactly.
     Ambient copies have no trigger: their probes carry no plain prompt."""
-    import torch
-
     from tracemark.audit import _whitebox_probes, audit_whitebox
-    from tracemark.schemes import get_scheme
-    from tracemark.sim.pipeline import load_pipeline
 
     reg, pipe_dir = wb
     copies = reg.copies()
@@ -125,18 +129,7 @@ def test_trigger_contrast_cancels_what_the_model_does_for_every_prompt(wb, sampl
                 assert p.plain is not None and p.prompt.endswith(p.plain) and p.prompt != p.plain
             else:
                 assert p.plain is None
-    copy_b = next(c for c in copies if c.licensee == "b")
-    pat = get_scheme("spread").pattern(reg.key_for_copy(copy_b), 32, 32)
-    bump = torch.from_numpy(2.0 * pat / 127.5).permute(2, 0, 1)[None]
-    suspect, ref = load_pipeline(pipe_dir), load_pipeline(pipe_dir)
-    decode = suspect.vae.decode
-
-    def marked_decode(z, *a, **k):
-        out = decode(z, *a, **k)
-        out.sample = out.sample + bump.to(out.sample.dtype)
-        return out
-
-    suspect.vae.decode = marked_decode
+    suspect, ref = _suspect_carrying(reg, pipe_dir, "b")
     plain = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, t_fracs=(0.5,), draws=1)
     contrast = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, t_fracs=(0.5,), draws=1,
                               contrast=True)
