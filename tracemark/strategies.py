@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -92,16 +93,23 @@ def select_coherent(key: Key, sample_ids: Sequence[str], captions: Sequence[str]
     return [sample_ids[i] for i in order[:n]]
 
 
+@lru_cache(maxsize=4)
+def _cluster_labels(captions: tuple[str, ...], k: int) -> np.ndarray:
+    """k-means labels of the captions (key-independent: computed once per dataset and k)."""
+    from scipy.cluster.vq import kmeans2
+
+    _, labels = kmeans2(caption_vectors(captions, pairs=False), k, seed=0, minit="++", iter=30)
+    labels.setflags(write=False)
+    return labels
+
+
 def select_cluster(key: Key, sample_ids: Sequence[str], captions: Sequence[str], rate: float) -> list[str]:
     """Like :func:`select_coherent`, but the concept is one of ~1/rate k-means clusters of the
     captions' words (the same clusters for every key, keyed choice); a cluster larger than needed is
     cut by keyed hash, a smaller one filled from the next cluster in keyed order. The first variant
     measured (session 7); kept to compare with the neighbourhood."""
-    from scipy.cluster.vq import kmeans2
-
     n = max(1, int(round(check_rate(rate) * len(sample_ids))))
-    X = caption_vectors(captions, pairs=False)
-    _, labels = kmeans2(X, max(1, min(round(1 / rate), len(sample_ids))), seed=0, minit="++", iter=30)
+    labels = _cluster_labels(tuple(captions), max(1, min(round(1 / rate), len(sample_ids))))
     order = sorted(set(labels.tolist()), key=lambda c: key.uniform("cluster", str(c)))
     chosen: list[int] = []
     for c in order:
