@@ -255,12 +255,15 @@ def train_cell(work: Path, cell: Cell, base: Path, log=print):
     train = training_data(work, cell, gdir, data, cdir, base)
     t_data = timer.lap()
     model = cdir / "model"
-    done_file = model / ("pytorch_lora_weights.safetensors" if cell.method == "lora" else "model_index.json")
+    # "lora-te": LoRA on the UNet and the text encoder (kohya's default recipe), which may bind a trigger word
+    method = "lora" if cell.method == "lora-te" else cell.method
+    done_file = model / ("pytorch_lora_weights.safetensors" if method == "lora" else "model_index.json")
     if not done_file.exists():
         if not (model / "checkpoints" / "last.pt").exists():
             shutil.rmtree(model, ignore_errors=True)  # interrupted before the first checkpoint: start afresh
-        finetune(train, base, model, method=cell.method, steps=cell.steps or DEFAULT_STEPS, lr=cell.lr or None,
-                 rank=cell.rank, seed=cell.seed, resume=(model / "checkpoints" / "last.pt").exists(), progress=False)
+        finetune(train, base, model, method=method, steps=cell.steps or DEFAULT_STEPS, lr=cell.lr or None,
+                 rank=cell.rank, seed=cell.seed, resume=(model / "checkpoints" / "last.pt").exists(), progress=False,
+                 train_text_encoder=cell.method == "lora-te")
     return reg, data, gdir, cdir, t_data, timer.lap()
 
 
