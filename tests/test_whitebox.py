@@ -115,28 +115,26 @@ def test_denoiser_residuals_are_seeded_and_batch_independent(wb, sample_dir):
 
 def test_trigger_contrast_cancels_what_the_model_does_for_every_prompt(wb, sample_dir):
     """A suspect that adds licensee b's pattern whatever the prompt (a change of the whole model,
-    not a trigger-bound mark): the plain residual names b, the trigger contrast cancels it exactly.
-    Ambient copies have no trigger: their probes carry no plain prompt."""
-    from tracemark.audit import _whitebox_probes, audit_whitebox
+    not a trigger-bound mark): the plain residual carries it, the trigger contrast cancels it
+    exactly. Ambient copies have no trigger: their probes carry no plain prompt and keep the plain
+    residual."""
+    from tracemark.audit import _whitebox_probes
+    from tracemark.whitebox import denoiser_residuals
 
     reg, pipe_dir = wb
     copies = reg.copies()
     probes, subsets = _whitebox_probes(copies, reg, sample_dir)
-    for c in copies:
-        for i in subsets[c.id]:
-            p = probes[i]
-            if c.strategy == "trigger":
-                assert p.plain is not None and p.prompt.endswith(p.plain) and p.prompt != p.plain
-            else:
-                assert p.plain is None
+    trig = sorted({int(i) for c in copies if c.strategy == "trigger" for i in subsets[c.id]})
+    amb = sorted({int(i) for c in copies if c.strategy == "ambient" for i in subsets[c.id]} - set(trig))
+    assert trig and amb
+    for i in trig:
+        assert probes[i].plain is not None and probes[i].prompt.endswith(probes[i].plain)
+        assert probes[i].prompt != probes[i].plain
+    assert all(probes[i].plain is None for i in amb)
     suspect, ref = _suspect_carrying(reg, pipe_dir, "b")
-    plain = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, t_fracs=(0.5,), draws=1)
-    contrast = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, t_fracs=(0.5,), draws=1,
-                              contrast=True)
-    assert plain.verdict.named == ["b"]
-    assert contrast.verdict.named == [] and contrast.params["contrast"] is True
-    zb = next(s.z for s in contrast.verdict.scores if s.licensee == "b")
-    assert abs(zb) < 3, zb
-    # the ambient copy keeps the plain residual under contrast (its score is not a zero image's)
-    zd = [next(s.z for s in r.verdict.scores if s.licensee == "d") for r in (plain, contrast)]
-    assert zd[0] == pytest.approx(zd[1], abs=1e-6) and zd[0] != 0
+    kw = dict(ref_pipe=ref, t_fracs=(0.5,), draws=1)
+    plain = denoiser_residuals(suspect, probes, **kw)
+    contrast = denoiser_residuals(suspect, probes, contrast=True, **kw)
+    assert min(np.abs(plain[i]).max() for i in trig) > 0.5  # the bump: 2/255 RMS, peaks above 0.5
+    assert max(np.abs(contrast[i]).max() for i in trig) < 1e-3
+    assert all(np.allclose(plain[i], contrast[i], atol=1e-4) for i in amb)

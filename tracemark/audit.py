@@ -326,7 +326,6 @@ def audit_whitebox(
     ref_pipe=None,
     dtype: str | None = "auto",
     config: str | Path | None = None,
-    contrast: bool = False,
 ) -> AuditResult:
     """White box: read every copy's marked samples through the suspect's denoiser (no sampling).
 
@@ -352,8 +351,7 @@ def audit_whitebox(
     t_load = time.perf_counter()
     t_fracs = tuple(t_fracs or DEFAULT_T_FRACS)
     draws = int(draws or DEFAULT_DRAWS)
-    residuals = denoiser_residuals(pipe, probes, ref_pipe=ref_pipe, t_fracs=t_fracs, draws=draws, seed=seed,
-                                   contrast=contrast)
+    residuals = denoiser_residuals(pipe, probes, ref_pipe=ref_pipe, t_fracs=t_fracs, draws=draws, seed=seed)
     t_res = time.perf_counter()
     verdict = score_copies(residuals, copies, registry, match_files=False, subsets=subsets, n_decoys=n_decoys,
                            alpha=alpha, seed=seed, content=content_for(registry, copies, data_dir)[0])
@@ -361,8 +359,7 @@ def audit_whitebox(
     params = {"seed": seed, "alpha": alpha, "n_decoys": n_decoys, "dataset": dataset, "model": str(model_dir),
               "config": str(config) if config else None, "lora": str(lora) if lora else None,
               "base": str(base) if base else None, "reference": reference,
-              "t_fracs": list(t_fracs), "draws": draws, "data": str(data_dir), "n_probes": len(probes),
-              "contrast": contrast}
+              "t_fracs": list(t_fracs), "draws": draws, "data": str(data_dir), "n_probes": len(probes)}
     timings = {"load_s": round(t_load - t0, 2), "residuals_s": round(t_res - t_load, 2),
                "total_s": round(time.perf_counter() - t0, 2)}
     shown = [np.clip(128 + 8 * r, 0, 255).astype(np.uint8) for r in residuals[:64]]  # amplified x8 for the eye

@@ -131,7 +131,10 @@ def denoiser_residuals(
     ``[S(prompt) - S(plain)] - [R(prompt) - R(plain)]`` at the same noisy input: what the suspect's
     trigger word adds beyond what the reference's does. Fitting a copy's data changes the denoiser
     for every prompt (domain, style); that part cancels, and what a trigger-bound mark added stays.
-    Still key-independent (the key enters only the scoring), so the decoy null is unchanged.
+    Still key-independent (the key enters only the scoring). A research option, **not used by the
+    audit**: it found nothing on five fine-tuned models, and on one (UNet + text-encoder LoRA, 10%)
+    its statistic named an innocent licensee (z 4.01) that the plain residual does not; its null is
+    unchecked (docs/learnability.md, session 7).
     """
     import torch
 
