@@ -47,3 +47,13 @@ def test_protect_records_the_selection_and_refuses_unknown_ones(registry, sample
     assert [s.licensee for s in v.scores] == ["acme"] and v.scores[0].n_images == 5
     with pytest.raises(TracemarkError, match="selection"):
         protect(sample_dir, tmp_path / "b", "globex", registry=registry, workers=1, selection="bogus")
+
+
+def test_concept_selections_refuse_datasets_too_large_for_dense_vectors(monkeypatch):
+    import tracemark.strategies as strategies
+
+    monkeypatch.setattr(strategies, "MAX_CONCEPT_SAMPLES", 10)
+    ids = [f"{i}.png" for i in range(11)]
+    with pytest.raises(TracemarkError, match="at most 10 samples"):
+        select_samples(derive_key(bytes(32), "d", "x"), ids, ["a cat"] * 11, 0.5, "coherent")
+    assert len(select_samples(derive_key(bytes(32), "d", "x"), ids, ["a cat"] * 11, 0.5, "random")) == 6

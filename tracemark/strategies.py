@@ -56,6 +56,8 @@ def select_marked(key: Key, sample_ids: Sequence[str], rate: float) -> list[str]
 
 
 SELECTIONS = ("random", "coherent", "cluster")
+#: The concept selections hold a dense samples x vocabulary matrix; beyond this they refuse.
+MAX_CONCEPT_SAMPLES = 200_000
 
 
 def caption_vectors(captions: Sequence[str], pairs: bool = True) -> np.ndarray:
@@ -122,9 +124,12 @@ def select_cluster(key: Key, sample_ids: Sequence[str], captions: Sequence[str],
 
 def select_samples(key: Key, sample_ids: Sequence[str], captions: Sequence[str], rate: float,
                    selection: str = "random") -> list[str]:
-    """The samples a copy marks, by ``selection`` (``random`` or ``coherent``)."""
+    """The samples a copy marks, by ``selection`` (``random``, ``coherent`` or ``cluster``)."""
     if selection == "random":
         return select_marked(key, sample_ids, rate)
+    if selection in SELECTIONS and len(sample_ids) > MAX_CONCEPT_SAMPLES:
+        raise TracemarkError(f"--selection {selection} is experimental and builds dense caption vectors: at most "
+                             f"{MAX_CONCEPT_SAMPLES:,} samples (this dataset has {len(sample_ids):,}); use random")
     if selection == "coherent":
         return select_coherent(key, sample_ids, captions, rate)
     if selection == "cluster":
