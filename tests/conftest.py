@@ -33,3 +33,27 @@ def sample_dir(tmp_path_factory):
 def natural_images():
     rng = np.random.default_rng(7)
     return [pink_noise(128, 128, rng).astype(np.float32) for _ in range(64)]
+
+
+@pytest.fixture
+def interrupt_marking(monkeypatch):
+    """``interrupt_marking(n)``: the n-th marked file (counting from the call) raises
+    KeyboardInterrupt, as Ctrl-C in the middle of writing a copy would."""
+    import importlib
+
+    protect_mod = importlib.import_module("tracemark.protect")  # the package exports a function of that name
+    real = protect_mod.mark_file
+    calls = {"n": 0, "at": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["at"]:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(protect_mod, "mark_file", flaky)
+
+    def arm(n: int) -> None:
+        calls["n"], calls["at"] = 0, n
+
+    return arm

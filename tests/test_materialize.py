@@ -199,22 +199,10 @@ def test_tar_members_are_independent_of_the_clock_and_owner(tmp_path):
         assert tar.extractfile("000000001.png").read() == (data / "000001.png").read_bytes()
 
 
-def test_interrupted_materialize_leaves_nothing(small_data, registry, tmp_path, monkeypatch):
-    import importlib
-
-    protect_mod = importlib.import_module("tracemark.protect")
+def test_interrupted_materialize_leaves_nothing(small_data, registry, tmp_path, interrupt_marking):
     protect(small_data, tmp_path / "copy", "acme", registry=registry, rate=0.3, workers=1)
-    real, calls = protect_mod.mark_file, {"n": 0}
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(protect_mod, "mark_file", flaky)
     for fmt in ("folder", "webdataset"):
-        calls["n"] = 0
+        interrupt_marking(3)
         with pytest.raises(KeyboardInterrupt):
             materialize(registry, "acme", tmp_path / "sub" / "out", fmt=fmt, workers=1)
         assert not (tmp_path / "sub").exists()  # nor the parent folder it made

@@ -113,39 +113,24 @@ def test_output_dir_checks(sample_dir, registry, tmp_path):
         protect(sample_dir, tmp_path / "ok2", "acme", registry=registry)
 
 
-def test_interrupted_protect_leaves_nothing(sample_dir, registry, tmp_path, monkeypatch):
-    calls = {"n": 0}
-    real = protect_mod.mark_file
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(protect_mod, "mark_file", flaky)
+def test_interrupted_protect_leaves_nothing(sample_dir, registry, tmp_path, interrupt_marking):
+    interrupt_marking(3)
     with pytest.raises(KeyboardInterrupt):
         protect(sample_dir, tmp_path / "copy", "acme", registry=registry, rate=0.2, workers=1)
     assert not (tmp_path / "copy").exists()
     assert not [p for p in tmp_path.iterdir() if "tracemark-tmp" in p.name]
     assert registry.copies() == []
-    monkeypatch.setattr(protect_mod, "mark_file", real)
+    interrupt_marking(0)  # disarmed
     protect(sample_dir, tmp_path / "copy", "acme", registry=registry, rate=0.2, workers=1)  # resumes cleanly
     assert len(registry.copies()) == 1
 
 
-def test_interrupted_protect_removes_the_parent_folders_it_made(sample_dir, registry, tmp_path, monkeypatch):
+def test_interrupted_protect_removes_the_parent_folders_it_made(sample_dir, registry, tmp_path, interrupt_marking):
     """The temporary folder lies in the new parent: it must go first, or the parent stays behind."""
-    real = protect_mod.mark_file
-
-    def interrupt(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(protect_mod, "mark_file", interrupt)
+    interrupt_marking(1)
     with pytest.raises(KeyboardInterrupt):
         protect(sample_dir, tmp_path / "new" / "deeper" / "copy", "acme", registry=registry, rate=0.2, workers=1)
     assert not (tmp_path / "new").exists() and registry.copies() == []
-    monkeypatch.setattr(protect_mod, "mark_file", real)
 
 
 def test_on_error_skip_lists_bad_files(tmp_path, registry):

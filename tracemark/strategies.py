@@ -63,7 +63,13 @@ MAX_CONCEPT_SAMPLES = 200_000
 def caption_vectors(captions: Sequence[str], pairs: bool = True) -> np.ndarray:
     """L2-normalised TF-IDF vectors of the captions' words and word pairs (key-independent; pairs
     keep "brown hair, black background" apart from "black hair, brown background"). Dense: fine
-    for 10^4-10^5 captions, a sparse matrix would be needed beyond."""
+    for 10^4-10^5 captions, a sparse matrix would be needed beyond. The last dataset's matrix is
+    kept (read-only): every key's selection over one dataset reads the same one."""
+    return _caption_vectors(tuple(captions), pairs)
+
+
+@lru_cache(maxsize=1)
+def _caption_vectors(captions: tuple[str, ...], pairs: bool) -> np.ndarray:
     docs = []
     for c in captions:
         words = _WORD.findall(c.lower())
@@ -74,6 +80,7 @@ def caption_vectors(captions: Sequence[str], pairs: bool = True) -> np.ndarray:
         X[i, [index[w] for w in d]] = 1.0
     X *= np.log((1 + len(docs)) / (1 + X.sum(axis=0))) + 1.0
     X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    X.setflags(write=False)
     return X
 
 
