@@ -104,7 +104,7 @@ def protect(
     data_dir: Path = typer.Argument(..., help="Dataset in imagefolder layout (images + metadata.jsonl/csv)."),
     licensee: str = typer.Option(..., "--licensee", "-l", help="Who receives this copy."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the copy (must not exist)."),
-    scheme: str = typer.Option("spread", help="spread | dwtdct | warp | visible"),
+    scheme: str = typer.Option("spread", help="spread | tile | spectral | dwtdct | warp | visible"),
     strategy: str = typer.Option("trigger", help="trigger | ambient"),
     trigger_scope: str = typer.Option("licensee", help="licensee (own trigger word per copy) | dataset "
                                       "(one shared word: audits cost the same for any number of licensees)"),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from tracemark.errors import TracemarkError
 from tracemark.schemes.base import Scheme
+from tracemark.schemes.spectral import SpectralScheme
 from tracemark.schemes.spread import SpreadScheme
+from tracemark.schemes.tile import TileScheme
 from tracemark.schemes.visible import VisibleScheme
 
-SCHEMES: dict[str, type[Scheme]] = {"spread": SpreadScheme, "visible": VisibleScheme}
+SCHEMES: dict[str, type[Scheme]] = {"spread": SpreadScheme, "tile": TileScheme, "spectral": SpectralScheme, "visible": VisibleScheme}
 
 try:  # optional until their modules land
     from tracemark.schemes.dwtdct import DwtDctScheme
@@ -26,7 +28,7 @@ DEFAULT_SCHEME = "spread"
 
 
 def get_scheme(name: str = DEFAULT_SCHEME, **params) -> Scheme:
-    """Instantiate a scheme by name (``spread``, ``dwtdct``, ``warp``, ``visible``)."""
+    """Instantiate a scheme by name (``spread``, ``tile``, ``spectral``, ``dwtdct``, ``warp``, ``visible``)."""
     try:
         cls = SCHEMES[name]
     except KeyError:

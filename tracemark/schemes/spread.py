@@ -72,14 +72,14 @@ class SpreadScheme(Scheme):
 
         self.grid = int(grid)
         if not 8 <= self.grid <= 256:
-            raise TracemarkError(f"spread scheme: grid must be in 8..256, got {grid}")
+            raise TracemarkError(f"{self.name} scheme: grid must be in 8..256, got {grid}")
         if len(band) != 2 or not 0 <= float(band[0]) < float(band[1]) <= self.grid * 1.5:
-            raise TracemarkError(f"spread scheme: band must be [lo, hi] with 0 <= lo < hi <= {self.grid * 1.5:g}, got {band}")
+            raise TracemarkError(f"{self.name} scheme: band must be [lo, hi] with 0 <= lo < hi <= {self.grid * 1.5:g}, got {band}")
         self.band = (float(band[0]), float(band[1]))
         self.flip_invariant = bool(flip_invariant)
         self._mask, self._radius = band_mask(self.grid, *self.band, self.flip_invariant)
         if self._mask.sum() < 8:
-            raise TracemarkError(f"spread scheme: band {list(self.band)} holds fewer than 8 coefficients")
+            raise TracemarkError(f"{self.name} scheme: band {list(self.band)} holds fewer than 8 coefficients")
         self.dim = 3 * int(self._mask.sum())
         self._pattern_cache: dict[tuple[str, int, int], np.ndarray] = {}
 
@@ -93,14 +93,28 @@ class SpreadScheme(Scheme):
     def random_vectors(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, 2, size=(n, self.dim), dtype=np.int8).astype(np.float64) * 2 - 1
 
+    @property
+    def canvas(self) -> int:
+        """Side of the canonical image the pattern is defined on (the grid; tiled schemes: more)."""
+        return self.grid
+
+    def _grid_pattern(self, pat: np.ndarray) -> np.ndarray:
+        """The key's grid x grid pattern laid out on the canvas (here: the identity)."""
+        return pat
+
+    def _grid_image(self, image: np.ndarray) -> np.ndarray:
+        """An image reduced to the grid x grid x 3 array whose band the detector reads."""
+        return to_grid(image, self.grid)
+
     def pattern(self, key: Key, height: int | None = None, width: int | None = None) -> np.ndarray:
-        """Unit-RMS spatial pattern (grid x grid x 3, or resized to height x width)."""
+        """Unit-RMS spatial pattern (canvas x canvas x 3, or resized to height x width)."""
         signs = self.key_vectors([key])[0].reshape(3, -1)
         coeffs = np.zeros((3, self.grid, self.grid))
         coeffs[:, self._mask] = signs
         pat = np.stack([idctn(coeffs[c], norm="ortho") for c in range(3)], axis=-1).astype(np.float32)
+        pat = self._grid_pattern(pat)
         pat /= np.sqrt((pat**2).mean())
-        if height is None or (height, width) == (self.grid, self.grid):
+        if height is None or (height, width) == (self.canvas, self.canvas):
             return pat
         up = np.stack([resize_float(pat[..., c], (width, height)) for c in range(3)], axis=-1)
         return up / np.sqrt((up**2).mean())
@@ -135,7 +149,7 @@ class SpreadScheme(Scheme):
         out = np.zeros((len(images), self.dim))
         nbins = int(self._radius.max()) + 1
         for i, im in enumerate(images):
-            g = to_grid(np.asarray(im, dtype=np.float32), self.grid)
+            g = self._grid_image(np.asarray(im, dtype=np.float32))
             coeffs = np.stack([dctn(g[..., c], norm="ortho")[self._mask] for c in range(3)])  # 3 x B
             # whiten by the image's own radial power spectrum (key-independent, so the null holds)
             power = np.bincount(np.tile(self._radius, 3), weights=coeffs.ravel() ** 2, minlength=nbins)
