@@ -84,6 +84,25 @@ def test_residual_carrying_a_key_pattern_names_that_licensee_only(wb, sample_dir
     assert res.verdict.named == ["b"], [(s.licensee, round(s.z, 2)) for s in res.verdict.scores]
 
 
+def test_shadow_reference_is_loaded_recorded_and_compared_against(wb, sample_dir, tmp_path):
+    """--reference: the residual is taken against the given (shadow) pipeline, not the LoRA-off or
+    the data, it is recorded with its path, and the report's reproduce command carries it."""
+    from tracemark.audit import audit_whitebox
+    from tracemark.report import write_report
+
+    reg, pipe_dir = wb
+    suspect, _ = _suspect_carrying(reg, pipe_dir, "c")
+    res = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, reference=pipe_dir, device="cpu", t_fracs=(0.5,),
+                         draws=1)
+    assert res.params["reference"] == "shadow" and res.params["reference_model"] == str(pipe_dir)
+    assert res.verdict.named == ["c"], [(s.licensee, round(s.z, 2)) for s in res.verdict.scores]
+    assert f"--reference {pipe_dir}" in write_report(res, tmp_path / "r.html").read_text()
+    with pytest.raises(TracemarkError, match="--reference-lora needs --reference"):
+        audit_whitebox(pipe_dir, reg, sample_dir, reference_lora=tmp_path / "x.safetensors")
+    with pytest.raises(TracemarkError, match="not both"):
+        audit_whitebox(pipe_dir, reg, sample_dir, base=pipe_dir, reference=pipe_dir)
+
+
 def test_wrong_or_missing_data_is_a_one_line_error(wb, tmp_path):
     from tracemark.audit import audit_whitebox
     from tracemark.samples import make_sample_dataset

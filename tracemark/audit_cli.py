@@ -27,6 +27,11 @@ def audit_cmd(
                                         "subspace, so no key aligned by chance with the domain is accused)."),
     base: Optional[Path] = typer.Option(None, "--base", help="Reference base pipeline for --whitebox on a whole "
                                         "checkpoint (a LoRA is compared with its model without the LoRA)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Shadow reference for --whitebox: the "
+                                             "public base fine-tuned by you on the original data (the usual "
+                                             "recipe, any seed); cancels what every fine-tune on this data learns."),
+    reference_lora: Optional[Path] = typer.Option(None, "--reference-lora", help="LoRA weights of the shadow "
+                                                  "reference, loaded on --reference."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only test copies of this registered dataset."),
     n: int = typer.Option(64, "--n", help="Images to generate (per stage)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the query plan and generations."),
@@ -57,8 +62,9 @@ def audit_cmd(
         raise TracemarkError("--lora needs --model")
     if whitebox and (model is None or data is None):
         raise TracemarkError("--whitebox needs --model DIR and --data DIR (the original dataset)")
-    if not whitebox and base is not None:
-        raise TracemarkError("--base is an option of --whitebox")
+    for flag, value in (("--base", base), ("--reference", reference), ("--reference-lora", reference_lora)):
+        if not whitebox and value is not None:
+            raise TracemarkError(f"{flag} is an option of --whitebox")
     from tracemark.fsutil import check_output_file
 
     check_output_file(json_out, "--json")
@@ -67,7 +73,8 @@ def audit_cmd(
     if whitebox:
         with console.status("reading the denoiser at the marked samples...", spinner="dots") if not json_only \
                 else _null():
-            result = audit_whitebox(model, reg, data, lora=lora, base=base, dataset=dataset, seed=seed, alpha=alpha,
+            result = audit_whitebox(model, reg, data, lora=lora, base=base, reference=reference,
+                                    reference_lora=reference_lora, dataset=dataset, seed=seed, alpha=alpha,
                                     n_decoys=decoys, device=device, dtype=dtype, config=config)
     elif model is not None:
         if keep_images is not None and keep_images.exists():

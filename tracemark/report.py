@@ -149,6 +149,10 @@ def _command(r: dict) -> str:
             cmd += f" --lora {p['lora']}"
         if p.get("base"):
             cmd += f" --base {p['base']}"
+        if p.get("reference_model"):
+            cmd += f" --reference {p['reference_model']}"
+        if p.get("reference_lora"):
+            cmd += f" --reference-lora {p['reference_lora']}"
         cmd += f" --seed {p['seed']}"
     else:
         cmd = f"tracemark audit --images {p['images']}"
