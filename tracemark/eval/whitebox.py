@@ -16,6 +16,7 @@ the false-accusation rate, reported with its Clopper-Pearson 95% interval.
 
     python -m tracemark.eval.whitebox --rates 0.02 --seeds 0 1 2 3 4 --scope licensee
     python -m tracemark.eval.whitebox --innocent --null-audits 200
+    python -m tracemark.eval.whitebox --shadow ...   # against the shadow reference (shadow_model)
 """
 
 from __future__ import annotations
@@ -53,20 +54,54 @@ def _audit_row(model_name: str, group: str, res, truth: set[str], extra: dict) -
     }
 
 
-def guilty(cells: list[Cell], work: Path, out: Path, base: Path | None = None, log=print) -> None:
+#: Fine-tuning seed of the shadow reference: no grid cell uses it (cells use their seed, 0-4), so the
+#: shadow never shares a suspect's minibatch order and noise (which would flatter the test).
+SHADOW_SEED = 7
+
+
+def shadow_model(work: Path, base: Path | None = None, seed: int = SHADOW_SEED, log=print) -> tuple[Path, Path]:
+    """The owner's shadow reference: the base LoRA-fine-tuned on the clean owner data with the world's
+    recipe and a seed of its own (``audit_whitebox(reference=..., reference_lora=...)``)."""
+    from tracemark.eval.grid import owner_dataset
+    from tracemark.sim import default_base_path, finetune
+
+    base = base or default_base_path()
+    out = work / "cells" / f"shadow-clean-lora-seed{seed}" / "model"
+    if not (out / "pytorch_lora_weights.safetensors").exists():
+        log("fine-tuning the shadow reference on the clean owner data")
+        finetune(owner_dataset(work, "faces"), base, out, method="lora", seed=seed,
+                 resume=(out / "checkpoints" / "last.pt").exists(), progress=False)
+    return base, out
+
+
+def _reference(work: Path, base: Path | None, shadow: bool, log=print) -> dict:
+    if not shadow:
+        return {}
+    ref, ref_lora = shadow_model(work, base, log=log)
+    return {"reference": ref, "reference_lora": ref_lora}
+
+
+def guilty(cells: list[Cell], work: Path, out: Path, base: Path | None = None, log=print,
+           shadow: bool = False) -> None:
+    """White-box audits of the cells' models (``shadow``: against the shadow reference; rows named
+    ``<cell>+shadow``)."""
     from tracemark.audit import audit_whitebox
 
     done = done_cells(out, ROW_KEYS)
+    ref = _reference(work, base, shadow, log)
     for cell in cells:
         gname = _group_name(work, cell)
-        if (cell.name, gname) in done:
+        name = cell.name + ("+shadow" if shadow else "")
+        if (name, gname) in done:
             continue
-        log(f"{cell.name}")
+        log(f"{name}")
         reg, data, gdir, cdir, t_data, t_ft = train_cell(work, cell, base, log)
         model_dir, lora = cell_model(work, cell, base)
-        res = audit_whitebox(model_dir, reg, data, lora=lora, base=None if lora else cell_base(work, cell, base))
-        (cdir / "whitebox.json").write_text(json.dumps(res.to_dict(), default=float, indent=1))
-        row = _audit_row(cell.name, gname, res, set(cell.licensees),
+        res = audit_whitebox(model_dir, reg, data, lora=lora,
+                             base=None if lora or shadow else cell_base(work, cell, base), **ref)
+        (cdir / f"whitebox{'_shadow' if shadow else ''}.json").write_text(json.dumps(res.to_dict(), default=float,
+                                                                                    indent=1))
+        row = _audit_row(name, gname, res, set(cell.licensees),
                          {"rate": cell.rate, "method": cell.method, "scope": cell.scope, "finetune_s": t_ft})
         append_row(out, row)
         log(f"  z {row['z']} p {row['p']} named [{row['named']}] false {row['false_named']} "
@@ -114,18 +149,21 @@ def innocent_models(work: Path, base: Path | None = None, log=print) -> dict[str
     return out
 
 
-def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None, log=print) -> None:
+def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None, log=print,
+             shadow: bool = False) -> None:
     """Real product audits of every innocent model against each group's 100 copies."""
     from tracemark.audit import audit_whitebox
 
     done = done_cells(out, ROW_KEYS)
+    ref = _reference(work, base, shadow, log)
     for name, (model_dir, lora) in innocent_models(work, base, log).items():
+        row_name = f"innocent-{name}" + ("+shadow" if shadow else "")
         for g in groups:
             reg, data, gdir = ensure_group(work, g, log)
-            if (f"innocent-{name}", gdir.name) in done:
+            if (row_name, gdir.name) in done:
                 continue
-            res = audit_whitebox(model_dir, reg, data, lora=lora)
-            row = _audit_row(f"innocent-{name}", gdir.name, res, set(),
+            res = audit_whitebox(model_dir, reg, data, lora=lora, **ref)
+            row = _audit_row(row_name, gdir.name, res, set(),
                              {"rate": g.rate, "method": "lora" if lora else "none", "scope": g.scope, "finetune_s": ""})
             append_row(out, row)
             log(f"  innocent {name} vs {gdir.name}: named [{row['named']}] max z {row['max_z_innocent']}")
@@ -134,7 +172,7 @@ def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None
 def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int = 200, n_copies: int = 100,
                 rate: float = 0.02, n_decoys: int = 1000, alpha: float = 0.01, seed: int = 0,
                 project: bool = True, selection: str = "random", scheme_params: dict | None = None,
-                cache: Path | None = None) -> dict:
+                cache: Path | None = None, reference: tuple[Path, Path | None] | None = None) -> dict:
     """Simulated audits of an innocent model (see the module docstring): false-accusation rate.
 
     ``selection``: how each simulated copy's samples are drawn, as ``protect`` would (``coherent``:
@@ -159,7 +197,11 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     else:
         word = "zulopamek"  # a trigger word of no issued copy (the null: the model never saw it bound to a mark)
         probes = [Probe(read_image_rgb(s.path), apply_trigger(s.text, word)) for s in samples]
-        res = denoiser_residuals(load_pipeline(model_dir, lora=lora), probes, seed=seed)
+        if reference is None:
+            res = denoiser_residuals(load_pipeline(model_dir, lora=lora), probes, seed=seed)
+        else:  # the shadow reference (see shadow_model)
+            res = denoiser_residuals(load_pipeline(model_dir, lora=lora), probes, seed=seed,
+                                     ref_pipe=load_pipeline(reference[0], lora=reference[1]), reference="base")
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.save(cache, np.stack(res))
@@ -195,7 +237,8 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
             "false_accusation_rate": any_named / n_audits, "ci95": [round(float(lo), 4), round(float(hi), 4)],
             "keys_p_below_1e-3": below_1e3, "keys": n_keys, "expected_below_1e-3": n_keys * 1e-3,
             "residuals_s": t_res, "n_samples": len(samples), "content_projection": project,
-            "selection": selection, "scheme_params": scheme_params or {}}
+            "selection": selection, "scheme_params": scheme_params or {},
+            "reference": "shadow" if reference is not None else "lora-off"}
 
 
 def main(argv=None) -> None:
@@ -210,6 +253,7 @@ def main(argv=None) -> None:
     ap.add_argument("--opts", default="", help='extra scheme parameters, "key=value;key=value" (e.g. "band=[11,14]")')
     ap.add_argument("--innocent", action="store_true", help="audit the innocent models against the rates' groups")
     ap.add_argument("--null-audits", type=int, default=0, help="simulated audits per innocent model")
+    ap.add_argument("--shadow", action="store_true", help="audit against the shadow reference (shadow_model)")
     ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
     ap.add_argument("--out", type=Path, default=Path("results/whitebox.csv"))
     args = ap.parse_args(argv)
@@ -219,13 +263,15 @@ def main(argv=None) -> None:
     if args.innocent:
         groups = [Cell(scheme=args.scheme, rate=r, scope=args.scope, strength=args.strength, opts=args.opts,
                        selection=args.selection) for r in args.rates]
-        innocent(groups, args.work, args.out)
+        innocent(groups, args.work, args.out, shadow=args.shadow)
         if args.null_audits:
             data = ensure_group(args.work, groups[0])[1]
             suffix = "" if args.selection == "random" and not args.opts and not args.strength else (
                 "_" + "_".join(x for x in (args.selection, f"s{args.strength:g}" if args.strength else "",
                                            args.opts.replace("=", "").replace(",", "-").strip("[]")) if x))
+            suffix += "_shadow" if args.shadow else ""
             null_out = args.out.with_name(f"whitebox_null{suffix}.json".replace("[", "").replace("]", ""))
+            ref = shadow_model(args.work) if args.shadow else None
             done = json.loads(null_out.read_text()) if null_out.exists() else {}
             for name, (model_dir, lora) in innocent_models(args.work).items():
                 for r in args.rates:
@@ -235,13 +281,14 @@ def main(argv=None) -> None:
                     params = {**groups[0].scheme_params, **({"strength": args.strength} if args.strength else {})}
                     done[key] = null_audits(model_dir, lora, data, n_audits=args.null_audits, rate=r,
                                             selection=args.selection, scheme_params=params,
-                                            cache=args.work / "null_cache" / f"{name}.npy")
+                                            cache=args.work / "null_cache" / f"{name}{'_shadow' if ref else ''}.npy",
+                                            reference=ref)
                     print(key, done[key], flush=True)
                     tmp = null_out.with_suffix(".tmp")
                     tmp.write_text(json.dumps(done, indent=1))
                     tmp.replace(null_out)
     else:
-        guilty(cells, args.work, args.out)
+        guilty(cells, args.work, args.out, shadow=args.shadow)
 
 
 if __name__ == "__main__":
