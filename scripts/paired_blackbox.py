@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 
-def run(cell_specs, work: Path, n: int, out: Path, innocent_groups: list[str]) -> None:
+def run(cell_specs, work: Path, n: int, out: Path, innocent_groups: list[str], shadow: bool = False) -> None:
     from tracemark.audit import build_plan
     from tracemark.trace import content_for
     from tracemark.diffusion.generation import _generate_batch
     from tracemark.diffusion.loading import load_pipeline
     from tracemark.eval.grid import Cell, cell_model, train_cell, ensure_group
-    from tracemark.eval.whitebox import innocent_models
+    from tracemark.eval.whitebox import innocent_models, shadow_model
     from tracemark.trace import score_copies
 
     jobs = []
@@ -41,20 +41,28 @@ def run(cell_specs, work: Path, n: int, out: Path, innocent_groups: list[str]) -
         for name, (model_dir, lora) in innocent_models(work).items():
             if lora is not None:
                 jobs.append((f"innocent-{name}@{gdir.name}", model_dir, lora, reg, data, set()))
+    ref = None
+    if shadow:  # the owner's clean fine-tune, generating the same prompts from the same noise
+        sb, sl = shadow_model(work)
+        ref = load_pipeline(sb, lora=sl, device="cpu", dtype="fp32")
+        ref.set_progress_bar_config(disable=True)
     for name, model_dir, lora, reg, data, truth in jobs:
         t0 = time.perf_counter()
         copies = reg.copies()
         pipe = load_pipeline(model_dir, lora=lora, device="cpu", dtype="fp32")
         pipe.set_progress_bar_config(disable=True)
         plan = build_plan(copies, reg, n, 0)
-        def gen():
-            return np.concatenate([_generate_batch(pipe, plan.prompts[i:i + 32], plan.seeds[i:i + 32], 25, 6.0, "cpu")
+        def gen(p):
+            return np.concatenate([_generate_batch(p, plan.prompts[i:i + 32], plan.seeds[i:i + 32], 25, 6.0, "cpu")
                                    for i in range(0, n, 32)]).astype(np.float32)
-        s = gen()
-        pipe.disable_lora()
-        b = gen()
+        s = gen(pipe)
+        if ref is None:
+            pipe.disable_lora()
+        b = gen(ref or pipe)
+        row_corr = float(np.mean([np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(s, b)]))
         content, _ = content_for(reg, copies, data)
-        row = {"model": name, "n": n}
+        row = {"model": name, "n": n, "reference": "shadow" if ref is not None else "lora-off",
+               "corr_suspect_reference": round(row_corr, 3)}
         for kind, ims in (("unpaired", list(s)), ("paired", list(s - b))):
             v = score_copies(ims, copies, reg, match_files=False, subsets=plan.subsets(copies), n_decoys=1000,
                              alpha=0.01, seed=0, content=content)
@@ -76,5 +84,6 @@ if __name__ == "__main__":
     ap.add_argument("--cells", nargs="*", default=[], help="Cell(**json) specs")
     ap.add_argument("--innocent", nargs="*", default=[], help="group Cell(**json) specs to audit innocent LoRAs against")
     ap.add_argument("--out", default="results/paired_blackbox.jsonl")
+    ap.add_argument("--shadow", action="store_true", help="reference: the shadow model (eval.whitebox.shadow_model)")
     a = ap.parse_args()
-    run(a.cells, Path(a.work), a.n, Path(a.out), a.innocent)
+    run(a.cells, Path(a.work), a.n, Path(a.out), a.innocent, a.shadow)
