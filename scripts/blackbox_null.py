@@ -6,6 +6,10 @@ no copy uses), then each simulated audit draws 100 random keys and 1000 decoys a
 
 Innocent models: those of `python -m tracemark.eval.whitebox --innocent` (base, clean LoRA,
 another owner's LoRA). Writes results/blackbox_null.json.
+
+``--shadow``: the *paired* statistic instead: each image minus the shadow reference's image
+(`tracemark.eval.whitebox.shadow_model`) at the same prompt and seed (scripts/paired_blackbox.py);
+writes results/blackbox_null_shadow.json.
 """
 
 from __future__ import annotations
@@ -30,8 +34,16 @@ def main(argv=None) -> None:
     ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
     ap.add_argument("--audits", type=int, default=200)
     ap.add_argument("--n", type=int, default=64)
-    ap.add_argument("--out", type=Path, default=Path("results/blackbox_null.json"))
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--shadow", action="store_true", help="score suspect-minus-shadow images at the same seeds")
     args = ap.parse_args(argv)
+    args.out = args.out or Path("results/blackbox_null_shadow.json" if args.shadow else "results/blackbox_null.json")
+    shadow = None
+    if args.shadow:
+        from tracemark.eval.whitebox import shadow_model
+
+        sb, sl = shadow_model(args.work)
+        shadow = load_pipeline(sb, lora=sl)
     data = args.work / "data" / "faces_1000_11"
     caps = [s.text for s in load_dataset(data).samples]
     sch = get_scheme("spread")
@@ -40,7 +52,10 @@ def main(argv=None) -> None:
     for name, (model, lora) in innocent_models(args.work).items():
         rng = np.random.default_rng(0)
         prompts = [apply_trigger(caps[i], "zulopamek") for i in rng.choice(len(caps), args.n, replace=False)]
-        F = sch.features(list(generate_images(load_pipeline(model, lora=lora), prompts, seed=9000).astype(np.float32)))
+        ims = generate_images(load_pipeline(model, lora=lora), prompts, seed=9000).astype(np.float32)
+        if shadow is not None:
+            ims = ims - generate_images(shadow, prompts, seed=9000).astype(np.float32)
+        F = sch.features(list(ims))
         for label, B in (("raw", None), ("projected", basis)):
             rng = np.random.default_rng(1)
             named = 0
