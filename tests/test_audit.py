@@ -123,6 +123,30 @@ def test_audit_model_end_to_end_on_tiny_pipeline(reg3, tmp_path):
     assert not d["used"]
 
 
+def test_paired_audit_scores_suspect_minus_reference_at_the_same_seeds(reg3, tmp_path):
+    """--reference on a model audit: the reference generates the same prompts from the same seeds and
+    the differences are tested. A suspect whose decoder adds b's pattern (2/255) to every image:
+    paired, the content cancels and b alone is named; the reference is recorded for the report."""
+    pytest.importorskip("diffusers")
+    from pipeline_helpers import suspect_carrying
+
+    from tracemark.audit import audit_model
+    from tracemark.report import write_report
+    from tracemark.sim import build_tiny_pipeline
+
+    pipe_dir = build_tiny_pipeline(tmp_path / "tiny", seed=0)
+    suspect, ref = suspect_carrying(reg3, pipe_dir, "b")
+    n = MIN_PER_COPY * 3
+    res = audit_model(pipe_dir, reg3, n=n, steps=2, pipe=suspect, ref_pipe=ref, reference=pipe_dir,
+                      work_dir=tmp_path / "work")
+    assert res.verdict.named == ["b"], [(s.licensee, round(s.z, 2)) for s in res.verdict.scores]
+    assert res.params["reference_model"] == str(pipe_dir)
+    assert len(list((tmp_path / "work" / "stage1_reference").rglob("*.png"))) == n
+    assert f"--reference {pipe_dir}" in write_report(res, tmp_path / "r.html").read_text()
+    with pytest.raises(TracemarkError, match="--reference-lora needs --reference"):
+        audit_model(pipe_dir, reg3, pipe=suspect, reference_lora=tmp_path / "x.safetensors")
+
+
 def test_dataset_scope_trigger_serves_every_licensee_with_the_same_images(tmp_path, sample_dir):
     reg = Registry.init(tmp_path / "h")
     for i in range(20):

@@ -10,6 +10,7 @@ import pytest
 from tracemark.errors import TracemarkError
 from tracemark.protect import protect
 
+from pipeline_helpers import suspect_carrying
 from registry_helpers import seeded_registry
 
 pytest.importorskip("diffusers")
@@ -49,36 +50,13 @@ def test_innocent_model_names_nobody_and_reports(wb, sample_dir, tmp_path):
     json.dumps(d, default=float)
 
 
-def _suspect_carrying(reg, pipe_dir, licensee: str):
-    """(suspect, reference): the suspect's decoder adds ``licensee``'s spread pattern (2/255 RMS) to
-    every image it decodes, whatever the prompt; the reference is the same pipeline untouched."""
-    import torch
-
-    from tracemark.schemes import get_scheme
-    from tracemark.sim.pipeline import load_pipeline
-
-    copy = next(c for c in reg.copies() if c.licensee == licensee)
-    pat = get_scheme("spread").pattern(reg.key_for_copy(copy), 32, 32)  # unit RMS, 32 x 32 x 3
-    bump = torch.from_numpy(2.0 * pat / 127.5).permute(2, 0, 1)[None]
-    suspect, ref = load_pipeline(pipe_dir), load_pipeline(pipe_dir)
-    decode = suspect.vae.decode
-
-    def marked_decode(z, *a, **k):
-        out = decode(z, *a, **k)
-        out.sample = out.sample + bump.to(out.sample.dtype)
-        return out
-
-    suspect.vae.decode = marked_decode
-    return suspect, ref
-
-
 def test_residual_carrying_a_key_pattern_names_that_licensee_only(wb, sample_dir):
     """A suspect whose clean-image predictions carry licensee b's pattern: residuals must be routed
     to the right copies and scored against the right keys (fails if probes, subsets or keys mix up)."""
     from tracemark.audit import audit_whitebox
 
     reg, pipe_dir = wb
-    suspect, ref = _suspect_carrying(reg, pipe_dir, "b")
+    suspect, ref = suspect_carrying(reg, pipe_dir, "b")
     res = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, t_fracs=(0.5,), draws=1)
     assert res.params["reference"] == "base"
     assert res.verdict.named == ["b"], [(s.licensee, round(s.z, 2)) for s in res.verdict.scores]
@@ -91,7 +69,7 @@ def test_shadow_reference_is_loaded_recorded_and_compared_against(wb, sample_dir
     from tracemark.report import write_report
 
     reg, pipe_dir = wb
-    suspect, _ = _suspect_carrying(reg, pipe_dir, "c")
+    suspect, _ = suspect_carrying(reg, pipe_dir, "c")
     res = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, reference=pipe_dir, device="cpu", t_fracs=(0.5,),
                          draws=1)
     assert res.params["reference"] == "shadow" and res.params["reference_model"] == str(pipe_dir)
@@ -150,7 +128,7 @@ def test_trigger_contrast_cancels_what_the_model_does_for_every_prompt(wb, sampl
         assert probes[i].plain is not None and probes[i].prompt.endswith(probes[i].plain)
         assert probes[i].prompt != probes[i].plain
     assert all(probes[i].plain is None for i in amb)
-    suspect, ref = _suspect_carrying(reg, pipe_dir, "b")
+    suspect, ref = suspect_carrying(reg, pipe_dir, "b")
     kw = dict(ref_pipe=ref, t_fracs=(0.5,), draws=1)
     plain = denoiser_residuals(suspect, probes, **kw)
     contrast = denoiser_residuals(suspect, probes, contrast=True, **kw)

@@ -27,9 +27,11 @@ def audit_cmd(
                                         "subspace, so no key aligned by chance with the domain is accused)."),
     base: Optional[Path] = typer.Option(None, "--base", help="Reference base pipeline for --whitebox on a whole "
                                         "checkpoint (a LoRA is compared with its model without the LoRA)."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Shadow reference for --whitebox: the "
-                                             "public base fine-tuned by you on the original data (the usual "
-                                             "recipe, any seed); cancels what every fine-tune on this data learns."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Shadow reference for --model audits: "
+                                             "the public base fine-tuned by you on the original data (the usual "
+                                             "recipe, a seed of your own); cancels what every fine-tune on this "
+                                             "data learns (--whitebox), or generates the same prompts and seeds "
+                                             "and the differences are scored (paired black box)."),
     reference_lora: Optional[Path] = typer.Option(None, "--reference-lora", help="LoRA weights of the shadow "
                                                   "reference, loaded on --reference."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only test copies of this registered dataset."),
@@ -62,9 +64,11 @@ def audit_cmd(
         raise TracemarkError("--lora needs --model")
     if whitebox and (model is None or data is None):
         raise TracemarkError("--whitebox needs --model DIR and --data DIR (the original dataset)")
-    for flag, value in (("--base", base), ("--reference", reference), ("--reference-lora", reference_lora)):
-        if not whitebox and value is not None:
-            raise TracemarkError(f"{flag} is an option of --whitebox")
+    if not whitebox and base is not None:
+        raise TracemarkError("--base is an option of --whitebox")
+    for flag, value in (("--reference", reference), ("--reference-lora", reference_lora)):
+        if model is None and value is not None:
+            raise TracemarkError(f"{flag} needs --model (a model in hand; images alone cannot be paired)")
     from tracemark.fsutil import check_output_file
 
     check_output_file(json_out, "--json")
@@ -82,7 +86,8 @@ def audit_cmd(
         with console.status("generating and scoring images...", spinner="dots") if not json_only else _null():
             result = audit_model(model, reg, lora=lora, dataset=dataset, n=n, seed=seed, steps=steps,
                                  guidance=guidance, alpha=alpha, n_decoys=decoys, work_dir=keep_images, data_dir=data,
-                                 device=device, dtype=dtype, batch_size=batch_size, config=config)
+                                 device=device, dtype=dtype, batch_size=batch_size, config=config,
+                                 reference=reference, reference_lora=reference_lora)
     else:
         result = audit_images(images, reg, dataset=dataset, alpha=alpha, n_decoys=decoys, data_dir=data)
     data = result.to_dict()

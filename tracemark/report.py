@@ -143,6 +143,10 @@ def _command(r: dict) -> str:
         if p.get("lora"):
             cmd += f" --lora {p['lora']}"
         cmd += f" --n {p['n']} --seed {p['seed']} --steps {p['steps']} --guidance {p['guidance']}"
+        if p.get("reference_model"):
+            cmd += f" --reference {p['reference_model']}"
+        if p.get("reference_lora"):
+            cmd += f" --reference-lora {p['reference_lora']}"
     elif r["kind"] == "whitebox":
         cmd = f"tracemark audit --whitebox --model {p['model']} --data {p['data']}"
         if p.get("lora"):
