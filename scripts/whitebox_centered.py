@@ -19,11 +19,8 @@ import numpy as np
 
 
 def main() -> None:
-    from tracemark.audit import _whitebox_probes
-    from tracemark.diffusion.loading import load_pipeline
-    from tracemark.eval.grid import Cell, cell_model, train_cell
+    from tracemark.eval.whitebox import cell_residuals
     from tracemark.trace import content_for, score_copies
-    from tracemark.whitebox import denoiser_residuals
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="results/tmp/grid")
@@ -32,20 +29,10 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(a.work)
     for spec in a.cells:
-        cell = Cell(**json.loads(spec))
-        reg, data, gdir, cdir, *_ = train_cell(work, cell, None, print)
-        model_dir, lora = cell_model(work, cell, None)
-        copies = reg.copies()
-        probes, subsets = _whitebox_probes(copies, reg, data)
-        cache = cdir / "residuals.npy"
-        if cache.exists():
-            res = np.load(cache)
-        else:
-            res = np.stack(denoiser_residuals(load_pipeline(model_dir, lora=lora, device="cpu", dtype="fp32"), probes))
-            np.save(cache, res)
+        cell, reg, data, copies, subsets, res = cell_residuals(work, json.loads(spec), "residuals.npy")
         content = content_for(reg, copies, data)[0]
         truth = set(cell.licensees)
-        row = {"cell": cell.name, "probes": len(probes)}
+        row = {"cell": cell.name, "probes": len(res)}
         for name, R in (("product", res), ("centred", res - res.mean(axis=0, keepdims=True))):
             v = score_copies(list(R), copies, reg, match_files=False, subsets=subsets, n_decoys=1000, alpha=0.01,
                              seed=0, content=content)

@@ -19,12 +19,9 @@ import numpy as np
 
 
 def main() -> None:
-    from tracemark.audit import _whitebox_probes
     from tracemark.diffusion.loading import load_pipeline
-    from tracemark.eval.grid import Cell, cell_model, train_cell
-    from tracemark.eval.whitebox import innocent_models
+    from tracemark.eval.whitebox import cell_residuals, innocent_models
     from tracemark.trace import content_for, score_copies
-    from tracemark.whitebox import denoiser_residuals
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="results/tmp/grid")
@@ -36,25 +33,15 @@ def main() -> None:
     s_dir, s_lora = innocent_models(work)[a.shadow]
     shadow = load_pipeline(s_dir, lora=s_lora, device="cpu", dtype="fp32")
     for spec in a.cells:
-        cell = Cell(**json.loads(spec))
-        reg, data, gdir, cdir, *_ = train_cell(work, cell, None, print)
-        model_dir, lora = cell_model(work, cell, None)
-        copies = reg.copies()
-        probes, subsets = _whitebox_probes(copies, reg, data)
-        cache = cdir / f"residuals_shadow_{a.shadow}.npy"
-        if cache.exists():
-            res = np.load(cache)
-        else:
-            pipe = load_pipeline(model_dir, lora=lora, device="cpu", dtype="fp32")
-            res = np.stack(denoiser_residuals(pipe, probes, ref_pipe=shadow, reference="base"))
-            np.save(cache, res)
+        cell, reg, data, copies, subsets, res = cell_residuals(work, json.loads(spec),
+                                                               f"residuals_shadow_{a.shadow}.npy", ref_pipe=shadow)
         content = content_for(reg, copies, data)[0]
         truth = set(cell.licensees)
         v = score_copies(list(res), copies, reg, match_files=False, subsets=subsets, n_decoys=1000, alpha=0.01,
                          seed=0, content=content)
         true = [s for s in v.scores if s.licensee in truth]
         others = [s.z for s in v.scores if s.licensee not in truth]
-        row = {"cell": cell.name, "shadow": a.shadow, "probes": len(probes),
+        row = {"cell": cell.name, "shadow": a.shadow, "probes": len(res),
                "z": round(float(np.mean([s.z for s in true])), 3) if true else None,
                "p": max(s.p_value for s in true) if true else None, "named": list(v.named),
                "max_z_innocent": round(max(others), 3)}

@@ -74,6 +74,30 @@ def shadow_model(work: Path, base: Path | None = None, seed: int = SHADOW_SEED, 
     return base, out
 
 
+def cell_residuals(work: Path, spec: dict, cache_name: str, ref_pipe=None):
+    """A grid cell's registry, data, copies, probes, subsets and white-box residuals (cached in the
+    cell folder as ``cache_name``; ``ref_pipe``: residuals against it instead of the LoRA-off), for
+    scripts that rescore residuals in other ways (scripts/whitebox_centered.py, whitebox_shadow.py)."""
+    from tracemark.audit import _whitebox_probes
+    from tracemark.diffusion.loading import load_pipeline
+    from tracemark.whitebox import denoiser_residuals
+
+    cell = Cell(**spec)
+    reg, data, gdir, cdir, *_ = train_cell(work, cell, None, print)
+    model_dir, lora = cell_model(work, cell, None)
+    copies = reg.copies()
+    probes, subsets = _whitebox_probes(copies, reg, data)
+    cache = cdir / cache_name
+    if cache.exists():
+        res = np.load(cache)
+    else:
+        pipe = load_pipeline(model_dir, lora=lora, device="cpu", dtype="fp32")
+        kw = {"ref_pipe": ref_pipe, "reference": "base"} if ref_pipe is not None else {}
+        res = np.stack(denoiser_residuals(pipe, probes, **kw))
+        np.save(cache, res)
+    return cell, reg, data, copies, subsets, res
+
+
 def _reference(work: Path, base: Path | None, shadow: bool, log=print) -> dict:
     if not shadow:
         return {}
