@@ -229,8 +229,9 @@ def audit_model(
     reference (the public base fine-tuned by the owner on the clean data, see
     :func:`audit_whitebox`) generates the same prompts from the same seeds, and each suspect image
     minus its reference image is scored: the two models draw nearly the same picture (correlation
-    0.77-0.88 in the CPU world, 0.24 against the LoRA switched off), so content cancels and what the
-    suspect learned beyond clean data stays. The reference holds no key: the null is unchanged."""
+    0.72-0.88 in the CPU world, 0.24 against the LoRA switched off), so content cancels. The
+    reference holds no key: the null is unchanged. No gain in power was measured in the CPU world
+    (docs/learnability.md, session 8)."""
     import tempfile
 
     from tracemark.diffusion.loading import load_pipeline
@@ -288,8 +289,8 @@ def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, step
     paths1 = _generate(gen_args, plan1, work / "stage1", pipe)
     t_gen = time.perf_counter()
     images1 = [read_image_rgb(p) for p in paths1]
-    v1 = score_copies(scored(images1, plan1, work / "stage1_reference"), copies, registry, match_files=False, subsets=plan1.subsets(copies),
-                      n_decoys=n_decoys, alpha=stage_alpha, seed=seed, content=content)
+    v1 = score_copies(scored(images1, plan1, work / "stage1_reference"), copies, registry, match_files=False,
+                      subsets=plan1.subsets(copies), n_decoys=n_decoys, alpha=stage_alpha, seed=seed, content=content)
     plans, paths, verdict, shown = [plan1], list(paths1), v1, images1[:64]
     if two_stage:
         cands = [s.copy_id for s in sorted(v1.scores, key=lambda s: s.p_value)
@@ -299,8 +300,8 @@ def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, step
         images2 = [read_image_rgb(p) for p in paths2]
         shown = (shown + images2)[:64]
         cand_copies = [c for c in copies if c.id in cands]
-        v2 = score_copies(scored(images2, plan2, work / "stage2_reference"), cand_copies, registry, match_files=False, subsets=plan2.subsets(cand_copies),
-                          n_decoys=n_decoys, alpha=stage_alpha, seed=seed + 1,
+        v2 = score_copies(scored(images2, plan2, work / "stage2_reference"), cand_copies, registry,
+                          match_files=False, subsets=plan2.subsets(cand_copies), n_decoys=n_decoys, alpha=stage_alpha, seed=seed + 1,
                           family=sum(c.strategy == "trigger" for c in copies), content=content)
         verdict = merge_stages(v1, v2, alpha)
         plans.append(plan2)
@@ -365,8 +366,10 @@ def audit_whitebox(
     ``reference`` (+ ``reference_lora``): a *shadow* reference instead: the public base fine-tuned
     by the owner on the original (unmarked) data with the usual recipe. What every fine-tune on
     this data learns (the domain, the images) then cancels, and what is left is what the suspect
-    learned beyond the clean data: on the CPU world's 10% / 38 dB model z 3.45 -> 5.09 and the
-    licensee named (docs/learnability.md, session 8). It holds no key, so the null is unchanged.
+    learned beyond the clean data: in the CPU world the three 10% / 6/255 models went from z ~3.5
+    to 5.0-5.3 and were named among 100; not uniformly (one 10% / 38 dB model: 3.45 -> 2.44), and
+    nothing at 2% (docs/learnability.md, session 8). It holds no key, so the null is unchanged
+    (checked on innocent models). Train it with a seed of its own.
     """
     from tracemark.diffusion.loading import load_pipeline
     from tracemark.whitebox import DEFAULT_DRAWS, DEFAULT_T_FRACS, denoiser_residuals
@@ -377,13 +380,13 @@ def audit_whitebox(
     copies = registry.copies(dataset)
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
-    probes, subsets = _whitebox_probes(copies, registry, data_dir)
-    if pipe is None:
-        pipe = load_pipeline(model_dir, lora=lora, device=device or "auto", dtype=dtype, config=config)
     if reference_lora is not None and reference is None:
         raise TracemarkError("--reference-lora needs --reference (the pipeline the LoRA goes on)")
     if reference is not None and base is not None:
         raise TracemarkError("give --base or --reference, not both")
+    probes, subsets = _whitebox_probes(copies, registry, data_dir)
+    if pipe is None:
+        pipe = load_pipeline(model_dir, lora=lora, device=device or "auto", dtype=dtype, config=config)
     mode = "auto"
     if reference is not None:
         if ref_pipe is None:
