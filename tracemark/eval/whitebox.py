@@ -59,19 +59,26 @@ def _audit_row(model_name: str, group: str, res, truth: set[str], extra: dict) -
 SHADOW_SEED = 7
 
 
+def _clean_lora(work: Path, base: Path, folder: str, seed: int, what: str, log=print) -> Path:
+    """The base LoRA-fine-tuned on the clean owner data with the world's recipe (resumable)."""
+    from tracemark.eval.grid import owner_dataset
+    from tracemark.sim import finetune
+
+    out = work / "cells" / folder / "model"
+    if not (out / "pytorch_lora_weights.safetensors").exists():
+        log(f"fine-tuning {what} on the clean owner data")
+        finetune(owner_dataset(work, "faces"), base, out, method="lora", seed=seed,
+                 resume=(out / "checkpoints" / "last.pt").exists(), progress=False)
+    return out
+
+
 def shadow_model(work: Path, base: Path | None = None, seed: int = SHADOW_SEED, log=print) -> tuple[Path, Path]:
     """The owner's shadow reference: the base LoRA-fine-tuned on the clean owner data with the world's
     recipe and a seed of its own (``audit_whitebox(reference=..., reference_lora=...)``)."""
-    from tracemark.eval.grid import owner_dataset
-    from tracemark.sim import default_base_path, finetune
+    from tracemark.sim import default_base_path
 
     base = base or default_base_path()
-    out = work / "cells" / f"shadow-clean-lora-seed{seed}" / "model"
-    if not (out / "pytorch_lora_weights.safetensors").exists():
-        log("fine-tuning the shadow reference on the clean owner data")
-        finetune(owner_dataset(work, "faces"), base, out, method="lora", seed=seed,
-                 resume=(out / "checkpoints" / "last.pt").exists(), progress=False)
-    return base, out
+    return base, _clean_lora(work, base, f"shadow-clean-lora-seed{seed}", seed, "the shadow reference", log)
 
 
 def cell_residuals(work: Path, spec: dict, cache_name: str, ref_pipe=None):
@@ -146,12 +153,7 @@ def innocent_models(work: Path, base: Path | None = None, log=print) -> dict[str
 
     base = base or default_base_path()
     out = {"base": (base, None)}
-    clean = work / "cells" / "innocent-clean-lora" / "model"
-    if not (clean / "pytorch_lora_weights.safetensors").exists():
-        log("fine-tuning the innocent model on the clean owner data")
-        finetune(owner_dataset(work, "faces"), base, clean, method="lora", seed=0,
-                 resume=(clean / "checkpoints" / "last.pt").exists(), progress=False)
-    out["clean-lora"] = (base, clean)
+    out["clean-lora"] = (base, _clean_lora(work, base, "innocent-clean-lora", 0, "the innocent model", log))
     other = work / "cells" / "innocent-other-owner-lora" / "model"
     if not (other / "pytorch_lora_weights.safetensors").exists():
         from tracemark.protect import protect
