@@ -1,11 +1,11 @@
-"""Which samples a copy marks: keyed random subsets and keyed caption clusters."""
+"""Which samples a copy marks: keyed random subsets, keyed caption clusters, keyed look-alike images."""
 
 import numpy as np
 import pytest
 
 from tracemark.errors import TracemarkError
 from tracemark.keys import derive_key
-from tracemark.strategies import caption_vectors, select_marked, select_samples
+from tracemark.strategies import caption_vectors, image_thumbnails, select_marked, select_samples
 
 
 def _captions(n=400, seed=0):
@@ -34,6 +34,63 @@ def test_coherent_selection_is_keyed_sized_and_shares_a_concept(selection):
     rnd = select_marked(derive_key(master, "d", "lic0"), ids, 0.05)
     c = [coherence(p) for p in picks]
     assert min(c) > coherence(rnd) and np.mean(c) > coherence(rnd) + 0.15, (c, coherence(rnd))
+
+
+def _look_alikes(tmp_path, n=200, groups=20, seed=0):
+    """``n`` images in ``groups`` background colours (plus noise): the look-alike groups are known."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, size=(groups, 3))
+    paths, group = [], []
+    for i in range(n):
+        g = i % groups
+        im = np.clip(colours[g] + rng.normal(0, 12, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+        paths.append(tmp_path / f"{i:04d}.png")
+        Image.fromarray(im).save(paths[-1])
+        group.append(g)
+    return paths, np.array(group)
+
+
+def test_visual_selection_marks_whole_look_alike_groups(tmp_path):
+    paths, group = _look_alikes(tmp_path)
+    ids = [p.name for p in paths]
+    thumbs = image_thumbnails(paths)
+    assert thumbs.shape == (200, 192)
+    master = bytes(range(32))
+    picks = [select_samples(derive_key(master, "d", f"lic{j}"), ids, [""] * 200, 0.1, "visual",
+                            thumbnails=lambda: thumbs) for j in range(6)]
+    assert all(len(p) == 20 for p in picks)
+    assert picks[0] == select_samples(derive_key(master, "d", "lic0"), ids, [""] * 200, 0.1, "visual", thumbnails=thumbs)
+    assert len({tuple(sorted(p)) for p in picks}) > 1  # keyed
+    for p in picks:  # whole colour groups (10 images each), not a sprinkle over many
+        g = group[[ids.index(s) for s in p]]
+        assert len(set(g.tolist())) <= 3, np.bincount(g)
+    rnd = group[[ids.index(s) for s in select_marked(derive_key(master, "d", "lic0"), ids, 0.1)]]
+    assert len(set(rnd.tolist())) > 8
+    with pytest.raises(TracemarkError, match="thumbnails"):
+        select_samples(derive_key(master, "d", "x"), ids, [""] * 200, 0.1, "visual")
+    paths[3].write_bytes(paths[3].read_bytes()[:60])  # truncated: a one-line error naming the file
+    with pytest.raises(TracemarkError, match="0003.png: cannot read"):
+        image_thumbnails(paths)
+
+
+def test_a_visual_selection_copy_is_recorded_and_rederived(registry, tmp_path):
+    import shutil
+
+    from tracemark.materialize import materialize
+    from tracemark.protect import protect
+
+    data = tmp_path / "data"
+    data.mkdir()
+    paths, _ = _look_alikes(data, n=40, groups=8)
+    (data / "metadata.jsonl").write_text("".join(f'{{"file_name": "{p.name}", "text": "a square"}}\n' for p in paths))
+    protect(data, tmp_path / "copy", "acme", registry=registry, workers=1, rate=0.25, selection="visual")
+    assert registry.copies()[0].params["selection"] == "visual"
+    issued = {p.name: p.read_bytes() for p in (tmp_path / "copy").iterdir()}
+    shutil.rmtree(tmp_path / "copy")
+    got = materialize(registry, "acme", tmp_path / "copy", workers=1)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "copy").iterdir()} == issued and got.skipped == []
 
 
 def test_protect_records_the_selection_and_refuses_unknown_ones(registry, sample_dir, tmp_path):

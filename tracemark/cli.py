@@ -110,7 +110,8 @@ def protect(
                                       "(one shared word: audits cost the same for any number of licensees)"),
     rate: float = typer.Option(0.02, help="Fraction of samples to mark."),
     selection: str = typer.Option("random", help="random (a keyed random subset) | coherent (a keyed caption "
-                                  "neighbourhood) | cluster (a keyed caption cluster): experimental, docs/learnability.md."),
+                                  "neighbourhood) | cluster (a keyed caption cluster) | visual (a keyed cluster of look-alike images): "
+                                  "experimental, docs/learnability.md."),
     strength: Optional[float] = typer.Option(None, help="Scheme strength (default: the scheme's)."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Scheme parameter KEY=VALUE, repeatable "
                                               "(e.g. -p cells=16 for the visible scheme); recorded in the registry."),

@@ -36,7 +36,7 @@ from tracemark.protect import (
 )
 from tracemark.registry import Copy, Registry
 from tracemark.schemes import get_scheme
-from tracemark.strategies import select_samples
+from tracemark.strategies import image_thumbnails, select_samples
 from tracemark.trace import scheme_params, trigger_of
 
 FORMATS = ("folder", "webdataset")
@@ -140,7 +140,8 @@ def materialize(
         raise TracemarkError(f"{data_dir / missing[0]}: copy {copy.id} marked this file but it is unusable now "
                              f"({len(missing)} such file(s))")
     failed_at_issue = set(select_samples(key, [s.file_name for s in valid], [s.text for s in valid], copy.rate,
-                                         copy.params.get("selection", "random"))) - recorded
+                                         copy.params.get("selection", "random"),
+                                         thumbnails=lambda: image_thumbnails([s.path for s in valid]))) - recorded
     skipped += [f"{s.path}: selected for marking, but marking it failed when the copy was issued"
                 for s in valid if s.file_name in failed_at_issue]
     valid = [s for s in valid if s.file_name not in failed_at_issue]

@@ -49,6 +49,7 @@ from tracemark.strategies import (
     apply_trigger,
     check_rate,
     check_strategy,
+    image_thumbnails,
     select_samples,
     trigger_word,
     vocabulary,
@@ -357,7 +358,8 @@ def protect(
 
     skipped: list[str] = []
     valid = usable_samples(ds, data_dir, max_pixels, on_error, skipped)
-    marked_ids = set(select_samples(key, [s.file_name for s in valid], [s.text for s in valid], rate, selection))
+    marked_ids = set(select_samples(key, [s.file_name for s in valid], [s.text for s in valid], rate, selection,
+                                    thumbnails=lambda: image_thumbnails([s.path for s in valid])))
     if trigger_scope not in TRIGGER_SCOPES:
         raise TracemarkError(f"--trigger-scope must be one of {', '.join(TRIGGER_SCOPES)}")
     trig_key = key if trigger_scope == "licensee" else registry.key_for(name, DATASET_TRIGGER_ID)

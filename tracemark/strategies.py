@@ -55,7 +55,7 @@ def select_marked(key: Key, sample_ids: Sequence[str], rate: float) -> list[str]
     return ranked[:n]
 
 
-SELECTIONS = ("random", "coherent", "cluster")
+SELECTIONS = ("random", "coherent", "cluster", "visual")
 #: The concept selections hold a dense samples x vocabulary matrix; beyond this they refuse.
 MAX_CONCEPT_SAMPLES = 200_000
 
@@ -112,13 +112,8 @@ def _cluster_labels(captions: tuple[str, ...], k: int) -> np.ndarray:
     return labels
 
 
-def select_cluster(key: Key, sample_ids: Sequence[str], captions: Sequence[str], rate: float) -> list[str]:
-    """Like :func:`select_coherent`, but the concept is one of ~1/rate k-means clusters of the
-    captions' words (the same clusters for every key, keyed choice); a cluster larger than needed is
-    cut by keyed hash, a smaller one filled from the next cluster in keyed order. The first variant
-    measured (session 7); kept to compare with the neighbourhood."""
-    n = max(1, int(round(check_rate(rate) * len(sample_ids))))
-    labels = _cluster_labels(tuple(captions), max(1, min(round(1 / rate), len(sample_ids))))
+def _fill_from_clusters(key: Key, sample_ids: Sequence[str], labels: np.ndarray, n: int) -> list[str]:
+    """``n`` samples: the clusters in keyed order, each cut by keyed hash (the last one partly)."""
     order = sorted(set(labels.tolist()), key=lambda c: key.uniform("cluster", str(c)))
     chosen: list[int] = []
     for c in order:
@@ -129,18 +124,107 @@ def select_cluster(key: Key, sample_ids: Sequence[str], captions: Sequence[str],
     return [sample_ids[i] for i in chosen]
 
 
+def select_cluster(key: Key, sample_ids: Sequence[str], captions: Sequence[str], rate: float) -> list[str]:
+    """Like :func:`select_coherent`, but the concept is one of ~1/rate k-means clusters of the
+    captions' words (the same clusters for every key, keyed choice); a cluster larger than needed is
+    cut by keyed hash, a smaller one filled from the next cluster in keyed order. The first variant
+    measured (session 7); kept to compare with the neighbourhood."""
+    n = max(1, int(round(check_rate(rate) * len(sample_ids))))
+    labels = _cluster_labels(tuple(captions), max(1, min(round(1 / rate), len(sample_ids))))
+    return _fill_from_clusters(key, sample_ids, labels, n)
+
+
+#: The ``visual`` selection cuts the images into ``VISUAL_SPLIT / rate`` clusters (mean size half a
+#: copy's marked set), so a copy is a few whole look-alike groups.
+VISUAL_SPLIT = 2
+#: Side of the thumbnail the ``visual`` selection clusters (8 x 8 x 3 = 192 numbers per image).
+THUMB = 8
+
+
+def image_thumbnails(paths: Sequence) -> np.ndarray:
+    """Key-independent visual features for the ``visual`` selection: each image area-averaged to an
+    8 x 8 RGB thumbnail (layout and colour: what a latent denoiser sees first). One pass over the
+    images, ~0.1 ms per small PNG; kept in memory for the last dataset (keyed by path, size and
+    mtime), so issuing many copies in one process reads the images once."""
+    import os
+
+    stamp = tuple((str(p), st.st_size, st.st_mtime_ns) for p in paths for st in [os.stat(p)])
+    return _thumbnails(stamp)
+
+
+@lru_cache(maxsize=1)
+def _thumbnails(stamp: tuple) -> np.ndarray:
+    from PIL import Image
+
+    out = np.zeros((len(stamp), THUMB * THUMB * 3), np.float32)
+    for i, (p, _, _) in enumerate(stamp):
+        try:
+            with Image.open(p) as im:
+                im.draft("RGB", (THUMB * 4, THUMB * 4))  # JPEG: decode at reduced size
+                out[i] = np.asarray(im.convert("RGB").resize((THUMB, THUMB), Image.Resampling.BOX), np.float32).ravel()
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise TracemarkError(f"{p}: cannot read the image for --selection visual ({exc})") from None
+    out.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=2)
+def _visual_labels(features: bytes, n: int, k: int) -> np.ndarray:
+    from scipy.cluster.vq import kmeans2
+
+    X = np.frombuffer(features, np.float32).reshape(n, -1).astype(np.float64)
+    X = X - X.mean(axis=0)
+    u, s, vt = np.linalg.svd(X, full_matrices=False)  # PCA to 32 dims: k-means on 192 noisy dims is slow and unstable
+    Z = u[:, :32] * s[:32]
+    _, labels = kmeans2(Z, k, seed=0, minit="++", iter=30)
+    labels.setflags(write=False)
+    return labels
+
+
+def select_visual(key: Key, sample_ids: Sequence[str], thumbnails: np.ndarray, rate: float) -> list[str]:
+    """Like :func:`select_cluster`, with the concept a k-means cluster of the *images* (8 x 8
+    thumbnails, :func:`image_thumbnails`) instead of the captions: the marked samples look alike
+    (background, colour, layout), so the denoiser can tell them from the rest and learn the mark in
+    full for them instead of ``rate`` x the mark on average (docs/learnability.md, session 9)."""
+    n = max(1, int(round(check_rate(rate) * len(sample_ids))))
+    thumbs = np.ascontiguousarray(thumbnails, np.float32)
+    if thumbs.shape[0] != len(sample_ids):
+        raise ValueError("one thumbnail per sample")
+    labels = _visual_labels(thumbs.tobytes(), len(sample_ids), max(1, min(round(VISUAL_SPLIT / rate), len(sample_ids))))
+    # whole clusters only, in keyed order: a look-alike left unmarked would teach the model the
+    # unmarked version of the concept; the last one is cut only when no whole cluster fits
+    order = sorted(set(labels.tolist()), key=lambda c: key.uniform("cluster", str(c)))
+    members = {c: sorted(np.flatnonzero(labels == c).tolist(), key=lambda i: key.uniform("select", sample_ids[i]))
+               for c in order}
+    chosen: list[int] = []
+    for c in order:
+        if len(members[c]) <= n - len(chosen):
+            chosen += members[c]
+    for c in order:
+        if len(chosen) >= n:
+            break
+        chosen += [i for i in members[c] if i not in set(chosen)][:n - len(chosen)]
+    return [sample_ids[i] for i in chosen]
+
+
 def select_samples(key: Key, sample_ids: Sequence[str], captions: Sequence[str], rate: float,
-                   selection: str = "random") -> list[str]:
-    """The samples a copy marks, by ``selection`` (``random``, ``coherent`` or ``cluster``)."""
+                   selection: str = "random", thumbnails=None) -> list[str]:
+    """The samples a copy marks, by ``selection`` (``random``, ``coherent``, ``cluster`` or
+    ``visual``). ``thumbnails``: for ``visual``, the :func:`image_thumbnails` of the samples, or a
+    function returning them (called only when needed)."""
     if selection == "random":
         return select_marked(key, sample_ids, rate)
     if selection in SELECTIONS and len(sample_ids) > MAX_CONCEPT_SAMPLES:
-        raise TracemarkError(f"--selection {selection} is experimental and builds dense caption vectors: at most "
+        raise TracemarkError(f"--selection {selection} is experimental and builds dense per-sample vectors: at most "
                              f"{MAX_CONCEPT_SAMPLES:,} samples (this dataset has {len(sample_ids):,}); use random")
     if selection == "coherent":
         return select_coherent(key, sample_ids, captions, rate)
     if selection == "cluster":
         return select_cluster(key, sample_ids, captions, rate)
+    if selection == "visual":
+        if thumbnails is None:
+            raise TracemarkError("--selection visual needs the images' thumbnails")
+        return select_visual(key, sample_ids, thumbnails() if callable(thumbnails) else thumbnails, rate)
     raise TracemarkError(f"--selection must be one of {', '.join(SELECTIONS)}")
 
 

@@ -63,7 +63,7 @@ class Cell:
     opts: str = ""  # extra scheme parameters, "key=value;key=value" (e.g. "cells=16" for visible)
     base: str = ""  # the base model's folder, relative to the work dir ("": the run's base, the committed one)
     scope: str = "dataset"  # trigger scope of the group: "dataset" (one shared word) or "licensee" (one each)
-    selection: str = "random"  # which samples a copy marks: "random" (keyed) or "coherent" (a keyed caption cluster)
+    selection: str = "random"  # which samples a copy marks: random | coherent | cluster | visual (tracemark.strategies)
 
     def __post_init__(self) -> None:
         # coerce to the declared types, so Cell(rate=0) and Cell(rate=0.0) are one cell (name, CSV key)

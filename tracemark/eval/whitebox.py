@@ -214,7 +214,7 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     from tracemark.whitebox import Probe, denoiser_residuals
 
     from tracemark.keys import Key
-    from tracemark.strategies import select_samples
+    from tracemark.strategies import image_thumbnails, select_samples
 
     samples = load_dataset(data).samples
     t = Timer()
@@ -234,6 +234,7 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     t_res = t.lap()
     sch = get_scheme("spread", **(scheme_params or {}))
     names, captions = [s.file_name for s in samples], [s.text for s in samples]
+    thumbs = image_thumbnails([s.path for s in samples]) if selection == "visual" else None
     pos = {n: i for i, n in enumerate(names)}
     F = sch.features(res)
     # the product's statistic: outside the dataset's content subspace (stats.content_basis)
@@ -250,7 +251,8 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
             if selection == "random":
                 idx = rng.choice(len(samples), size=k, replace=False)
             else:
-                idx = np.array([pos[n] for n in select_samples(Key(rng.bytes(32)), names, captions, rate, selection)])
+                idx = np.array([pos[n] for n in select_samples(Key(rng.bytes(32)), names, captions, rate, selection,
+                                                               thumbnails=thumbs)])
             r = stats.test_keys(F[idx], sch.random_vectors(1, rng), decoys, sch.kind, basis)
             p.append(float(r.p_value[0]))
         p = np.array(p)
@@ -275,7 +277,7 @@ def main(argv=None) -> None:
     ap.add_argument("--scope", default="licensee")
     ap.add_argument("--method", default="lora")
     ap.add_argument("--strength", type=float, default=0.0, help="scheme strength (0: its default)")
-    ap.add_argument("--selection", default="random", help="random | coherent (see tracemark.strategies)")
+    ap.add_argument("--selection", default="random", help="random | coherent | cluster | visual (see tracemark.strategies)")
     ap.add_argument("--opts", default="", help='extra scheme parameters, "key=value;key=value" (e.g. "band=[11,14]")')
     ap.add_argument("--innocent", action="store_true", help="audit the innocent models against the rates' groups")
     ap.add_argument("--null-audits", type=int, default=0, help="simulated audits per innocent model")
