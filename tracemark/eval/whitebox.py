@@ -112,25 +112,29 @@ def _reference(work: Path, base: Path | None, shadow: bool, log=print) -> dict:
     return {"reference": ref, "reference_lora": ref_lora}
 
 
+def _tag_t(t_fracs) -> str:
+    return "+t" + "-".join(f"{t:g}" for t in t_fracs) if t_fracs else ""
+
+
 def guilty(cells: list[Cell], work: Path, out: Path, base: Path | None = None, log=print,
-           shadow: bool = False) -> None:
+           shadow: bool = False, t_fracs: tuple[float, ...] | None = None) -> None:
     """White-box audits of the cells' models (``shadow``: against the shadow reference; rows named
-    ``<cell>+shadow``)."""
+    ``<cell>+shadow``; ``t_fracs``: noise levels other than the audit's default, rows ``+t<levels>``)."""
     from tracemark.audit import audit_whitebox
 
     done = done_cells(out, ROW_KEYS)
     ref = _reference(work, base, shadow, log)
     for cell in cells:
         gname = _group_name(work, cell)
-        name = cell.name + ("+shadow" if shadow else "")
+        name = cell.name + ("+shadow" if shadow else "") + _tag_t(t_fracs)
         if (name, gname) in done:
             continue
         log(f"{name}")
         reg, data, gdir, cdir, t_data, t_ft = train_cell(work, cell, base, log)
         model_dir, lora = cell_model(work, cell, base)
-        res = audit_whitebox(model_dir, reg, data, lora=lora,
+        res = audit_whitebox(model_dir, reg, data, lora=lora, t_fracs=t_fracs,
                              base=None if lora or shadow else cell_base(work, cell, base), **ref)
-        (cdir / f"whitebox{'_shadow' if shadow else ''}.json").write_text(json.dumps(res.to_dict(), default=float,
+        (cdir / f"whitebox{'_shadow' if shadow else ''}{_tag_t(t_fracs)}.json").write_text(json.dumps(res.to_dict(), default=float,
                                                                                     indent=1))
         row = _audit_row(name, gname, res, set(cell.licensees),
                          {"rate": cell.rate, "method": cell.method, "scope": cell.scope, "finetune_s": t_ft})
@@ -176,19 +180,19 @@ def innocent_models(work: Path, base: Path | None = None, log=print) -> dict[str
 
 
 def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None, log=print,
-             shadow: bool = False) -> None:
+             shadow: bool = False, t_fracs: tuple[float, ...] | None = None) -> None:
     """Real product audits of every innocent model against each group's 100 copies."""
     from tracemark.audit import audit_whitebox
 
     done = done_cells(out, ROW_KEYS)
     ref = _reference(work, base, shadow, log)
     for name, (model_dir, lora) in innocent_models(work, base, log).items():
-        row_name = f"innocent-{name}" + ("+shadow" if shadow else "")
+        row_name = f"innocent-{name}" + ("+shadow" if shadow else "") + _tag_t(t_fracs)
         for g in groups:
             reg, data, gdir = ensure_group(work, g, log)
             if (row_name, gdir.name) in done:
                 continue
-            res = audit_whitebox(model_dir, reg, data, lora=lora, **ref)
+            res = audit_whitebox(model_dir, reg, data, lora=lora, t_fracs=t_fracs, **ref)
             row = _audit_row(row_name, gdir.name, res, set(),
                              {"rate": g.rate, "method": "lora" if lora else "none", "scope": g.scope, "finetune_s": ""})
             append_row(out, row)
@@ -198,7 +202,8 @@ def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None
 def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int = 200, n_copies: int = 100,
                 rate: float = 0.02, n_decoys: int = 1000, alpha: float = 0.01, seed: int = 0,
                 project: bool = True, selection: str = "random", scheme_params: dict | None = None,
-                cache: Path | None = None, reference: tuple[Path, Path | None] | None = None) -> dict:
+                cache: Path | None = None, reference: tuple[Path, Path | None] | None = None,
+                t_fracs: tuple[float, ...] | None = None) -> dict:
     """Simulated audits of an innocent model (see the module docstring): false-accusation rate.
 
     ``selection``: how each simulated copy's samples are drawn, as ``protect`` would (``coherent``:
@@ -217,6 +222,7 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     from tracemark.strategies import image_thumbnails, select_samples
 
     samples = load_dataset(data).samples
+    tkw = {"t_fracs": tuple(t_fracs)} if t_fracs else {}
     t = Timer()
     if cache is not None and cache.exists():
         res = list(np.load(cache))
@@ -224,9 +230,9 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
         word = "zulopamek"  # a trigger word of no issued copy (the null: the model never saw it bound to a mark)
         probes = [Probe(read_image_rgb(s.path), apply_trigger(s.text, word)) for s in samples]
         if reference is None:
-            res = denoiser_residuals(load_pipeline(model_dir, lora=lora), probes, seed=seed)
+            res = denoiser_residuals(load_pipeline(model_dir, lora=lora), probes, seed=seed, **tkw)
         else:  # the shadow reference (see shadow_model)
-            res = denoiser_residuals(load_pipeline(model_dir, lora=lora), probes, seed=seed,
+            res = denoiser_residuals(load_pipeline(model_dir, lora=lora), probes, seed=seed, **tkw,
                                      ref_pipe=load_pipeline(reference[0], lora=reference[1]), reference="base")
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -266,7 +272,8 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
             "keys_p_below_1e-3": below_1e3, "keys": n_keys, "expected_below_1e-3": n_keys * 1e-3,
             "residuals_s": t_res, "n_samples": len(samples), "content_projection": project,
             "selection": selection, "scheme_params": scheme_params or {},
-            "reference": "shadow" if reference is not None else "lora-off"}
+            "reference": "shadow" if reference is not None else "lora-off",
+            "t_fracs": list(t_fracs) if t_fracs else "default"}
 
 
 def main(argv=None) -> None:
@@ -282,6 +289,8 @@ def main(argv=None) -> None:
     ap.add_argument("--innocent", action="store_true", help="audit the innocent models against the rates' groups")
     ap.add_argument("--null-audits", type=int, default=0, help="simulated audits per innocent model")
     ap.add_argument("--shadow", action="store_true", help="audit against the shadow reference (shadow_model)")
+    ap.add_argument("--t-fracs", type=float, nargs="*", default=None,
+                    help="noise levels probed (fractions of the schedule; default: the audit's)")
     ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
     ap.add_argument("--out", type=Path, default=Path("results/whitebox.csv"))
     args = ap.parse_args(argv)
@@ -291,13 +300,14 @@ def main(argv=None) -> None:
     if args.innocent:
         groups = [Cell(scheme=args.scheme, rate=r, scope=args.scope, strength=args.strength, opts=args.opts,
                        selection=args.selection) for r in args.rates]
-        innocent(groups, args.work, args.out, shadow=args.shadow)
+        t_fracs = tuple(args.t_fracs) if args.t_fracs else None
+        innocent(groups, args.work, args.out, shadow=args.shadow, t_fracs=t_fracs)
         if args.null_audits:
             data = ensure_group(args.work, groups[0])[1]
             suffix = "" if args.selection == "random" and not args.opts and not args.strength else (
                 "_" + "_".join(x for x in (args.selection, f"s{args.strength:g}" if args.strength else "",
                                            args.opts.replace("=", "").replace(",", "-").strip("[]")) if x))
-            suffix += "_shadow" if args.shadow else ""
+            suffix += ("_shadow" if args.shadow else "") + _tag_t(t_fracs).replace("+", "_")
             null_out = args.out.with_name(f"whitebox_null{suffix}.json".replace("[", "").replace("]", ""))
             ref = shadow_model(args.work) if args.shadow else None
             done = json.loads(null_out.read_text()) if null_out.exists() else {}
@@ -309,14 +319,15 @@ def main(argv=None) -> None:
                     params = {**groups[0].scheme_params, **({"strength": args.strength} if args.strength else {})}
                     done[key] = null_audits(model_dir, lora, data, n_audits=args.null_audits, rate=r,
                                             selection=args.selection, scheme_params=params,
-                                            cache=args.work / "null_cache" / f"{name}{'_shadow' if ref else ''}.npy",
-                                            reference=ref)
+                                            cache=args.work / "null_cache" / f"{name}{'_shadow' if ref else ''}"
+                                                                             f"{_tag_t(t_fracs).replace('+', '_')}.npy",
+                                            reference=ref, t_fracs=t_fracs)
                     print(key, done[key], flush=True)
                     tmp = null_out.with_suffix(".tmp")
                     tmp.write_text(json.dumps(done, indent=1))
                     tmp.replace(null_out)
     else:
-        guilty(cells, args.work, args.out, shadow=args.shadow)
+        guilty(cells, args.work, args.out, shadow=args.shadow, t_fracs=tuple(args.t_fracs) if args.t_fracs else None)
 
 
 if __name__ == "__main__":
