@@ -3,6 +3,9 @@
 Each attack maps an RGB float32 array (H x W x 3, 0..255) to another; ``ATTACKS[name](image,
 param)`` applies one, ``GRIDS[name]`` lists the parameters the evaluations sweep. Pillow and
 scipy only, so attacks run anywhere the package does.
+
+*Copy-level* attacks see the whole copy at once, as an abuser holding it does:
+``COPY_ATTACKS[name](images, param)`` maps a list of images to a list (``COPY_GRIDS`` the sweep).
 """
 
 from __future__ import annotations
@@ -98,3 +101,55 @@ def apply(name: str, x: np.ndarray, param: float) -> np.ndarray:
 
         raise TracemarkError(f"unknown attack '{name}'; choose one of {', '.join(ATTACKS)}") from None
     return fn(np.asarray(x, dtype=np.float32), param)
+
+
+# --- copy-level attacks -----------------------------------------------------------------------
+
+def _highpass(x: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return x - gaussian_filter(x, sigma=(sigma, sigma, 0))
+
+
+def average_removal(images: list[np.ndarray], threshold: float = 4.0, rounds: int = 2) -> list[np.ndarray]:
+    """Estimate a pattern shared by some images of the copy and subtract it from them.
+
+    The attack on any fixed-pattern mark (one pattern per copy, added to its marked images): the
+    mean of the images' high-pass residuals holds ``rate x pattern`` above content that averages
+    out; images whose residual correlates with that mean beyond ``threshold`` robust z-scores
+    (median / MAD over the copy) are taken as the marked ones, the pattern is re-estimated from them
+    alone (``rounds`` times) and subtracted from them. Images of other sizes than the most common
+    one are passed through. Needs no key; costs the abuser one pass over the copy.
+    """
+    from collections import Counter
+
+    arrs = [np.asarray(x, np.float32) for x in images]
+    shape = Counter(a.shape for a in arrs).most_common(1)[0][0]
+    idx = [i for i, a in enumerate(arrs) if a.shape == shape]
+    R = np.stack([_highpass(arrs[i]) for i in idx]).reshape(len(idx), -1)
+    R -= R.mean(axis=1, keepdims=True)
+    Rn = R / np.maximum(np.linalg.norm(R, axis=1, keepdims=True), 1e-9)
+    est = R.mean(axis=0)
+    chosen = np.zeros(len(idx), bool)
+    for _ in range(max(1, int(rounds))):
+        score = Rn @ (est / max(np.linalg.norm(est), 1e-9))
+        med = np.median(score)
+        mad = np.median(np.abs(score - med)) * 1.4826 + 1e-12
+        chosen = (score - med) / mad > threshold
+        if not chosen.any():
+            return [a.copy() for a in arrs]
+        est = R[chosen].mean(axis=0)
+    out = [a.copy() for a in arrs]
+    pattern = est.reshape(shape)
+    for j in np.flatnonzero(chosen):
+        out[idx[j]] = np.clip(arrs[idx[j]] - pattern, 0, 255)
+    return out
+
+
+COPY_ATTACKS: dict[str, Callable[[list[np.ndarray], float], list[np.ndarray]]] = {
+    "average_removal": average_removal,
+}
+
+COPY_GRIDS: dict[str, list[float]] = {
+    "average_removal": [3.0, 4.0, 6.0],
+}
