@@ -197,13 +197,16 @@ def select_visual(key: Key, sample_ids: Sequence[str], thumbnails: np.ndarray, r
     members = {c: sorted(np.flatnonzero(labels == c).tolist(), key=lambda i: key.uniform("select", sample_ids[i]))
                for c in order}
     chosen: list[int] = []
+    whole: set[int] = set()
     for c in order:
         if len(members[c]) <= n - len(chosen):
             chosen += members[c]
+            whole.add(c)
     for c in order:
         if len(chosen) >= n:
             break
-        chosen += [i for i in members[c] if i not in set(chosen)][:n - len(chosen)]
+        if c not in whole:
+            chosen += members[c][:n - len(chosen)]
     return [sample_ids[i] for i in chosen]
 
 
