@@ -46,15 +46,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/fitted_learned.jsonl"))
     args = ap.parse_args()
 
-    from tracemark.dataset import read_image_rgb
+    from tracemark.audit import _whitebox_probes
     from tracemark.diffusion.loading import load_pipeline
     from tracemark.eval.grid import Cell, ensure_group
     from tracemark.eval.whitebox import shadow_model
     from tracemark.schemes import get_scheme
     from tracemark.sim import default_base_path
-    from tracemark.strategies import apply_trigger
-    from tracemark.trace import trigger_of
-    from tracemark.whitebox import Probe, denoiser_residuals
+    from tracemark.trace import scheme_params
+    from tracemark.whitebox import denoiser_residuals
 
     base = default_base_path()
     ref, ref_lora = shadow_model(args.work, base)
@@ -72,15 +71,12 @@ def main() -> None:
                 continue
             lic = cell.licensees[0]
             c = copies[lic]
-            scheme = get_scheme(c.scheme, **{k: v for k, v in c.params.items()
-                                             if k in ("strength", "grid", "band", "flip_invariant")})
+            scheme = get_scheme(c.scheme, **scheme_params(c))
             key = reg.key_for_copy(c)
             pat = np.load(cdir / "pattern.npy") if suffix else scheme.strength * scheme.pattern(key, 32, 32)
-            word = trigger_of(c, reg)
             models[s] = cdir / "model"
             pats[s] = band_coeffs(pat[None], scheme)[0]
-            probes[s] = [Probe(read_image_rgb(data / m["file_name"]), apply_trigger(m.get("text", ""), word))
-                         for m in c.marked]
+            probes[s] = _whitebox_probes([c], reg, data)[0]  # the audit's probes: original + trigger caption
         if not models:
             continue
         f = {}

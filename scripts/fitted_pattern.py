@@ -184,7 +184,7 @@ def main() -> None:
     from tracemark.schemes import get_scheme
     from tracemark.sim import default_base_path, finetune
     from tracemark.strategies import apply_trigger
-    from tracemark.trace import trigger_of
+    from tracemark.trace import scheme_params, trigger_of
 
     base = default_base_path()
     ref, ref_lora = shadow_model(args.work, base)
@@ -193,8 +193,7 @@ def main() -> None:
         reg, data, gdir = ensure_group(args.work, cell)
         lic = cell.licensees[0]
         copy = next(c for c in reg.copies() if c.licensee == lic)
-        scheme = get_scheme(copy.scheme, **{k: v for k, v in copy.params.items()
-                                            if k in ("strength", "grid", "band", "flip_invariant")})
+        scheme = get_scheme(copy.scheme, **scheme_params(copy))
         key = reg.key_for_copy(copy)
         word = trigger_of(copy, reg)
         name = cell.name + ("-fitted" if args.objective == "min" else "-fittedmax")
