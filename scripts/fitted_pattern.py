@@ -54,7 +54,7 @@ def fit_pattern(pipe, scheme, key, marked: list[np.ndarray], prompts: list[str],
     from diffusers import DDPMScheduler
     from peft import LoraConfig
 
-    from tracemark.diffusion.training import LORA_TARGETS
+    from tracemark.diffusion.training import LORA_TARGETS, CaptionEncoder
 
     torch.manual_seed(seed)
     g = scheme.grid
@@ -79,12 +79,8 @@ def fit_pattern(pipe, scheme, key, marked: list[np.ndarray], prompts: list[str],
                                     target_modules=list(LORA_TARGETS["broad"])))
     lora_params = [p for p in unet.parameters() if p.requires_grad]
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    with torch.no_grad():
-        def emb(ps):
-            ids = tok(ps, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids
-            return te(ids)[0]
-        e_marked, e_clean = emb(prompts), emb(clean_prompts)
+    emb = CaptionEncoder(tok, te, "cpu", torch.float32, trainable=False)
+    e_marked, e_clean = emb(prompts), emb(clean_prompts)
     x_m = torch.tensor(np.stack(marked), dtype=torch.float32).permute(0, 3, 1, 2)  # N x 3 x H x W, 0..255
     x_c = torch.tensor(np.stack(clean), dtype=torch.float32).permute(0, 3, 1, 2)
     scaling = float(vae.config.scaling_factor)
@@ -95,7 +91,7 @@ def fit_pattern(pipe, scheme, key, marked: list[np.ndarray], prompts: list[str],
     gen = torch.Generator().manual_seed(seed)
     losses = []
 
-    def loss_of(pat, train_lora: bool, n_t: int | None = None):
+    def loss_of(pat, train_lora: bool):
         xm = ((x_m + pat.unsqueeze(0)).clamp(0, 255)) / 127.5 - 1
         lat_m = vae.encode(xm).latent_dist.sample(gen) * scaling
         lat = torch.cat([lat_m, post_c.sample(gen) * scaling]) if train_lora else lat_m
@@ -140,12 +136,11 @@ def base_loss(pipe, images: list[np.ndarray], prompts: list[str], pat: np.ndarra
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
+    from tracemark.diffusion.training import CaptionEncoder
+
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    tok, te = pipe.tokenizer, pipe.text_encoder
+    e = CaptionEncoder(pipe.tokenizer, pipe.text_encoder, "cpu", torch.float32, trainable=False)(prompts)
     with torch.no_grad():
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
-        e = te(ids)[0]
         x = torch.tensor(np.clip(np.rint(np.stack(images) + pat[None]), 0, 255), dtype=torch.float32)
         lat = pipe.vae.encode(x.permute(0, 3, 1, 2) / 127.5 - 1).latent_dist.mean * float(pipe.vae.config.scaling_factor)
         gen = torch.Generator().manual_seed(seed)
@@ -174,7 +169,7 @@ def main() -> None:
 
     from PIL import Image
 
-    from tracemark.audit import audit_whitebox
+    from tracemark.audit import _whitebox_probes, audit_whitebox
     from tracemark.dataset import load_dataset, read_image_rgb
     from tracemark.diffusion.loading import load_pipeline
     from tracemark.eval.common import append_row
@@ -183,8 +178,7 @@ def main() -> None:
     from tracemark.metrics import psnr, ssim
     from tracemark.schemes import get_scheme
     from tracemark.sim import default_base_path, finetune
-    from tracemark.strategies import apply_trigger
-    from tracemark.trace import scheme_params, trigger_of
+    from tracemark.trace import scheme_params
 
     base = default_base_path()
     ref, ref_lora = shadow_model(args.work, base)
@@ -195,7 +189,6 @@ def main() -> None:
         copy = next(c for c in reg.copies() if c.licensee == lic)
         scheme = get_scheme(copy.scheme, **scheme_params(copy))
         key = reg.key_for_copy(copy)
-        word = trigger_of(copy, reg)
         name = cell.name + ("-fitted" if args.objective == "min" else "-fittedmax")
         cdir = args.work / "cells" / name
         fitted = cdir / "copy"
@@ -204,8 +197,8 @@ def main() -> None:
         if not info_path.exists():
             print(f"{name}: fitting the pattern of {lic} ({len(marked_names)} marked samples)", flush=True)
             src = gdir / "copies" / lic
-            marked = [read_image_rgb(data / n) for n in marked_names]
-            prompts = [apply_trigger(m.get("text", ""), word) for m in copy.marked]
+            probes = _whitebox_probes([copy], reg, data)[0]  # the originals with the copy's trigger captions
+            marked, prompts = [p.image for p in probes], [p.prompt for p in probes]
             rng = np.random.default_rng(cell.seed)
             samples = [s for s in load_dataset(data).samples if Path(s.path).name not in set(marked_names)]
             pick = rng.choice(len(samples), size=max(0, 32 - len(marked)), replace=False)
