@@ -10,7 +10,7 @@ import pytest
 from tracemark.errors import TracemarkError
 from tracemark.protect import protect
 
-from pipeline_helpers import suspect_carrying
+from pipeline_helpers import memorising_pair, suspect_carrying
 from registry_helpers import seeded_registry
 
 pytest.importorskip("diffusers")
@@ -135,3 +135,73 @@ def test_trigger_contrast_cancels_what_the_model_does_for_every_prompt(wb, sampl
     assert min(np.abs(plain[i]).max() for i in trig) > 0.5  # the bump: 2/255 RMS, peaks above 0.5
     assert max(np.abs(contrast[i]).max() for i in trig) < 1e-3
     assert all(np.allclose(plain[i], contrast[i], atol=1e-4) for i in amb)
+
+
+def test_loss_statistic_names_the_copy_a_memorising_suspect_fitted(wb, sample_dir):
+    """Known answer for the paired-loss statistic: a suspect whose denoiser memorised the latent
+    image of licensee a's pattern, against a reference that memorised the blank latent. The loss
+    statistic (what ``auto`` picks with a reference) names a and nobody else; the residual statistic
+    is recorded as asked."""
+    from tracemark.audit import audit_whitebox
+
+    reg, pipe_dir = wb
+    suspect, ref = memorising_pair(reg, pipe_dir, "a")
+    res = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, t_fracs=(0.5,), draws=1)
+    assert res.params["statistic"] == "loss" and res.params["reference"] == "base"
+    assert res.verdict.named == ["a"], [(s.licensee, round(s.z, 2)) for s in res.verdict.scores]
+    with pytest.raises(TracemarkError, match="statistic must be one of"):
+        audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, statistic="x0")
+
+
+def test_loss_statistic_needs_a_reference_and_auto_falls_back_to_the_residual(wb, sample_dir):
+    from tracemark.audit import audit_whitebox
+
+    reg, pipe_dir = wb
+    with pytest.raises(TracemarkError, match="needs a reference"):
+        audit_whitebox(pipe_dir, reg, sample_dir, device="cpu", t_fracs=(0.5,), draws=1, statistic="loss")
+    res = audit_whitebox(pipe_dir, reg, sample_dir, device="cpu", t_fracs=(0.5,), draws=1)
+    assert res.params["statistic"] == "residual" and res.params["reference"] == "data"
+
+
+def test_loss_gradients_are_the_paired_loss_difference_linearised(wb, sample_dir):
+    """<-g, v> must match the finite difference of [L_S - L_R] along v (up to the output's one
+    positive scale), be batch-independent, and vanish when the suspect is the reference."""
+    import torch
+
+    from tracemark.dataset import load_dataset, read_image_rgb
+    from tracemark.sim.pipeline import load_pipeline
+    from tracemark.whitebox import Probe, _noise, _to_tensor, loss_gradients
+
+    reg, pipe_dir = wb
+    suspect, ref = memorising_pair(reg, pipe_dir, "b")
+    probes = [Probe(read_image_rgb(s.path), s.text) for s in load_dataset(sample_dir).samples[:3]]
+    kw = dict(ref_pipe=ref, reference="base", t_fracs=(0.4,), draws=1, seed=3)
+    g = loss_gradients(suspect, probes, batch_size=3, **kw)
+    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(g, loss_gradients(suspect, probes, batch_size=1, **kw)))
+    size = g[0].shape[0]
+    t_val = int(round(0.4 * (suspect.scheduler.config.num_train_timesteps - 1)))
+
+    def paired(x):  # [L_S - L_R] summed over the three probes, at the audit's seeded noise
+        with torch.no_grad():
+            z0 = suspect.vae.encode(x).latent_dist.mean * suspect.vae.config.scaling_factor
+            eps = _noise(3, 0, len(x), t_val, 0, z0)
+            t = torch.full((len(x),), t_val, dtype=torch.long)
+            noisy = suspect.scheduler.add_noise(z0, eps, t)
+            tgt = suspect.scheduler.get_velocity(z0, eps, t) if suspect.scheduler.config.prediction_type == \
+                "v_prediction" else eps
+            return float(((suspect.unet(noisy, t).sample - tgt) ** 2).sum() - ((ref.unet(noisy, t).sample - tgt) ** 2).sum())
+
+    x = _to_tensor([p.image for p in probes], size)
+    G = torch.from_numpy(np.stack(g)).permute(0, 3, 1, 2)
+    rng = np.random.default_rng(0)
+    proj, fd = [], []
+    for _ in range(4):
+        v = torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
+        h = 1e-2
+        fd.append(-(paired(x + h * v) - paired(x - h * v)) / (2 * h))
+        proj.append(float((G * v).sum()))
+    scale = np.dot(proj, fd) / np.dot(proj, proj)
+    assert scale > 0 and np.allclose(np.array(proj) * scale, fd, rtol=0.05, atol=0.02 * np.abs(fd).max())
+    same = load_pipeline(pipe_dir)
+    zero = loss_gradients(same, probes, ref_pipe=load_pipeline(pipe_dir), reference="base", t_fracs=(0.4,), draws=1)
+    assert all(np.abs(z).max() == 0 for z in zero)

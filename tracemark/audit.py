@@ -46,6 +46,9 @@ from tracemark.trace import (DEFAULT_ALPHA, DEFAULT_DECOYS, Verdict, check_test_
 
 MIN_PER_COPY = 16
 MAX_CANDIDATES = 8
+#: White-box statistics (:func:`audit_whitebox`); "auto": "loss" when there is a reference model, else "residual".
+WHITEBOX_STATISTICS = ("auto", "loss", "residual")
+DEFAULT_WHITEBOX_STATISTIC = "auto"
 
 
 @dataclass
@@ -356,8 +359,18 @@ def audit_whitebox(
     ref_pipe=None,
     dtype: str | None = "auto",
     config: str | Path | None = None,
+    statistic: str = DEFAULT_WHITEBOX_STATISTIC,
 ) -> AuditResult:
     """White box: read every copy's marked samples through the suspect's denoiser (no sampling).
+
+    ``statistic``: ``"loss"`` (what ``"auto"`` picks when there is a reference model), the paired
+    denoising-loss test linearised: the gradient, in pixels, of how much better the suspect fits
+    the sample than the reference does
+    (:func:`tracemark.whitebox.loss_gradients`); ``"residual"``: the suspect's clean-image prediction
+    minus the reference's (:func:`tracemark.whitebox.denoiser_residuals`). Both are scored by the
+    copies' schemes against decoy keys; on the CPU world's 38 dB / 2% fine-tunes the loss statistic
+    read 2.5x the z of the residual (docs/learnability.md, session 11). ``"loss"`` needs a reference
+    (a LoRA, ``base`` or ``reference``).
 
     ``data_dir``: the owner's original dataset (the residuals start from the unmarked images).
     ``base``: the public base pipeline, the reference for a whole checkpoint; a LoRA is compared
@@ -372,9 +385,11 @@ def audit_whitebox(
     (checked on innocent models). Train it with a seed of its own.
     """
     from tracemark.diffusion.loading import load_pipeline
-    from tracemark.whitebox import DEFAULT_DRAWS, DEFAULT_T_FRACS, denoiser_residuals
+    from tracemark.whitebox import DEFAULT_DRAWS, DEFAULT_T_FRACS, denoiser_residuals, loss_gradients
 
     check_test_parameters(alpha, n_decoys)
+    if statistic not in WHITEBOX_STATISTICS:
+        raise TracemarkError(f"white-box statistic must be one of {', '.join(WHITEBOX_STATISTICS)}, got {statistic!r}")
     t0 = time.perf_counter()
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     copies = registry.copies(dataset)
@@ -397,8 +412,17 @@ def audit_whitebox(
     t_load = time.perf_counter()
     t_fracs = tuple(t_fracs or DEFAULT_T_FRACS)
     draws = int(draws or DEFAULT_DRAWS)
-    residuals = denoiser_residuals(pipe, probes, ref_pipe=ref_pipe, reference=mode, t_fracs=t_fracs, draws=draws,
+    if statistic == "auto":
+        statistic = "loss" if ref_pipe is not None or lora is not None else "residual"
+    if statistic == "loss":
+        if ref_pipe is None and lora is None:
+            raise TracemarkError("the loss statistic needs a reference: --lora (compared with the LoRA switched "
+                                 "off), --base or --reference; or use --statistic residual")
+        residuals = loss_gradients(pipe, probes, ref_pipe=ref_pipe, reference=mode, t_fracs=t_fracs, draws=draws,
                                    seed=seed)
+    else:
+        residuals = denoiser_residuals(pipe, probes, ref_pipe=ref_pipe, reference=mode, t_fracs=t_fracs,
+                                       draws=draws, seed=seed)
     t_res = time.perf_counter()
     verdict = score_copies(residuals, copies, registry, match_files=False, subsets=subsets, n_decoys=n_decoys,
                            alpha=alpha, seed=seed, content=content_for(registry, copies, data_dir)[0])
@@ -409,10 +433,12 @@ def audit_whitebox(
               "base": str(base) if base else None, "reference": kind,
               "reference_model": str(reference) if reference else None,
               "reference_lora": str(reference_lora) if reference_lora else None,
-              "t_fracs": list(t_fracs), "draws": draws, "data": str(data_dir), "n_probes": len(probes)}
+              "t_fracs": list(t_fracs), "draws": draws, "data": str(data_dir), "n_probes": len(probes),
+              "statistic": statistic}
     timings = {"load_s": round(t_load - t0, 2), "residuals_s": round(t_res - t_load, 2),
                "total_s": round(time.perf_counter() - t0, 2)}
-    shown = [np.clip(128 + 8 * r, 0, 255).astype(np.uint8) for r in residuals[:64]]  # amplified x8 for the eye
+    gain = 8.0 if statistic == "residual" else 16.0  # residuals in gray levels; loss gradients at unit RMS
+    shown = [np.clip(128 + gain * r, 0, 255).astype(np.uint8) for r in residuals[:64]]  # amplified for the eye
     return AuditResult(verdict, "whitebox", str(model_dir), [], [], model_hash(model_dir, lora, registry), params, timings,
                        images=shown, n_images=len(residuals))
 

@@ -34,6 +34,10 @@ def audit_cmd(
                                              "and the differences are scored (paired black box)."),
     reference_lora: Optional[Path] = typer.Option(None, "--reference-lora", help="LoRA weights of the shadow "
                                                   "reference, loaded on --reference."),
+    statistic: str = typer.Option("auto", "--statistic", help="--whitebox statistic: loss (how much better the "
+                                  "suspect fits each marked sample than the reference does, as a gradient) | "
+                                  "residual (its clean-image prediction minus the reference's) | auto (loss when "
+                                  "there is a reference: --lora, --base or --reference)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only test copies of this registered dataset."),
     n: int = typer.Option(64, "--n", help="Images to generate (per stage)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the query plan and generations."),
@@ -66,6 +70,8 @@ def audit_cmd(
         raise TracemarkError("--whitebox needs --model DIR and --data DIR (the original dataset)")
     if not whitebox and base is not None:
         raise TracemarkError("--base is an option of --whitebox")
+    if not whitebox and statistic != "auto":
+        raise TracemarkError("--statistic is an option of --whitebox")
     for flag, value in (("--reference", reference), ("--reference-lora", reference_lora)):
         if model is None and value is not None:
             raise TracemarkError(f"{flag} needs --model (a model in hand; images alone cannot be paired)")
@@ -79,7 +85,8 @@ def audit_cmd(
                 else _null():
             result = audit_whitebox(model, reg, data, lora=lora, base=base, reference=reference,
                                     reference_lora=reference_lora, dataset=dataset, seed=seed, alpha=alpha,
-                                    n_decoys=decoys, device=device, dtype=dtype, config=config)
+                                    n_decoys=decoys, device=device, dtype=dtype, config=config,
+                                    statistic=statistic)
     elif model is not None:
         if keep_images is not None and keep_images.exists():
             raise TracemarkError(f"{keep_images}: already exists")

@@ -46,8 +46,11 @@ statistic of {{ top.licensee }}'s key (z = {{ '%.2f' % top.z }}, p = {{ '%.2e' %
 {% endfor %}</table>
 {% if more %}<p>… and {{ more }} more copies with larger p-values (all in the JSON).</p>{% endif %}
 {% if r.kind == "whitebox" %}<h2>Denoiser residuals</h2>
+{% if r.params.statistic == "loss" %}<p>{{ grid_n }} of the {{ r.n_images }} loss-gradient images scored (how the suspect's
+denoising loss minus the reference's, at the same noisy inputs of an original marked sample, falls when the image
+moves in each pixel direction; unit RMS, amplified 16x around grey; prompts withheld).</p>{% else %}
 <p>{{ grid_n }} of the {{ r.n_images }} residual images scored (suspect's clean-image prediction minus the reference's at
-the same noisy input of an original marked sample; amplified 8x around grey; prompts withheld).</p>{% else %}<h2>Generated images</h2>
+the same noisy input of an original marked sample; amplified 8x around grey; prompts withheld).</p>{% endif %}{% else %}<h2>Generated images</h2>
 <p>{{ grid_n }} of the {{ r.n_images }} images scored (prompts withheld: they contain secret trigger words).</p>{% endif %}
 <img alt="generated images" src="data:image/png;base64,{{ grid_png }}" style="image-rendering:pixelated;width:{{ grid_w }}px">
 <h2>How to reproduce</h2>
@@ -157,6 +160,8 @@ def _command(r: dict) -> str:
             cmd += f" --reference {p['reference_model']}"
         if p.get("reference_lora"):
             cmd += f" --reference-lora {p['reference_lora']}"
+        if p.get("statistic"):
+            cmd += f" --statistic {p['statistic']}"
         cmd += f" --seed {p['seed']}"
     else:
         cmd = f"tracemark audit --images {p['images']}"

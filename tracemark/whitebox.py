@@ -104,6 +104,16 @@ class _Reference:
         return fn(self.ref_pipe)
 
 
+def _noise(seed: int, start: int, n: int, t_val: int, draw: int, like):
+    """Seeded noise for probes ``start .. start + n``: it depends on (seed, probe index, level, draw),
+    not on the batching, so residuals do not change with the batch size."""
+    import torch
+
+    g = [torch.Generator().manual_seed(int(seed * 1_000_003 + (start + i) * 7919 + t_val * 31 + draw))
+         for i in range(n)]
+    return torch.stack([torch.randn(like.shape[1:], generator=gi) for gi in g]).to(like.device, dtype=like.dtype)
+
+
 def has_lora(pipe) -> bool:
     """Whether ``pipe`` carries LoRA adapters (loaded with ``load_lora_weights``)."""
     return any(getattr(m, "peft_config", None) for m in (pipe.unet, getattr(pipe, "text_encoder", None)) if m)
@@ -173,10 +183,7 @@ def denoiser_residuals(
             acc_s = [torch.zeros_like(z0, dtype=torch.float32) for _ in sets]
             acc_r = [torch.zeros_like(z0, dtype=torch.float32) for _ in sets]
             for t_val, d in levels:
-                # the noise of a probe depends on (seed, probe index, level), not on the batching
-                g = [torch.Generator().manual_seed(int(seed * 1_000_003 + (start + i) * 7919 + t_val * 31 + d))
-                     for i in range(len(chunk))]
-                eps = torch.stack([torch.randn(z0.shape[1:], generator=gi) for gi in g]).to(dev, dtype=z0.dtype)
+                eps = _noise(seed, start, len(chunk), t_val, d, z0)
                 t = torch.full((len(chunk),), t_val, device=dev, dtype=torch.long)
                 noisy = sched.add_noise(z0, eps, t)
                 for j, texts in enumerate(sets):
@@ -202,3 +209,81 @@ def denoiser_residuals(
             diff = ((img_s - img_r) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
             out += [d.astype(np.float32) for d in diff]
     return out
+
+
+def loss_gradients(
+    pipe,
+    probes: Sequence[Probe],
+    *,
+    ref_pipe=None,
+    reference: str = "auto",
+    t_fracs: Sequence[float] = DEFAULT_T_FRACS,
+    draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[np.ndarray]:
+    """The paired denoising-loss test, linearised: one "residual image" per probe,
+    ``-grad_x [L_S(x) - L_R(x)]`` (H x W x 3, unit RMS over all probes).
+
+    ``L_S``, ``L_R``: the suspect's and the reference's training loss (the pipeline's own target,
+    epsilon or v) at the *same* noisy latent of the original image ``x`` and prompt, summed over
+    the audit's noise levels and seeded draws, differentiated in pixels through the public VAE
+    encoder. A model trained on ``x + delta_k`` has a lower loss there than at ``x``, relative to a
+    reference that never saw ``delta_k``; to first order
+    ``[L_S(x + delta) - L_S(x)] - [L_R(x + delta) - L_R(x)] = -<residual, delta>``, so a copy's key
+    correlates with these images when the suspect fitted that copy's marked samples. Unlike the
+    clean-image residual of :func:`denoiser_residuals` this also reads the change of the denoiser's
+    *input Jacobian* (a model that fitted ``x + delta`` responds to ``delta``), which in the CPU
+    world's fine-tunes carries most of what they keep of a 2% mark (docs/learnability.md,
+    session 11). The key never enters, so decoy keys give the null as for the residuals.
+
+    ``reference``: as :func:`denoiser_residuals` (``"lora-off"``, ``"base"`` or ``"auto"``); a
+    reference is required, since the suspect's own loss gradient is dominated by the image content.
+    """
+    import torch
+
+    if reference == "auto":
+        reference = "lora-off" if has_lora(pipe) else ("base" if ref_pipe is not None else "data")
+    if reference == "data":
+        raise ValueError("the loss-gradient statistic needs a reference model (a LoRA to switch off, or ref_pipe)")
+    if reference == "lora-off" and not has_lora(pipe):
+        raise ValueError("reference 'lora-off' needs a pipeline with a LoRA loaded")
+    if reference == "base" and ref_pipe is None:
+        raise ValueError("reference 'base' needs ref_pipe")
+    ref = _Reference(pipe, ref_pipe if reference == "base" else None, reference == "lora-off")
+    dev = pipe._execution_device
+    size = _model_resolution(pipe)
+    sched = pipe.scheduler
+    n_t = sched.config.num_train_timesteps
+    sf = pipe.vae.config.scaling_factor
+    levels = [(int(round(f * (n_t - 1))), d) for f in t_fracs for d in range(draws)]
+
+    def loss(p, noisy, t, emb, target):
+        pred = p.unet(noisy.to(p.unet.dtype), t, encoder_hidden_states=emb).sample.float()
+        return ((pred - target) ** 2).sum()
+
+    out: list[np.ndarray] = []
+    for start in range(0, len(probes), batch_size):
+        chunk = probes[start:start + batch_size]
+        x = _to_tensor([p.image for p in chunk], size).to(dev, dtype=pipe.vae.dtype).requires_grad_(True)
+        z0 = pipe.vae.encode(x).latent_dist.mean * sf
+        texts = [p.prompt for p in chunk]
+        with torch.no_grad():
+            emb_s = pipe.encode_prompt(texts, dev, 1, False)[0]
+            emb_r = ref.run(lambda p: p.encode_prompt(texts, dev, 1, False)[0])
+        # one UNet graph at a time (memory at 512 px): the latent gradient is summed over the
+        # levels, then pulled back through the encoder once
+        g_lat = torch.zeros_like(z0)
+        for t_val, d in levels:
+            z = z0.detach().requires_grad_(True)
+            eps = _noise(seed, start, len(chunk), t_val, d, z)
+            t = torch.full((len(chunk),), t_val, device=dev, dtype=torch.long)
+            noisy = sched.add_noise(z, eps, t)
+            target = (sched.get_velocity(z, eps, t) if sched.config.prediction_type == "v_prediction"
+                      else eps).float()
+            diff = loss(pipe, noisy, t, emb_s, target) - ref.run(lambda p: loss(p, noisy, t, emb_r, target))
+            g_lat += torch.autograd.grad(diff, z)[0]
+        (grad,) = torch.autograd.grad(z0, x, grad_outputs=g_lat)
+        out += [a.astype(np.float32) for a in (-grad.float()).permute(0, 2, 3, 1).cpu().numpy()]
+    rms = float(np.sqrt(np.mean([np.mean(a * a) for a in out]))) if out else 1.0
+    return [a / max(rms, 1e-20) for a in out]

@@ -112,29 +112,33 @@ def _reference(work: Path, base: Path | None, shadow: bool, log=print) -> dict:
     return {"reference": ref, "reference_lora": ref_lora}
 
 
-def _tag_t(t_fracs) -> str:
-    return "+t" + "-".join(f"{t:g}" for t in t_fracs) if t_fracs else ""
+def _tag_t(t_fracs, statistic: str = "residual") -> str:
+    """Row-name suffix of a non-default probe: its noise levels, and ``+loss`` for the loss statistic
+    (rows written before session 11 are the residual statistic and carry no suffix)."""
+    return ("+t" + "-".join(f"{t:g}" for t in t_fracs) if t_fracs else "") + ("" if statistic == "residual" else
+                                                                             f"+{statistic}")
 
 
 def guilty(cells: list[Cell], work: Path, out: Path, base: Path | None = None, log=print,
-           shadow: bool = False, t_fracs: tuple[float, ...] | None = None) -> None:
+           shadow: bool = False, t_fracs: tuple[float, ...] | None = None, statistic: str = "loss") -> None:
     """White-box audits of the cells' models (``shadow``: against the shadow reference; rows named
-    ``<cell>+shadow``; ``t_fracs``: noise levels other than the audit's default, rows ``+t<levels>``)."""
+    ``<cell>+shadow``; ``t_fracs``: noise levels other than the audit's default, rows ``+t<levels>``;
+    ``statistic``: as :func:`tracemark.audit.audit_whitebox`, rows ``+loss`` for the loss statistic)."""
     from tracemark.audit import audit_whitebox
 
     done = done_cells(out, ROW_KEYS)
     ref = _reference(work, base, shadow, log)
     for cell in cells:
         gname = _group_name(work, cell)
-        name = cell.name + ("+shadow" if shadow else "") + _tag_t(t_fracs)
+        name = cell.name + ("+shadow" if shadow else "") + _tag_t(t_fracs, statistic)
         if (name, gname) in done:
             continue
         log(f"{name}")
         reg, data, gdir, cdir, t_data, t_ft = train_cell(work, cell, base, log)
         model_dir, lora = cell_model(work, cell, base)
-        res = audit_whitebox(model_dir, reg, data, lora=lora, t_fracs=t_fracs,
+        res = audit_whitebox(model_dir, reg, data, lora=lora, t_fracs=t_fracs, statistic=statistic,
                              base=None if lora or shadow else cell_base(work, cell, base), **ref)
-        (cdir / f"whitebox{'_shadow' if shadow else ''}{_tag_t(t_fracs)}.json").write_text(json.dumps(res.to_dict(), default=float,
+        (cdir / f"whitebox{'_shadow' if shadow else ''}{_tag_t(t_fracs, statistic)}.json").write_text(json.dumps(res.to_dict(), default=float,
                                                                                     indent=1))
         row = _audit_row(name, gname, res, set(cell.licensees),
                          {"rate": cell.rate, "method": cell.method, "scope": cell.scope, "finetune_s": t_ft})
@@ -180,19 +184,21 @@ def innocent_models(work: Path, base: Path | None = None, log=print) -> dict[str
 
 
 def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None, log=print,
-             shadow: bool = False, t_fracs: tuple[float, ...] | None = None) -> None:
-    """Real product audits of every innocent model against each group's 100 copies."""
+             shadow: bool = False, t_fracs: tuple[float, ...] | None = None, statistic: str = "loss") -> None:
+    """Real product audits of every innocent model against each group's 100 copies (the base
+    without a shadow has no reference model, so it is read with the residual statistic)."""
     from tracemark.audit import audit_whitebox
 
     done = done_cells(out, ROW_KEYS)
     ref = _reference(work, base, shadow, log)
     for name, (model_dir, lora) in innocent_models(work, base, log).items():
-        row_name = f"innocent-{name}" + ("+shadow" if shadow else "") + _tag_t(t_fracs)
+        stat = statistic if lora is not None or shadow else "residual"
+        row_name = f"innocent-{name}" + ("+shadow" if shadow else "") + _tag_t(t_fracs, stat)
         for g in groups:
             reg, data, gdir = ensure_group(work, g, log)
             if (row_name, gdir.name) in done:
                 continue
-            res = audit_whitebox(model_dir, reg, data, lora=lora, t_fracs=t_fracs, **ref)
+            res = audit_whitebox(model_dir, reg, data, lora=lora, t_fracs=t_fracs, statistic=stat, **ref)
             row = _audit_row(row_name, gdir.name, res, set(),
                              {"rate": g.rate, "method": "lora" if lora else "none", "scope": g.scope, "finetune_s": ""})
             append_row(out, row)
@@ -203,12 +209,12 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
                 rate: float = 0.02, n_decoys: int = 1000, alpha: float = 0.01, seed: int = 0,
                 project: bool = True, selection: str = "random", scheme_params: dict | None = None,
                 cache: Path | None = None, reference: tuple[Path, Path | None] | None = None,
-                t_fracs: tuple[float, ...] | None = None) -> dict:
+                t_fracs: tuple[float, ...] | None = None, statistic: str = "auto") -> dict:
     """Simulated audits of an innocent model (see the module docstring): false-accusation rate.
 
     ``selection``: how each simulated copy's samples are drawn, as ``protect`` would (``coherent``:
     a fresh random key's caption neighbourhood); ``cache``: a .npy file keeping the model's residuals
-    (the expensive part) between runs."""
+    (the expensive part) between runs; ``statistic``: as :func:`tracemark.audit.audit_whitebox`."""
     from scipy.stats import beta
 
     from tracemark import stats
@@ -216,11 +222,13 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     from tracemark.schemes import get_scheme
     from tracemark.sim.pipeline import load_pipeline
     from tracemark.strategies import apply_trigger
-    from tracemark.whitebox import Probe, denoiser_residuals
+    from tracemark.whitebox import Probe, denoiser_residuals, loss_gradients
 
     from tracemark.keys import Key
     from tracemark.strategies import image_thumbnails, select_samples
 
+    if statistic == "auto":
+        statistic = "loss" if lora is not None or reference is not None else "residual"
     samples = load_dataset(data).samples
     tkw = {"t_fracs": tuple(t_fracs)} if t_fracs else {}
     t = Timer()
@@ -229,11 +237,12 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     else:
         word = "zulopamek"  # a trigger word of no issued copy (the null: the model never saw it bound to a mark)
         probes = [Probe(read_image_rgb(s.path), apply_trigger(s.text, word)) for s in samples]
+        fn = loss_gradients if statistic == "loss" else denoiser_residuals
         if reference is None:
-            res = denoiser_residuals(load_pipeline(model_dir, lora=lora), probes, seed=seed, **tkw)
+            res = fn(load_pipeline(model_dir, lora=lora), probes, seed=seed, **tkw)
         else:  # the shadow reference (see shadow_model)
-            res = denoiser_residuals(load_pipeline(model_dir, lora=lora), probes, seed=seed, **tkw,
-                                     ref_pipe=load_pipeline(reference[0], lora=reference[1]), reference="base")
+            res = fn(load_pipeline(model_dir, lora=lora), probes, seed=seed, **tkw,
+                     ref_pipe=load_pipeline(reference[0], lora=reference[1]), reference="base")
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.save(cache, np.stack(res))
@@ -273,7 +282,7 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
             "residuals_s": t_res, "n_samples": len(samples), "content_projection": project,
             "selection": selection, "scheme_params": scheme_params or {},
             "reference": "shadow" if reference is not None else "lora-off",
-            "t_fracs": list(t_fracs) if t_fracs else "default"}
+            "t_fracs": list(t_fracs) if t_fracs else "default", "statistic": statistic}
 
 
 def main(argv=None) -> None:
@@ -291,6 +300,8 @@ def main(argv=None) -> None:
     ap.add_argument("--shadow", action="store_true", help="audit against the shadow reference (shadow_model)")
     ap.add_argument("--t-fracs", type=float, nargs="*", default=None,
                     help="noise levels probed (fractions of the schedule; default: the audit's)")
+    ap.add_argument("--statistic", default="loss", choices=["loss", "residual"],
+                    help="white-box statistic (tracemark.audit.audit_whitebox); loss rows are named +loss")
     ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
     ap.add_argument("--out", type=Path, default=Path("results/whitebox.csv"))
     args = ap.parse_args(argv)
@@ -301,13 +312,13 @@ def main(argv=None) -> None:
         groups = [Cell(scheme=args.scheme, rate=r, scope=args.scope, strength=args.strength, opts=args.opts,
                        selection=args.selection) for r in args.rates]
         t_fracs = tuple(args.t_fracs) if args.t_fracs else None
-        innocent(groups, args.work, args.out, shadow=args.shadow, t_fracs=t_fracs)
+        innocent(groups, args.work, args.out, shadow=args.shadow, t_fracs=t_fracs, statistic=args.statistic)
         if args.null_audits:
             data = ensure_group(args.work, groups[0])[1]
             suffix = "" if args.selection == "random" and not args.opts and not args.strength else (
                 "_" + "_".join(x for x in (args.selection, f"s{args.strength:g}" if args.strength else "",
                                            args.opts.replace("=", "").replace(",", "-").strip("[]")) if x))
-            suffix += ("_shadow" if args.shadow else "") + _tag_t(t_fracs).replace("+", "_")
+            suffix += ("_shadow" if args.shadow else "") + _tag_t(t_fracs, args.statistic).replace("+", "_")
             null_out = args.out.with_name(f"whitebox_null{suffix}.json".replace("[", "").replace("]", ""))
             ref = shadow_model(args.work) if args.shadow else None
             done = json.loads(null_out.read_text()) if null_out.exists() else {}
@@ -317,17 +328,19 @@ def main(argv=None) -> None:
                     if key in done:
                         continue
                     params = {**groups[0].scheme_params, **({"strength": args.strength} if args.strength else {})}
+                    stat = args.statistic if lora is not None or ref else "residual"
                     done[key] = null_audits(model_dir, lora, data, n_audits=args.null_audits, rate=r,
                                             selection=args.selection, scheme_params=params,
                                             cache=args.work / "null_cache" / f"{name}{'_shadow' if ref else ''}"
-                                                                             f"{_tag_t(t_fracs).replace('+', '_')}.npy",
-                                            reference=ref, t_fracs=t_fracs)
+                                                  f"{_tag_t(t_fracs, stat).replace('+', '_')}.npy",
+                                            reference=ref, t_fracs=t_fracs, statistic=stat)
                     print(key, done[key], flush=True)
                     tmp = null_out.with_suffix(".tmp")
                     tmp.write_text(json.dumps(done, indent=1))
                     tmp.replace(null_out)
     else:
-        guilty(cells, args.work, args.out, shadow=args.shadow, t_fracs=tuple(args.t_fracs) if args.t_fracs else None)
+        guilty(cells, args.work, args.out, shadow=args.shadow, t_fracs=tuple(args.t_fracs) if args.t_fracs else None,
+               statistic=args.statistic)
 
 
 if __name__ == "__main__":
