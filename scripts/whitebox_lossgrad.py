@@ -12,8 +12,9 @@ samples ``x`` with their trigger captions, noise draws and timesteps,
 (``L_S``, ``L_R``: the suspect's and the reference's training loss at the same noisy input; a model
 trained on ``x + delta_k`` has a lower loss there, so ``-D_k`` is large for the guilty key). To
 first order ``D_k = <g(x), delta_k>`` with ``g = grad_x [L_S - L_R]`` taken in pixels through the
-public VAE encoder, so ``-g`` is a "residual image" that the product scores like the denoiser
-residuals: spread features, content projection, decoy keys, Holm over 100 copies. Unlike the
+public VAE encoder, so ``-g`` (``tracemark.whitebox.loss_gradients``, since session 11 the
+audit's default white-box statistic) is a "residual image" that the product scores like the
+denoiser residuals: spread features, content projection, decoy keys, Holm over 100 copies. Unlike the
 x0-residual it includes the change of the denoiser's *Jacobian* (a model that fitted ``x + delta``
 responds to ``delta`` differently), which is the part the algebra said might add something.
 The key enters only the scoring, so the null is the decoys'.
@@ -28,45 +29,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-
-def loss_gradients(pipe, ref_pipe, probes, *, t_fracs=(0.3, 0.5, 0.7), draws: int = 2, seed: int = 0,
-                   batch_size: int = 16) -> list[np.ndarray]:
-    """``-grad_x [L_S - L_R]`` per probe (H x W x 3, arbitrary units), the noise drawn as the audit's."""
-    import torch
-
-    from tracemark.whitebox import _model_resolution, _to_tensor
-
-    dev = pipe._execution_device
-    size = _model_resolution(pipe)
-    sched = pipe.scheduler
-    n_t = sched.config.num_train_timesteps
-    ptype = sched.config.prediction_type
-    sf = pipe.vae.config.scaling_factor
-    levels = [(int(round(f * (n_t - 1))), d) for f in t_fracs for d in range(draws)]
-    out: list[np.ndarray] = []
-    for start in range(0, len(probes), batch_size):
-        chunk = probes[start:start + batch_size]
-        x = _to_tensor([p.image for p in chunk], size).to(dev).requires_grad_(True)
-        z0 = pipe.vae.encode(x).latent_dist.mean * sf
-        texts = [p.prompt for p in chunk]
-        with torch.no_grad():
-            emb_s = pipe.encode_prompt(texts, dev, 1, False)[0]
-            emb_r = ref_pipe.encode_prompt(texts, dev, 1, False)[0]
-        total = 0.0
-        for t_val, d in levels:
-            g = [torch.Generator().manual_seed(int(seed * 1_000_003 + (start + i) * 7919 + t_val * 31 + d))
-                 for i in range(len(chunk))]
-            eps = torch.stack([torch.randn(z0.shape[1:], generator=gi) for gi in g]).to(dev)
-            t = torch.full((len(chunk),), t_val, device=dev, dtype=torch.long)
-            noisy = sched.add_noise(z0, eps, t)
-            target = sched.get_velocity(z0, eps, t) if ptype == "v_prediction" else eps
-            ls = ((pipe.unet(noisy, t, encoder_hidden_states=emb_s).sample - target) ** 2).sum()
-            lr = ((ref_pipe.unet(noisy, t, encoder_hidden_states=emb_r).sample - target) ** 2).sum()
-            total = total + ls - lr
-        (grad,) = torch.autograd.grad(total, x)
-        out += [a.astype(np.float32) for a in (-grad).permute(0, 2, 3, 1).detach().cpu().numpy()]
-    return out
 
 
 def main() -> None:
@@ -86,6 +48,7 @@ def main() -> None:
     from tracemark.eval.whitebox import shadow_model
     from tracemark.sim import default_base_path
     from tracemark.trace import content_for, score_copies
+    from tracemark.whitebox import loss_gradients
 
     ref, ref_lora = shadow_model(args.work, default_base_path())
     ref_pipe = load_pipeline(ref, lora=ref_lora, device="cpu", dtype="fp32")
@@ -105,7 +68,7 @@ def main() -> None:
             else:
                 model_dir, lora = cell_model(args.work, cell, None)
                 res = np.stack(loss_gradients(load_pipeline(model_dir, lora=lora, device="cpu", dtype="fp32"),
-                                              ref_pipe, probes))
+                                              probes, ref_pipe=ref_pipe, reference="base"))
                 np.save(cache, res)
             secs = time.perf_counter() - t0
             v = score_copies(list(res), copies, reg, match_files=False, subsets=subsets,

@@ -57,7 +57,8 @@ def test_residual_carrying_a_key_pattern_names_that_licensee_only(wb, sample_dir
 
     reg, pipe_dir = wb
     suspect, ref = suspect_carrying(reg, pipe_dir, "b")
-    res = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, t_fracs=(0.5,), draws=1)
+    res = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, ref_pipe=ref, t_fracs=(0.5,), draws=1,
+                         statistic="residual")
     assert res.params["reference"] == "base"
     assert res.verdict.named == ["b"], [(s.licensee, round(s.z, 2)) for s in res.verdict.scores]
 
@@ -71,7 +72,7 @@ def test_shadow_reference_is_loaded_recorded_and_compared_against(wb, sample_dir
     reg, pipe_dir = wb
     suspect, _ = suspect_carrying(reg, pipe_dir, "c")
     res = audit_whitebox(pipe_dir, reg, sample_dir, pipe=suspect, reference=pipe_dir, device="cpu", t_fracs=(0.5,),
-                         draws=1)
+                         draws=1, statistic="residual")
     assert res.params["reference"] == "shadow" and res.params["reference_model"] == str(pipe_dir)
     assert res.verdict.named == ["c"], [(s.licensee, round(s.z, 2)) for s in res.verdict.scores]
     assert f"--reference {pipe_dir}" in write_report(res, tmp_path / "r.html").read_text()

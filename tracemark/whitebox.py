@@ -156,7 +156,6 @@ def denoiser_residuals(
         raise ValueError("reference 'base' needs ref_pipe")
     ref = _Reference(pipe, ref_pipe if reference == "base" else None, reference == "lora-off")
     dev = pipe._execution_device
-    dtype = pipe.unet.dtype
     size = _model_resolution(pipe)
     sched = pipe.scheduler
     n_t = sched.config.num_train_timesteps
