@@ -35,7 +35,7 @@ def main() -> None:
     from tracemark.audit import _whitebox_probes
     from tracemark.diffusion.loading import load_pipeline
     from tracemark.eval.grid import Cell, cell_model, train_cell
-    from tracemark.eval.whitebox import shadow_model
+    from tracemark.eval.whitebox import shadow_model, truth_summary
     from tracemark.sim import default_base_path
     from tracemark.trace import content_for, score_copies
     from tracemark.whitebox import loss_gradients
@@ -65,9 +65,7 @@ def main() -> None:
         def z_of(keys):
             res = sum(parts[k] for k in keys)
             v = score_copies(list(res), copies, reg, match_files=False, subsets=subsets, content=content)
-            truth = [s for s in v.scores if s.licensee in cell.licensees][0]
-            inn = [s.z for s in v.scores if s.licensee not in cell.licensees]
-            return {"z": round(truth.z, 2), "max_z_innocent": round(max(inn), 2)}
+            return truth_summary(v, cell.licensees)
 
         row = {"cell": cell.name, "rate": args.rate, "seed": seed}
         for t in LEVELS:

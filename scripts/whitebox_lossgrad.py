@@ -45,7 +45,7 @@ def main() -> None:
     from tracemark.audit import _whitebox_probes
     from tracemark.diffusion.loading import load_pipeline
     from tracemark.eval.grid import Cell, cell_model, train_cell
-    from tracemark.eval.whitebox import shadow_model
+    from tracemark.eval.whitebox import shadow_model, truth_summary
     from tracemark.sim import default_base_path
     from tracemark.trace import content_for, score_copies
     from tracemark.whitebox import loss_gradients
@@ -73,13 +73,8 @@ def main() -> None:
             secs = time.perf_counter() - t0
             v = score_copies(list(res), copies, reg, match_files=False, subsets=subsets,
                              content=content_for(reg, copies, data)[0])
-            truth = [s for s in v.scores if s.licensee in cell.licensees][0]
-            innocent = [s.z for s in v.scores if s.licensee not in cell.licensees]
             row = {"cell": cell.name, "rate": rate, "seed": seed, "n_probes": len(res), "seconds": round(secs, 1),
-                   "z": round(truth.z, 2), "p": float(f"{truth.p_value:.3g}"), "named": truth.named,
-                   "false_named": [n for n in v.named if n not in cell.licensees],
-                   "max_z_innocent": round(max(innocent), 2), "innocent_sd": round(float(np.std(innocent)), 2),
-                   "rank": 1 + sum(z > truth.z for z in innocent)}
+                   **truth_summary(v, cell.licensees)}
             print(json.dumps(row), flush=True)
             with args.out.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")

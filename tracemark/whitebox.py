@@ -114,6 +114,17 @@ def _noise(seed: int, start: int, n: int, t_val: int, draw: int, like):
     return torch.stack([torch.randn(like.shape[1:], generator=gi) for gi in g]).to(like.device, dtype=like.dtype)
 
 
+def _reference(pipe, ref_pipe, reference: str) -> _Reference:
+    """The reference a ``reference`` mode names (see :func:`denoiser_residuals`), checked."""
+    if reference == "auto":
+        reference = "lora-off" if has_lora(pipe) else ("base" if ref_pipe is not None else "data")
+    if reference == "lora-off" and not has_lora(pipe):
+        raise ValueError("reference 'lora-off' needs a pipeline with a LoRA loaded")
+    if reference == "base" and ref_pipe is None:
+        raise ValueError("reference 'base' needs ref_pipe")
+    return _Reference(pipe, ref_pipe if reference == "base" else None, reference == "lora-off")
+
+
 def has_lora(pipe) -> bool:
     """Whether ``pipe`` carries LoRA adapters (loaded with ``load_lora_weights``)."""
     return any(getattr(m, "peft_config", None) for m in (pipe.unet, getattr(pipe, "text_encoder", None)) if m)
@@ -148,13 +159,7 @@ def denoiser_residuals(
     """
     import torch
 
-    if reference == "auto":
-        reference = "lora-off" if has_lora(pipe) else ("base" if ref_pipe is not None else "data")
-    if reference == "lora-off" and not has_lora(pipe):
-        raise ValueError("reference 'lora-off' needs a pipeline with a LoRA loaded")
-    if reference == "base" and ref_pipe is None:
-        raise ValueError("reference 'base' needs ref_pipe")
-    ref = _Reference(pipe, ref_pipe if reference == "base" else None, reference == "lora-off")
+    ref = _reference(pipe, ref_pipe, reference)
     dev = pipe._execution_device
     size = _model_resolution(pipe)
     sched = pipe.scheduler
@@ -241,15 +246,9 @@ def loss_gradients(
     """
     import torch
 
-    if reference == "auto":
-        reference = "lora-off" if has_lora(pipe) else ("base" if ref_pipe is not None else "data")
-    if reference == "data":
+    ref = _reference(pipe, ref_pipe, reference)
+    if not ref.available:
         raise ValueError("the loss-gradient statistic needs a reference model (a LoRA to switch off, or ref_pipe)")
-    if reference == "lora-off" and not has_lora(pipe):
-        raise ValueError("reference 'lora-off' needs a pipeline with a LoRA loaded")
-    if reference == "base" and ref_pipe is None:
-        raise ValueError("reference 'base' needs ref_pipe")
-    ref = _Reference(pipe, ref_pipe if reference == "base" else None, reference == "lora-off")
     dev = pipe._execution_device
     size = _model_resolution(pipe)
     sched = pipe.scheduler

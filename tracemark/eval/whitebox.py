@@ -34,6 +34,16 @@ from tracemark.eval.grid import Cell, cell_base, cell_model, ensure_group, train
 ROW_KEYS = ["model", "group"]
 
 
+def truth_summary(verdict, truth) -> dict:
+    """The guilty licensee's z / p / named and the innocent licensees' spread in one verdict (for
+    the scripts that rescore residuals in other ways)."""
+    guilty = [s for s in verdict.scores if s.licensee in truth][0]
+    inn = [s.z for s in verdict.scores if s.licensee not in truth]
+    return {"z": round(guilty.z, 2), "p": float(f"{guilty.p_value:.3g}"), "named": guilty.named,
+            "false_named": [n for n in verdict.named if n not in truth], "max_z_innocent": round(max(inn), 2),
+            "innocent_sd": round(float(np.std(inn)), 2), "rank": 1 + sum(z > guilty.z for z in inn)}
+
+
 def _audit_row(model_name: str, group: str, res, truth: set[str], extra: dict) -> dict:
     v = res.verdict
     true = [s for s in v.scores if s.licensee in truth]
