@@ -294,7 +294,15 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
             "t_fracs": list(t_fracs) if t_fracs else "default", "statistic": statistic}
 
 
-def main(argv=None) -> None:
+def guilty_cells(args: argparse.Namespace) -> list[Cell]:
+    """The guilty fine-tunes a command line describes: one per rate and seed."""
+    return [Cell(scheme=args.scheme, rate=r, seed=s, scope=args.scope, method=args.method, strength=args.strength,
+                 opts=args.opts, selection=args.selection, pre_attack=args.pre_attack, clean_x=args.clean_x,
+                 steps=args.steps, rank=args.rank)
+            for r in args.rates for s in args.seeds]
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", type=float, nargs="*", default=[0.02])
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
@@ -311,12 +319,23 @@ def main(argv=None) -> None:
                     help="noise levels probed (fractions of the schedule; default: the audit's)")
     ap.add_argument("--statistic", default="loss", choices=["loss", "residual"],
                     help="white-box statistic (tracemark.audit.audit_whitebox); loss rows are named +loss")
+    # the abuser's countermeasures (issue #12's robustness list), one per run: Cell fields
+    ap.add_argument("--pre-attack", default="none",
+                    help='"name:param" from tracemark.attacks applied to every training image, or "regen:S"')
+    ap.add_argument("--clean-x", type=int, default=0, help="clean images mixed in, as a multiple of the dataset")
+    ap.add_argument("--steps", type=int, default=0, help="fine-tuning steps (0: the method's default)")
+    ap.add_argument("--rank", type=int, default=16, help="LoRA rank")
     ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
     ap.add_argument("--out", type=Path, default=Path("results/whitebox.csv"))
+    return ap
+
+
+def main(argv=None) -> None:
+    ap = _parser()
     args = ap.parse_args(argv)
-    cells = [Cell(scheme=args.scheme, rate=r, seed=s, scope=args.scope, method=args.method, strength=args.strength,
-                  opts=args.opts, selection=args.selection)
-             for r in args.rates for s in args.seeds]
+    cells = guilty_cells(args)
+    if args.innocent and (args.pre_attack != "none" or args.clean_x or args.steps or args.rank != 16):
+        ap.error("--pre-attack / --clean-x / --steps / --rank describe guilty fine-tunes, not --innocent audits")
     if args.innocent:
         groups = [Cell(scheme=args.scheme, rate=r, scope=args.scope, strength=args.strength, opts=args.opts,
                        selection=args.selection) for r in args.rates]
