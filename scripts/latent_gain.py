@@ -69,8 +69,6 @@ def main() -> None:
     content = (z0 - mu).pow(2).mean().item()
     print(f"{len(ims)} images {ims.shape[1:]} -> latents {tuple(z0.shape[1:])}; latent content var/dim {content:.4f}")
 
-    rng = np.random.default_rng(0)
-
     def keyed_latent(seed: int) -> torch.Tensor:
         r = np.random.default_rng(seed).standard_normal((c, h, w))
         r = (r + r[..., ::-1]) / 2  # flip-symmetric: random flips in training keep it

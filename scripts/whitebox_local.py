@@ -22,67 +22,60 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
-    ap.add_argument("--rates", nargs="+", type=float, default=[0.02])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    ap.add_argument("--spec", default='{"scheme":"spread","strength":3.2,"selection":"visual"}')
-    ap.add_argument("--pcs", nargs="+", type=int, default=[1, 5, 20, 50])
-    ap.add_argument("--cache", default="residuals_shadow.npy", help="residual file in each cell folder")
-    ap.add_argument("--out", type=Path, default=Path("results/whitebox_local.jsonl"))
-    args = ap.parse_args()
-
     from tracemark import stats
     from tracemark.audit import _whitebox_probes
-    from tracemark.eval.grid import Cell, train_cell
+    from tracemark.eval.grid import train_cell
+    from tracemark.eval.whitebox import script_args, trained_cells
     from tracemark.schemes import get_scheme
     from tracemark.trace import content_for, scheme_params
 
-    for rate in args.rates:
-        for seed in args.seeds:
-            cell = Cell(**{**json.loads(args.spec), "rate": rate, "seed": seed})
-            cdir = args.work / "cells" / cell.name
-            if not (cdir / args.cache).exists():
-                continue
-            reg, data, *_ = train_cell(args.work, cell, None, print)
-            copies = reg.copies()
-            _, subsets = _whitebox_probes(copies, reg, data)
-            res = np.load(cdir / args.cache)
-            sch = get_scheme(copies[0].scheme, **scheme_params(copies[0]))
-            U = stats._unit_rows(sch.features(list(res)))
-            basis = stats.content_basis(sch.features(content_for(reg, copies, data)[0]))
-            decoys = sch.random_vectors(1000, np.random.default_rng(0))
-            ways = ["subset", "centred"] + [f"pc{k}" for k in args.pcs]
-            z = {w: {} for w in ways}
-            for c in copies:
-                sub = subsets[c.id]
-                others = np.setdiff1d(np.arange(len(U)), sub)
-                mc = U[sub].mean(axis=0)
-                mo = U[others].mean(axis=0)
-                _, _, vt = np.linalg.svd(U[others] - mo, full_matrices=False)
-                vecs = {"subset": mc, "centred": mc - mo}
-                for k in args.pcs:
-                    vecs[f"pc{k}"] = mc - vt[:k].T @ (vt[:k] @ mc)
-                P = sch.key_vectors([reg.key_for_copy(c)])
-                for w, m in vecs.items():
-                    m = stats.project_out(m, basis)
-                    null = stats.fit_null(stats.key_statistic(m, decoys, sch.kind), sch.kind)
-                    z[w][c.licensee] = float((stats.key_statistic(m, P, sch.kind)[0] - null.mean) / null.std)
-            row = {"cell": cell.name, "rate": rate, "seed": seed, "cache": args.cache}
-            for w in ways:
-                truth = z[w][cell.licensees[0]]
-                inn = [v for k, v in z[w].items() if k not in cell.licensees]
-                row[w] = {"z": round(truth, 2), "max_z_innocent": round(max(inn), 2),
-                          "innocent_sd": round(float(np.std(inn)), 2), "rank": 1 + sum(v > truth for v in inn)}
-            print(json.dumps(row), flush=True)
-            with args.out.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+    ap = script_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), "results/whitebox_local.jsonl")
+    ap.add_argument("--pcs", nargs="+", type=int, default=[1, 5, 20, 50])
+    ap.add_argument("--cache", default="residuals_shadow.npy", help="residual file in each cell folder")
+    args = ap.parse_args()
+
+    for cell in trained_cells(args):
+        cdir = args.work / "cells" / cell.name
+        if not (cdir / args.cache).exists():
+            continue
+        reg, data, *_ = train_cell(args.work, cell, None, print)
+        copies = reg.copies()
+        _, subsets = _whitebox_probes(copies, reg, data)
+        res = np.load(cdir / args.cache)
+        sch = get_scheme(copies[0].scheme, **scheme_params(copies[0]))
+        U = stats._unit_rows(sch.features(list(res)))
+        basis = stats.content_basis(sch.features(content_for(reg, copies, data)[0]))
+        decoys = sch.random_vectors(1000, np.random.default_rng(0))
+        ways = ["subset", "centred"] + [f"pc{k}" for k in args.pcs]
+        z = {w: {} for w in ways}
+        for c in copies:
+            sub = subsets[c.id]
+            others = np.setdiff1d(np.arange(len(U)), sub)
+            mc = U[sub].mean(axis=0)
+            mo = U[others].mean(axis=0)
+            _, _, vt = np.linalg.svd(U[others] - mo, full_matrices=False)
+            vecs = {"subset": mc, "centred": mc - mo}
+            for k in args.pcs:
+                vecs[f"pc{k}"] = mc - vt[:k].T @ (vt[:k] @ mc)
+            P = sch.key_vectors([reg.key_for_copy(c)])
+            for w, m in vecs.items():
+                m = stats.project_out(m, basis)
+                null = stats.fit_null(stats.key_statistic(m, decoys, sch.kind), sch.kind)
+                z[w][c.licensee] = float((stats.key_statistic(m, P, sch.kind)[0] - null.mean) / null.std)
+        row = {"cell": cell.name, "rate": cell.rate, "seed": cell.seed, "cache": args.cache}
+        for w in ways:
+            truth = z[w][cell.licensees[0]]
+            inn = [v for k, v in z[w].items() if k not in cell.licensees]
+            row[w] = {"z": round(truth, 2), "max_z_innocent": round(max(inn), 2),
+                      "innocent_sd": round(float(np.std(inn)), 2), "rank": 1 + sum(v > truth for v in inn)}
+        print(json.dumps(row), flush=True)
+        with args.out.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ audit's levels (how much of the z is probe noise that more draws would average o
 set, and all levels. Choose levels on some models and check them on others: a choice made and
 scored on the same models flatters it.
 
-    python scripts/whitebox_loss_levels.py --rate 0.05 --seeds 0 1
+    python scripts/whitebox_loss_levels.py --rates 0.05 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -23,27 +23,19 @@ LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
-    ap.add_argument("--rate", type=float, default=0.05)
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    ap.add_argument("--draws", type=int, default=2)
-    ap.add_argument("--spec", default='{"scheme":"spread","strength":3.2,"selection":"visual"}')
-    ap.add_argument("--out", type=Path, default=Path("results/whitebox_loss_levels.jsonl"))
-    args = ap.parse_args()
-
     from tracemark.audit import _whitebox_probes
     from tracemark.diffusion.loading import load_pipeline
-    from tracemark.eval.grid import Cell, cell_model, train_cell
-    from tracemark.eval.whitebox import shadow_model, truth_summary
-    from tracemark.sim import default_base_path
+    from tracemark.eval.grid import cell_model, train_cell
+    from tracemark.eval.whitebox import script_args, shadow_pipe, trained_cells, truth_summary
     from tracemark.trace import content_for, score_copies
     from tracemark.whitebox import loss_gradients
 
-    ref, ref_lora = shadow_model(args.work, default_base_path())
-    ref_pipe = load_pipeline(ref, lora=ref_lora, device="cpu", dtype="fp32")
-    for seed in args.seeds:
-        cell = Cell(**{**json.loads(args.spec), "rate": args.rate, "seed": seed})
+    ap = script_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), "results/whitebox_loss_levels.jsonl")
+    ap.add_argument("--draws", type=int, default=2)
+    args = ap.parse_args()
+
+    ref_pipe = shadow_pipe(args.work)
+    for cell in trained_cells(args):
         reg, data, gdir, cdir, *_ = train_cell(args.work, cell, None, print)
         copies = reg.copies()
         probes, subsets = _whitebox_probes(copies, reg, data)
@@ -67,7 +59,7 @@ def main() -> None:
             v = score_copies(list(res), copies, reg, match_files=False, subsets=subsets, content=content)
             return truth_summary(v, cell.licensees)
 
-        row = {"cell": cell.name, "rate": args.rate, "seed": seed}
+        row = {"cell": cell.name, "rate": cell.rate, "seed": cell.seed}
         for t in LEVELS:
             row[f"t{t:g}"] = z_of([(t, d) for d in range(args.draws) if (t, d) in parts])
         row["audit_levels"] = z_of([(t, d) for t in (0.3, 0.5, 0.7) for d in range(args.draws) if (t, d) in parts])

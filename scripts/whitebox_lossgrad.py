@@ -26,59 +26,44 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
-    ap.add_argument("--rates", nargs="+", type=float, default=[0.02])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    ap.add_argument("--spec", default='{"scheme":"spread","strength":3.2,"selection":"visual"}')
-    ap.add_argument("--out", type=Path, default=Path("results/whitebox_lossgrad.jsonl"))
-    args = ap.parse_args()
-
     import time
 
     from tracemark.audit import _whitebox_probes
     from tracemark.diffusion.loading import load_pipeline
-    from tracemark.eval.grid import Cell, cell_model, train_cell
-    from tracemark.eval.whitebox import shadow_model, truth_summary
-    from tracemark.sim import default_base_path
+    from tracemark.eval.grid import cell_model, train_cell
+    from tracemark.eval.whitebox import script_args, shadow_pipe, trained_cells, truth_summary
     from tracemark.trace import content_for, score_copies
     from tracemark.whitebox import loss_gradients
 
-    ref, ref_lora = shadow_model(args.work, default_base_path())
-    ref_pipe = load_pipeline(ref, lora=ref_lora, device="cpu", dtype="fp32")
-    for rate in args.rates:
-        for seed in args.seeds:
-            cell = Cell(**{**json.loads(args.spec), "rate": rate, "seed": seed})
-            if not (args.work / "cells" / cell.name / "model").exists():
-                print(f"skip {cell.name}: no model", flush=True)
-                continue
-            reg, data, gdir, cdir, *_ = train_cell(args.work, cell, None, print)
-            copies = reg.copies()
-            probes, subsets = _whitebox_probes(copies, reg, data)
-            cache = cdir / "lossgrad_shadow.npy"
-            t0 = time.perf_counter()
-            if cache.exists():
-                res = np.load(cache)
-            else:
-                model_dir, lora = cell_model(args.work, cell, None)
-                res = np.stack(loss_gradients(load_pipeline(model_dir, lora=lora, device="cpu", dtype="fp32"),
-                                              probes, ref_pipe=ref_pipe, reference="base"))
-                np.save(cache, res)
-            secs = time.perf_counter() - t0
-            v = score_copies(list(res), copies, reg, match_files=False, subsets=subsets,
-                             content=content_for(reg, copies, data)[0])
-            row = {"cell": cell.name, "rate": rate, "seed": seed, "n_probes": len(res), "seconds": round(secs, 1),
-                   **truth_summary(v, cell.licensees)}
-            print(json.dumps(row), flush=True)
-            with args.out.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-
+    args = script_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                       "results/whitebox_lossgrad.jsonl").parse_args()
+    ref_pipe = shadow_pipe(args.work)
+    for cell in trained_cells(args):
+        reg, data, gdir, cdir, *_ = train_cell(args.work, cell, None, print)
+        copies = reg.copies()
+        probes, subsets = _whitebox_probes(copies, reg, data)
+        cache = cdir / "lossgrad_shadow.npy"
+        t0 = time.perf_counter()
+        if cache.exists():
+            res = np.load(cache)
+        else:
+            model_dir, lora = cell_model(args.work, cell, None)
+            res = np.stack(loss_gradients(load_pipeline(model_dir, lora=lora, device="cpu", dtype="fp32"),
+                                          probes, ref_pipe=ref_pipe, reference="base"))
+            np.save(cache, res)
+        secs = time.perf_counter() - t0
+        v = score_copies(list(res), copies, reg, match_files=False, subsets=subsets,
+                         content=content_for(reg, copies, data)[0])
+        row = {"cell": cell.name, "rate": cell.rate, "seed": cell.seed, "n_probes": len(res), "seconds": round(secs, 1),
+               **truth_summary(v, cell.licensees)}
+        print(json.dumps(row), flush=True)
+        with args.out.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
 
 if __name__ == "__main__":
     main()

@@ -25,48 +25,32 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
-    ap.add_argument("--rates", nargs="+", type=float, default=[0.02])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    ap.add_argument("--spec", default='{"scheme":"spread","strength":3.2,"selection":"visual"}')
-    ap.add_argument("--out", type=Path, default=Path("results/whitebox_pooling.jsonl"))
-    args = ap.parse_args()
-
-    from tracemark.diffusion.loading import load_pipeline
-    from tracemark.eval.grid import Cell
-    from tracemark.eval.whitebox import cell_residuals, shadow_model, truth_summary
-    from tracemark.sim import default_base_path
+    from tracemark.eval.whitebox import cell_residuals, script_args, shadow_pipe, trained_cells, truth_summary
     from tracemark.trace import content_for, score_copies
 
-    ref, ref_lora = shadow_model(args.work, default_base_path())
-    ref_pipe = load_pipeline(ref, lora=ref_lora, device="cpu", dtype="fp32")
-    for rate in args.rates:
-        for seed in args.seeds:
-            spec = {**json.loads(args.spec), "rate": rate, "seed": seed}
-            cell = Cell(**spec)
-            if not (args.work / "cells" / cell.name / "model").exists():
-                print(f"skip {cell.name}: no model", flush=True)
-                continue
-            cell, reg, data, copies, subsets, res = cell_residuals(args.work, spec, "residuals_shadow.npy",
-                                                                   ref_pipe=ref_pipe)
-            content = content_for(reg, copies, data)[0]
-            every = np.arange(len(res))
-            ways = {"subset": subsets, "pooled": {c.id: every for c in copies},
-                    "others": {c.id: np.setdiff1d(every, subsets[c.id]) for c in copies}}
-            row = {"cell": cell.name, "rate": rate, "seed": seed, "n_probes": len(res)}
-            for way, subs in ways.items():
-                v = score_copies(list(res), copies, reg, match_files=False, subsets=subs, content=content)
-                row[way] = truth_summary(v, cell.licensees)
-            print(json.dumps(row), flush=True)
-            with args.out.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+    args = script_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                       "results/whitebox_pooling.jsonl").parse_args()
+    ref_pipe = shadow_pipe(args.work)
+    for cell in trained_cells(args):
+        spec = {**json.loads(args.spec), "rate": cell.rate, "seed": cell.seed}
+        cell, reg, data, copies, subsets, res = cell_residuals(args.work, spec, "residuals_shadow.npy",
+                                                               ref_pipe=ref_pipe)
+        content = content_for(reg, copies, data)[0]
+        every = np.arange(len(res))
+        ways = {"subset": subsets, "pooled": {c.id: every for c in copies},
+                "others": {c.id: np.setdiff1d(every, subsets[c.id]) for c in copies}}
+        row = {"cell": cell.name, "rate": cell.rate, "seed": cell.seed, "n_probes": len(res)}
+        for way, subs in ways.items():
+            v = score_copies(list(res), copies, reg, match_files=False, subsets=subs, content=content)
+            row[way] = truth_summary(v, cell.licensees)
+        print(json.dumps(row), flush=True)
+        with args.out.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,39 +10,32 @@ keys), z stays. Each shadow's gradient is computed at the audit's levels and dra
 with the product's ``score_copies``. The innocent clean LoRA (seed 0) is kept out of the shadows
 so that it stays an innocent model for calibration.
 
-    python scripts/whitebox_shadows.py --rate 0.02 --seeds 0 1 2 3 4 --shadows 7 8 9 10
+    python scripts/whitebox_shadows.py --rates 0.02 --seeds 0 1 2 3 4 --shadows 7 8 9 10
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
-    ap.add_argument("--rate", type=float, default=0.02)
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    ap.add_argument("--shadows", nargs="+", type=int, default=[7, 8, 9, 10])
-    ap.add_argument("--spec", default='{"scheme":"spread","strength":3.2,"selection":"visual"}')
-    ap.add_argument("--out", type=Path, default=Path("results/whitebox_shadows.jsonl"))
-    args = ap.parse_args()
-
     from tracemark.audit import _whitebox_probes
     from tracemark.diffusion.loading import load_pipeline
-    from tracemark.eval.grid import Cell, cell_model, train_cell
-    from tracemark.eval.whitebox import shadow_model, truth_summary
+    from tracemark.eval.grid import cell_model, train_cell
+    from tracemark.eval.whitebox import script_args, shadow_model, trained_cells, truth_summary
     from tracemark.sim import default_base_path
     from tracemark.trace import content_for, score_copies
     from tracemark.whitebox import loss_gradients
 
+    ap = script_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), "results/whitebox_shadows.jsonl")
+    ap.add_argument("--shadows", nargs="+", type=int, default=[7, 8, 9, 10])
+    args = ap.parse_args()
+
     refs = {s: shadow_model(args.work, default_base_path(), seed=s) for s in args.shadows}
-    for seed in args.seeds:
-        cell = Cell(**{**json.loads(args.spec), "rate": args.rate, "seed": seed})
+    for cell in trained_cells(args):
         reg, data, gdir, cdir, *_ = train_cell(args.work, cell, None, print)
         copies = reg.copies()
         probes, subsets = _whitebox_probes(copies, reg, data)
@@ -65,7 +58,7 @@ def main() -> None:
             v = score_copies(list(res), copies, reg, match_files=False, subsets=subsets, content=content)
             return truth_summary(v, cell.licensees)
 
-        row = {"cell": cell.name, "rate": args.rate, "seed": seed}
+        row = {"cell": cell.name, "rate": cell.rate, "seed": cell.seed}
         for s in args.shadows:
             row[f"shadow{s}"] = z_of([s])
         for k in range(2, len(args.shadows) + 1):

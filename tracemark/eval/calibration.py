@@ -18,8 +18,6 @@ the binomial confidence interval is close.)
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import time
 from pathlib import Path
 

@@ -90,6 +90,40 @@ def shadow_model(work: Path, base: Path | None = None, seed: int = SHADOW_SEED, 
     return base, _clean_lora(work, base, f"shadow-clean-lora-seed{seed}", seed, "the shadow reference", log)
 
 
+def script_args(ap: argparse.ArgumentParser, out: str) -> argparse.ArgumentParser:
+    """The options every white-box rescoring script shares (scripts/whitebox_*.py): the work folder,
+    the cells (a spec plus rates and seeds) and the JSON-lines output."""
+    ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
+    ap.add_argument("--rates", nargs="+", type=float, default=[0.02])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--spec", default='{"scheme":"spread","strength":3.2,"selection":"visual"}',
+                    help="the cells' fields besides rate and seed (JSON)")
+    ap.add_argument("--out", type=Path, default=Path(out))
+    return ap
+
+
+def trained_cells(args: argparse.Namespace, log=print) -> list[Cell]:
+    """The cells of ``script_args`` whose fine-tuned model exists (the others are reported, not trained)."""
+    cells = []
+    for rate in args.rates:
+        for seed in args.seeds:
+            cell = Cell(**{**json.loads(args.spec), "rate": rate, "seed": seed})
+            if (args.work / "cells" / cell.name / "model").exists():
+                cells.append(cell)
+            else:
+                log(f"skip {cell.name}: no model")
+    return cells
+
+
+def shadow_pipe(work: Path, seed: int = SHADOW_SEED):
+    """The shadow reference (:func:`shadow_model`) loaded as a pipeline, for ``ref_pipe=``."""
+    from tracemark.diffusion.loading import load_pipeline
+    from tracemark.sim import default_base_path
+
+    ref, ref_lora = shadow_model(work, default_base_path(), seed=seed)
+    return load_pipeline(ref, lora=ref_lora, device="cpu", dtype="fp32")
+
+
 def cell_residuals(work: Path, spec: dict, cache_name: str, ref_pipe=None):
     """A grid cell's registry, data, copies, probes, subsets and white-box residuals (cached in the
     cell folder as ``cache_name``; ``ref_pipe``: residuals against it instead of the LoRA-off), for
