@@ -64,6 +64,7 @@ class Cell:
     base: str = ""  # the base model's folder, relative to the work dir ("": the run's base, the committed one)
     scope: str = "dataset"  # trigger scope of the group: "dataset" (one shared word) or "licensee" (one each)
     selection: str = "random"  # which samples a copy marks: random | coherent | cluster | visual (tracemark.strategies)
+    n_data: int = 0  # images in the owner dataset (0: N_DATA); at a fixed rate it sets how many samples a copy marks
 
     def __post_init__(self) -> None:
         # coerce to the declared types, so Cell(rate=0) and Cell(rate=0.0) are one cell (name, CSV key)
@@ -108,7 +109,8 @@ def group_dir(work: Path, cell: Cell) -> Path:
     opts = "-" + _tag(cell.opts) if cell.opts else ""
     scope = f"-{cell.scope}" if cell.scope != "dataset" else ""
     sel = f"-{cell.selection}" if cell.selection != "random" else ""
-    return work / "groups" / f"{cell.scheme}{strength}{opts}-{cell.strategy}{scope}{sel}-r{rate:g}-{cell.domain}"
+    size = f"-n{cell.n_data}" if cell.n_data else ""
+    return work / "groups" / f"{cell.scheme}{strength}{opts}-{cell.strategy}{scope}{sel}-r{rate:g}-{cell.domain}{size}"
 
 
 def owner_dataset(work: Path, domain: str, seed: int = 11, n: int | None = None) -> Path:
@@ -127,7 +129,7 @@ def ensure_group(work: Path, cell: Cell, log=print):
     from tracemark.registry import Registry
 
     gdir = group_dir(work, cell)
-    data = owner_dataset(work, cell.domain)
+    data = owner_dataset(work, cell.domain, n=cell.n_data or None)
     home = gdir / "home"
     if (home / "master.key").exists() and not (home / "registry.sqlite").exists():
         shutil.rmtree(home)  # interrupted inside Registry.init: no copy was issued yet
@@ -192,7 +194,7 @@ def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path, ba
         return out
     samples = [s for src in sources for s in load_dataset(src).samples]
     for k in range(cell.clean_x):
-        samples += load_dataset(owner_dataset(work, cell.domain, seed=100 + k)).samples
+        samples += load_dataset(owner_dataset(work, cell.domain, seed=100 + k, n=cell.n_data or None)).samples
     if cell.pre_attack == "none":
         rows = [(s.path, s.text) for s in samples]
     elif cell.pre_attack.startswith("regen:"):  # launder every image through the base model (img2img)

@@ -68,26 +68,32 @@ def _audit_row(model_name: str, group: str, res, truth: set[str], extra: dict) -
 SHADOW_SEED = 7
 
 
-def _clean_lora(work: Path, base: Path, folder: str, seed: int, what: str, log=print) -> Path:
-    """The base LoRA-fine-tuned on the clean owner data with the world's recipe (resumable)."""
-    from tracemark.eval.grid import owner_dataset
+def _clean_lora(work: Path, base: Path, folder: str, seed: int, what: str, log=print, n_data: int = 0) -> Path:
+    """The base LoRA-fine-tuned on the clean owner data with the world's recipe (resumable). ``n_data``:
+    another owner dataset size (grid ``Cell.n_data``), trained for the same number of epochs."""
+    from tracemark.eval.grid import N_DATA, owner_dataset
     from tracemark.sim import finetune
+    from tracemark.sim.train import TINY
 
     out = work / "cells" / folder / "model"
     if not (out / "pytorch_lora_weights.safetensors").exists():
         log(f"fine-tuning {what} on the clean owner data")
-        finetune(owner_dataset(work, "faces"), base, out, method="lora", seed=seed,
+        steps = round(TINY.steps * n_data / N_DATA) if n_data else None
+        finetune(owner_dataset(work, "faces", n=n_data or None), base, out, method="lora", seed=seed, steps=steps,
                  resume=(out / "checkpoints" / "last.pt").exists(), progress=False)
     return out
 
 
-def shadow_model(work: Path, base: Path | None = None, seed: int = SHADOW_SEED, log=print) -> tuple[Path, Path]:
+def shadow_model(work: Path, base: Path | None = None, seed: int = SHADOW_SEED, log=print,
+                 n_data: int = 0) -> tuple[Path, Path]:
     """The owner's shadow reference: the base LoRA-fine-tuned on the clean owner data with the world's
-    recipe and a seed of its own (``audit_whitebox(reference=..., reference_lora=...)``)."""
+    recipe and a seed of its own (``audit_whitebox(reference=..., reference_lora=...)``); ``n_data``:
+    the owner dataset of that size (``Cell.n_data``; the recipe's epochs, so steps grow with it)."""
     from tracemark.sim import default_base_path
 
     base = base or default_base_path()
-    return base, _clean_lora(work, base, f"shadow-clean-lora-seed{seed}", seed, "the shadow reference", log)
+    folder = f"shadow-clean-lora-seed{seed}" + (f"-n{n_data}" if n_data else "")
+    return base, _clean_lora(work, base, folder, seed, "the shadow reference", log, n_data=n_data)
 
 
 def script_args(ap: argparse.ArgumentParser, out: str) -> argparse.ArgumentParser:
@@ -148,10 +154,10 @@ def cell_residuals(work: Path, spec: dict, cache_name: str, ref_pipe=None):
     return cell, reg, data, copies, subsets, res
 
 
-def _reference(work: Path, base: Path | None, shadow: bool, log=print) -> dict:
+def _reference(work: Path, base: Path | None, shadow: bool, log=print, n_data: int = 0) -> dict:
     if not shadow:
         return {}
-    ref, ref_lora = shadow_model(work, base, log=log)
+    ref, ref_lora = shadow_model(work, base, log=log, n_data=n_data)
     return {"reference": ref, "reference_lora": ref_lora}
 
 
@@ -170,12 +176,12 @@ def guilty(cells: list[Cell], work: Path, out: Path, base: Path | None = None, l
     from tracemark.audit import audit_whitebox
 
     done = done_cells(out, ROW_KEYS)
-    ref = _reference(work, base, shadow, log)
     for cell in cells:
         gname = _group_name(work, cell)
         name = cell.name + ("+shadow" if shadow else "") + _tag_t(t_fracs, statistic)
         if (name, gname) in done:
             continue
+        ref = _reference(work, base, shadow, log, n_data=cell.n_data)
         log(f"{name}")
         reg, data, gdir, cdir, t_data, t_ft = train_cell(work, cell, base, log)
         model_dir, lora = cell_model(work, cell, base)
@@ -332,7 +338,7 @@ def guilty_cells(args: argparse.Namespace) -> list[Cell]:
     """The guilty fine-tunes a command line describes: one per rate and seed."""
     return [Cell(scheme=args.scheme, rate=r, seed=s, scope=args.scope, method=args.method, strength=args.strength,
                  opts=args.opts, selection=args.selection, pre_attack=args.pre_attack, clean_x=args.clean_x,
-                 steps=args.steps, rank=args.rank)
+                 steps=args.steps, rank=args.rank, n_data=args.n_data)
             for r in args.rates for s in args.seeds]
 
 
@@ -359,6 +365,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--clean-x", type=int, default=0, help="clean images mixed in, as a multiple of the dataset")
     ap.add_argument("--steps", type=int, default=0, help="fine-tuning steps (0: the method's default)")
     ap.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    ap.add_argument("--n-data", type=int, default=0,
+                    help="owner dataset size (0: the grid's 1000); the shadow is trained on it for the same epochs")
     ap.add_argument("--work", type=Path, default=Path("results/tmp/grid"))
     ap.add_argument("--out", type=Path, default=Path("results/whitebox.csv"))
     return ap
@@ -368,8 +376,8 @@ def main(argv=None) -> None:
     ap = _parser()
     args = ap.parse_args(argv)
     cells = guilty_cells(args)
-    if args.innocent and (args.pre_attack != "none" or args.clean_x or args.steps or args.rank != 16):
-        ap.error("--pre-attack / --clean-x / --steps / --rank describe guilty fine-tunes, not --innocent audits")
+    if args.innocent and (args.pre_attack != "none" or args.clean_x or args.steps or args.rank != 16 or args.n_data):
+        ap.error("--pre-attack / --clean-x / --steps / --rank / --n-data describe guilty fine-tunes, not --innocent audits")
     if args.innocent:
         groups = [Cell(scheme=args.scheme, rate=r, scope=args.scope, strength=args.strength, opts=args.opts,
                        selection=args.selection) for r in args.rates]
