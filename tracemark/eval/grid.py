@@ -113,7 +113,7 @@ def group_dir(work: Path, cell: Cell) -> Path:
     return work / "groups" / f"{cell.scheme}{strength}{opts}-{cell.strategy}{scope}{sel}-r{rate:g}-{cell.domain}{size}"
 
 
-def owner_dataset(work: Path, domain: str, seed: int = 11, n: int | None = None) -> Path:
+def owner_dataset(work: Path, domain: str, seed: int = 11, n: int = 0) -> Path:
     from tracemark.sim import make_dataset
 
     n = n or N_DATA
@@ -129,7 +129,7 @@ def ensure_group(work: Path, cell: Cell, log=print):
     from tracemark.registry import Registry
 
     gdir = group_dir(work, cell)
-    data = owner_dataset(work, cell.domain, n=cell.n_data or None)
+    data = owner_dataset(work, cell.domain, n=cell.n_data)
     home = gdir / "home"
     if (home / "master.key").exists() and not (home / "registry.sqlite").exists():
         shutil.rmtree(home)  # interrupted inside Registry.init: no copy was issued yet
@@ -194,7 +194,7 @@ def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path, ba
         return out
     samples = [s for src in sources for s in load_dataset(src).samples]
     for k in range(cell.clean_x):
-        samples += load_dataset(owner_dataset(work, cell.domain, seed=100 + k, n=cell.n_data or None)).samples
+        samples += load_dataset(owner_dataset(work, cell.domain, seed=100 + k, n=cell.n_data)).samples
     if cell.pre_attack == "none":
         rows = [(s.path, s.text) for s in samples]
     elif cell.pre_attack.startswith("regen:"):  # launder every image through the base model (img2img)

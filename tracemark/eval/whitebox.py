@@ -79,7 +79,7 @@ def _clean_lora(work: Path, base: Path, folder: str, seed: int, what: str, log=p
     if not (out / "pytorch_lora_weights.safetensors").exists():
         log(f"fine-tuning {what} on the clean owner data")
         steps = round(TINY.steps * n_data / N_DATA) if n_data else None
-        finetune(owner_dataset(work, "faces", n=n_data or None), base, out, method="lora", seed=seed, steps=steps,
+        finetune(owner_dataset(work, "faces", n=n_data), base, out, method="lora", seed=seed, steps=steps,
                  resume=(out / "checkpoints" / "last.pt").exists(), progress=False)
     return out
 
