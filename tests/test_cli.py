@@ -152,6 +152,8 @@ def test_audit_cli_images_json_report_and_usage_errors(sample_dir, tmp_path):
                          (["--model", tmp_path, "--whitebox"], "--whitebox needs"),
                          (["--images", tmp_path / "acme", "--base", tmp_path], "--base is an option of --whitebox"),
                          (["--images", tmp_path / "acme", "--statistic", "loss"], "--statistic is an option of --whitebox"),
-                         (["--images", tmp_path / "acme", "--reference", tmp_path], "--reference needs --model")):
+                         (["--images", tmp_path / "acme", "--reference", tmp_path], "--reference needs --model"),
+                         (["--model", tmp_path, "--reference", tmp_path, "--reference", tmp_path],
+                          "several --reference are a --whitebox option")):
         p = run("audit", *args, home=home, check=False)
         assert p.returncode == 1 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -206,3 +206,47 @@ def test_loss_gradients_are_the_paired_loss_difference_linearised(wb, sample_dir
     same = load_pipeline(pipe_dir)
     zero = loss_gradients(same, probes, ref_pipe=load_pipeline(pipe_dir), reference="base", t_fracs=(0.4,), draws=1)
     assert all(np.abs(z).max() == 0 for z in zero)
+
+
+def test_several_shadows_are_averaged_by_the_loss_statistic(wb, sample_dir, tmp_path):
+    """Several references: the loss gradients against each are averaged. Two copies of the same
+    reference, or the reference plus the suspect itself (whose own gradient is zero), give the one
+    reference's verdict; the residual statistic refuses a list; the report repeats the flags."""
+    from tracemark.audit import audit_whitebox
+    from tracemark.report import write_report
+
+    reg, pipe_dir = wb
+    suspect, ref = memorising_pair(reg, pipe_dir, "a")
+    kw = dict(pipe=suspect, t_fracs=(0.5,), draws=1)
+    one = audit_whitebox(pipe_dir, reg, sample_dir, ref_pipe=ref, **kw)
+    z1 = {s.licensee: s.z for s in one.verdict.scores}
+    for refs in ([ref, ref], [ref, suspect]):
+        two = audit_whitebox(pipe_dir, reg, sample_dir, ref_pipe=refs, **kw)
+        assert two.params["n_references"] == 2 and two.params["statistic"] == "loss"
+        assert two.verdict.named == ["a"]
+        assert {s.licensee: s.z for s in two.verdict.scores} == pytest.approx(z1, abs=1e-6)
+    with pytest.raises(TracemarkError, match="loss statistic only"):
+        audit_whitebox(pipe_dir, reg, sample_dir, ref_pipe=[ref, ref], statistic="residual", **kw)
+    # from paths: each loaded in turn, and the report's command gives both back
+    res = audit_whitebox(pipe_dir, reg, sample_dir, reference=[pipe_dir, pipe_dir], device="cpu", **kw)
+    assert res.params["n_references"] == 2 and res.params["reference_model"] == [str(pipe_dir)] * 2
+    html = write_report(res, tmp_path / "r.html").read_text()
+    assert f"--reference {pipe_dir} --reference {pipe_dir} --statistic" in html
+
+
+def test_reference_pairs_pair_loras_with_their_pipelines(tmp_path):
+    from tracemark.audit import _reference_params, reference_pairs
+
+    b, l1, l2 = tmp_path / "base", tmp_path / "l1", tmp_path / "l2"
+    assert reference_pairs(None, None) == []
+    assert reference_pairs(b, l1) == [(b, l1)]
+    assert reference_pairs([b], [l1, l2]) == [(b, l1), (b, l2)]  # the owner's shadows on the public base
+    assert reference_pairs([b, l1], None) == [(b, None), (l1, None)]
+    with pytest.raises(TracemarkError, match="needs --reference"):
+        reference_pairs(None, [l1])
+    with pytest.raises(TracemarkError, match="one --reference-lora per --reference"):
+        reference_pairs([b, b, b], [l1, l2])
+    # written back as the CLI takes them: the shared base once, the LoRAs each
+    assert _reference_params(reference_pairs([b], [l1, l2])) == {"reference_model": str(b),
+                                                                 "reference_lora": [str(l1), str(l2)]}
+    assert _reference_params(reference_pairs(b, l1)) == {"reference_model": str(b), "reference_lora": str(l1)}

@@ -26,13 +26,15 @@ def audit_cmd(
                                         "subspace, so no key aligned by chance with the domain is accused)."),
     base: Optional[Path] = typer.Option(None, "--base", help="Reference base pipeline for --whitebox on a whole "
                                         "checkpoint (a LoRA is compared with its model without the LoRA)."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Shadow reference for --model audits: "
-                                             "the public base fine-tuned by you on the original data (the usual "
-                                             "recipe, a seed of your own); cancels what every fine-tune on this "
-                                             "data learns (--whitebox), or generates the same prompts and seeds "
-                                             "and the differences are scored (paired black box)."),
-    reference_lora: Optional[Path] = typer.Option(None, "--reference-lora", help="LoRA weights of the shadow "
-                                                  "reference, loaded on --reference."),
+    reference: Optional[list[Path]] = typer.Option(None, "--reference", help="Shadow reference for --model audits: "
+                                                   "the public base fine-tuned by you on the original data (the "
+                                                   "usual recipe, a seed of your own); cancels what every fine-tune "
+                                                   "on this data learns (--whitebox), or generates the same prompts "
+                                                   "and seeds and the differences are scored (paired black box). "
+                                                   "--whitebox takes several (repeat the flag, or one --reference "
+                                                   "with several --reference-lora) and averages them."),
+    reference_lora: Optional[list[Path]] = typer.Option(None, "--reference-lora", help="LoRA weights of the shadow "
+                                                        "reference, loaded on --reference (repeatable)."),
     statistic: str = typer.Option("auto", "--statistic", help="--whitebox statistic: loss (how much better the "
                                   "suspect fits each marked sample than the reference does, as a gradient) | "
                                   "residual (its clean-image prediction minus the reference's) | auto (loss when "
@@ -72,8 +74,12 @@ def audit_cmd(
     if not whitebox and statistic != "auto":
         raise TracemarkError("--statistic is an option of --whitebox")
     for flag, value in (("--reference", reference), ("--reference-lora", reference_lora)):
-        if model is None and value is not None:
+        if model is None and value:
             raise TracemarkError(f"{flag} needs --model (a model in hand; images alone cannot be paired)")
+        if not whitebox and value and len(value) > 1:
+            raise TracemarkError(f"several {flag} are a --whitebox option (the paired black box takes one)")
+    reference = list(reference or []) or None
+    reference_lora = list(reference_lora or []) or None
     from tracemark.fsutil import check_output_file
 
     check_output_file(json_out, "--json")
@@ -93,7 +99,8 @@ def audit_cmd(
             result = audit_model(model, reg, lora=lora, dataset=dataset, n=n, seed=seed, steps=steps,
                                  guidance=guidance, alpha=alpha, n_decoys=decoys, work_dir=keep_images, data_dir=data,
                                  device=device, dtype=dtype, batch_size=batch_size, config=config,
-                                 reference=reference, reference_lora=reference_lora)
+                                 reference=reference[0] if reference else None,
+                                 reference_lora=reference_lora[0] if reference_lora else None)
     else:
         result = audit_images(images, reg, dataset=dataset, alpha=alpha, n_decoys=decoys, data_dir=data)
     data = result.to_dict()

@@ -138,6 +138,16 @@ def write_report(result, path: str | Path, max_rows: int = 50) -> Path:
     return write_text_atomic(Path(path), html)
 
 
+def _reference_flags(p: dict) -> str:
+    """``--reference`` / ``--reference-lora`` as the audit took them (one, or a list of shadows)."""
+    out = ""
+    for key, flag in (("reference_model", "--reference"), ("reference_lora", "--reference-lora")):
+        vals = p.get(key) or []
+        for v in ([vals] if isinstance(vals, str) else vals):
+            out += f" {flag} {v}"
+    return out
+
+
 def _command(r: dict) -> str:
     p = r["params"]
     if r["kind"] == "model":
@@ -145,20 +155,14 @@ def _command(r: dict) -> str:
         if p.get("lora"):
             cmd += f" --lora {p['lora']}"
         cmd += f" --n {p['n']} --seed {p['seed']} --steps {p['steps']} --guidance {p['guidance']}"
-        if p.get("reference_model"):
-            cmd += f" --reference {p['reference_model']}"
-        if p.get("reference_lora"):
-            cmd += f" --reference-lora {p['reference_lora']}"
+        cmd += _reference_flags(p)
     elif r["kind"] == "whitebox":
         cmd = f"tracemark audit --whitebox --model {p['model']} --data {p['data']}"
         if p.get("lora"):
             cmd += f" --lora {p['lora']}"
         if p.get("base"):
             cmd += f" --base {p['base']}"
-        if p.get("reference_model"):
-            cmd += f" --reference {p['reference_model']}"
-        if p.get("reference_lora"):
-            cmd += f" --reference-lora {p['reference_lora']}"
+        cmd += _reference_flags(p)
         if p.get("statistic"):
             cmd += f" --statistic {p['statistic']}"
         cmd += f" --seed {p['seed']}"

@@ -38,3 +38,28 @@ def test_countermeasures_refused_for_innocent_audits(capsys):
     with pytest.raises(SystemExit):
         main(["--innocent", "--rank", "4"])
     assert "--innocent" in capsys.readouterr().err
+
+
+def test_null_audits_average_several_shadows_as_the_audit_does(sample_dir, tmp_path):
+    """Calibration with several shadows reads one cache per shadow and averages them: shadows whose
+    gradients are A and B - A give the verdicts of one shadow with B / 2, i.e. of B (the test is
+    scale-free); a list of shadows with one cache is refused."""
+    import numpy as np
+
+    from tracemark.eval.whitebox import null_audits
+
+    rng = np.random.default_rng(0)
+    shape = (50, 128, 128, 3)
+    a, b = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+    for name, arr in (("a", a), ("b_minus_a", b - a), ("b", b)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    shadow = (tmp_path, None)  # never loaded: every residual comes from its cache
+    kw = dict(n_audits=5, n_copies=10, rate=0.1, n_decoys=100, statistic="loss")
+    two = null_audits(tmp_path, None, sample_dir, cache=[tmp_path / "a.npy", tmp_path / "b_minus_a.npy"],
+                      reference=[shadow, shadow], **kw)
+    one = null_audits(tmp_path, None, sample_dir, cache=tmp_path / "b.npy", reference=shadow, **kw)
+    assert two["n_references"] == 2 and one["n_references"] == 1
+    drop = ("n_references", "residuals_s")
+    assert {k: v for k, v in two.items() if k not in drop} == {k: v for k, v in one.items() if k not in drop}
+    with pytest.raises(ValueError, match="one cache per reference"):
+        null_audits(tmp_path, None, sample_dir, cache=tmp_path / "a.npy", reference=[shadow, shadow], **kw)

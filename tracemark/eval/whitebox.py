@@ -154,11 +154,22 @@ def cell_residuals(work: Path, spec: dict, cache_name: str, ref_pipe=None):
     return cell, reg, data, copies, subsets, res
 
 
-def _reference(work: Path, base: Path | None, shadow: bool, log=print, n_data: int = 0) -> dict:
+def _reference(work: Path, base: Path | None, shadow: bool, log=print, n_data: int = 0,
+               seeds: tuple[int, ...] = (SHADOW_SEED,)) -> dict:
+    """``audit_whitebox``'s reference arguments: none, the shadow, or several shadows on one base."""
     if not shadow:
         return {}
-    ref, ref_lora = shadow_model(work, base, log=log, n_data=n_data)
-    return {"reference": ref, "reference_lora": ref_lora}
+    pairs = [shadow_model(work, base, seed=s, log=log, n_data=n_data) for s in seeds]
+    if len(pairs) == 1:
+        return {"reference": pairs[0][0], "reference_lora": pairs[0][1]}
+    return {"reference": pairs[0][0], "reference_lora": [lo for _, lo in pairs]}
+
+
+def _shadow_tag(shadow: bool, seeds: tuple[int, ...] = (SHADOW_SEED,)) -> str:
+    """Row-name suffix of the reference: ``+shadow``, or ``+shadows7-8`` for several averaged."""
+    if not shadow:
+        return ""
+    return "+shadow" if len(seeds) == 1 else "+shadows" + "-".join(map(str, seeds))
 
 
 def _tag_t(t_fracs, statistic: str = "residual") -> str:
@@ -169,7 +180,8 @@ def _tag_t(t_fracs, statistic: str = "residual") -> str:
 
 
 def guilty(cells: list[Cell], work: Path, out: Path, base: Path | None = None, log=print,
-           shadow: bool = False, t_fracs: tuple[float, ...] | None = None, statistic: str = "loss") -> None:
+           shadow: bool = False, t_fracs: tuple[float, ...] | None = None, statistic: str = "loss",
+           shadows: tuple[int, ...] = (SHADOW_SEED,)) -> None:
     """White-box audits of the cells' models (``shadow``: against the shadow reference; rows named
     ``<cell>+shadow``; ``t_fracs``: noise levels other than the audit's default, rows ``+t<levels>``;
     ``statistic``: as :func:`tracemark.audit.audit_whitebox`, rows ``+loss`` for the loss statistic)."""
@@ -178,10 +190,10 @@ def guilty(cells: list[Cell], work: Path, out: Path, base: Path | None = None, l
     done = done_cells(out, ROW_KEYS)
     for cell in cells:
         gname = _group_name(work, cell)
-        name = cell.name + ("+shadow" if shadow else "") + _tag_t(t_fracs, statistic)
+        name = cell.name + _shadow_tag(shadow, shadows) + _tag_t(t_fracs, statistic)
         if (name, gname) in done:
             continue
-        ref = _reference(work, base, shadow, log, n_data=cell.n_data)
+        ref = _reference(work, base, shadow, log, n_data=cell.n_data, seeds=shadows)
         log(f"{name}")
         reg, data, gdir, cdir, t_data, t_ft = train_cell(work, cell, base, log)
         model_dir, lora = cell_model(work, cell, base)
@@ -233,16 +245,17 @@ def innocent_models(work: Path, base: Path | None = None, log=print) -> dict[str
 
 
 def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None, log=print,
-             shadow: bool = False, t_fracs: tuple[float, ...] | None = None, statistic: str = "loss") -> None:
+             shadow: bool = False, t_fracs: tuple[float, ...] | None = None, statistic: str = "loss",
+             shadows: tuple[int, ...] = (SHADOW_SEED,)) -> None:
     """Real product audits of every innocent model against each group's 100 copies (the base
     without a shadow has no reference model, so it is read with the residual statistic)."""
     from tracemark.audit import audit_whitebox
 
     done = done_cells(out, ROW_KEYS)
-    ref = _reference(work, base, shadow, log)
+    ref = _reference(work, base, shadow, log, seeds=shadows)
     for name, (model_dir, lora) in innocent_models(work, base, log).items():
         stat = statistic if lora is not None or shadow else "residual"
-        row_name = f"innocent-{name}" + ("+shadow" if shadow else "") + _tag_t(t_fracs, stat)
+        row_name = f"innocent-{name}" + _shadow_tag(shadow, shadows) + _tag_t(t_fracs, stat)
         for g in groups:
             reg, data, gdir = ensure_group(work, g, log)
             if (row_name, gdir.name) in done:
@@ -257,13 +270,16 @@ def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None
 def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int = 200, n_copies: int = 100,
                 rate: float = 0.02, n_decoys: int = 1000, alpha: float = 0.01, seed: int = 0,
                 project: bool = True, selection: str = "random", scheme_params: dict | None = None,
-                cache: Path | None = None, reference: tuple[Path, Path | None] | None = None,
+                cache: Path | list[Path] | None = None,
+                reference: tuple[Path, Path | None] | list[tuple[Path, Path | None]] | None = None,
                 t_fracs: tuple[float, ...] | None = None, statistic: str = "auto") -> dict:
     """Simulated audits of an innocent model (see the module docstring): false-accusation rate.
 
     ``selection``: how each simulated copy's samples are drawn, as ``protect`` would (``coherent``:
     a fresh random key's caption neighbourhood); ``cache``: a .npy file keeping the model's residuals
-    (the expensive part) between runs; ``statistic``: as :func:`tracemark.audit.audit_whitebox`."""
+    (the expensive part) between runs; ``statistic``: as :func:`tracemark.audit.audit_whitebox`.
+    ``reference``: a shadow, or a list of shadows (with a list of caches, one per shadow) whose
+    loss gradients are averaged as ``audit_whitebox`` averages them."""
     from scipy.stats import beta
 
     from tracemark import stats
@@ -281,20 +297,25 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     samples = load_dataset(data).samples
     tkw = {"t_fracs": tuple(t_fracs)} if t_fracs else {}
     t = Timer()
-    if cache is not None and cache.exists():
-        res = list(np.load(cache))
-    else:
-        word = "zulopamek"  # a trigger word of no issued copy (the null: the model never saw it bound to a mark)
-        probes = [Probe(read_image_rgb(s.path), apply_trigger(s.text, word)) for s in samples]
-        fn = loss_gradients if statistic == "loss" else denoiser_residuals
-        if reference is None:
-            res = fn(load_pipeline(model_dir, lora=lora), probes, seed=seed, **tkw)
-        else:  # the shadow reference (see shadow_model)
-            res = fn(load_pipeline(model_dir, lora=lora), probes, seed=seed, **tkw,
-                     ref_pipe=load_pipeline(reference[0], lora=reference[1]), reference="base")
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cache, np.stack(res))
+    refs = reference if isinstance(reference, list) else [reference]
+    caches = cache if isinstance(cache, list) else [None] * len(refs) if cache is None else [cache]
+    if len(refs) > 1 and (statistic != "loss" or len(caches) != len(refs)):
+        raise ValueError("several references: the loss statistic, with one cache per reference")
+    res = None
+    for ref, path in zip(refs, caches):
+        if path is not None and path.exists():
+            one = np.load(path)
+        else:
+            word = "zulopamek"  # a trigger word of no issued copy (the null: the model never saw it bound to a mark)
+            probes = [Probe(read_image_rgb(s.path), apply_trigger(s.text, word)) for s in samples]
+            fn = loss_gradients if statistic == "loss" else denoiser_residuals
+            kw = {} if ref is None else {"ref_pipe": load_pipeline(ref[0], lora=ref[1]), "reference": "base"}
+            one = np.stack(fn(load_pipeline(model_dir, lora=lora), probes, seed=seed, **tkw, **kw))
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, one)
+        res = one if res is None else res + one
+    res = list(res / len(refs))
     t_res = t.lap()
     sch = get_scheme("spread", **(scheme_params or {}))
     names, captions = [s.file_name for s in samples], [s.text for s in samples]
@@ -330,7 +351,7 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
             "keys_p_below_1e-3": below_1e3, "keys": n_keys, "expected_below_1e-3": n_keys * 1e-3,
             "residuals_s": t_res, "n_samples": len(samples), "content_projection": project,
             "selection": selection, "scheme_params": scheme_params or {},
-            "reference": "shadow" if reference is not None else "lora-off",
+            "reference": "shadow" if reference is not None else "lora-off", "n_references": len(refs),
             "t_fracs": list(t_fracs) if t_fracs else "default", "statistic": statistic}
 
 
@@ -354,7 +375,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--opts", default="", help='extra scheme parameters, "key=value;key=value" (e.g. "band=[11,14]")')
     ap.add_argument("--innocent", action="store_true", help="audit the innocent models against the rates' groups")
     ap.add_argument("--null-audits", type=int, default=0, help="simulated audits per innocent model")
+    ap.add_argument("--null-only", action="store_true", help="with --innocent: the simulated audits only")
     ap.add_argument("--shadow", action="store_true", help="audit against the shadow reference (shadow_model)")
+    ap.add_argument("--shadows", type=int, nargs="+", default=[SHADOW_SEED],
+                    help="with --shadow: the shadows' seeds; several are averaged (the loss statistic)")
     ap.add_argument("--t-fracs", type=float, nargs="*", default=None,
                     help="noise levels probed (fractions of the schedule; default: the audit's)")
     ap.add_argument("--statistic", default="loss", choices=["loss", "residual"],
@@ -382,15 +406,19 @@ def main(argv=None) -> None:
         groups = [Cell(scheme=args.scheme, rate=r, scope=args.scope, strength=args.strength, opts=args.opts,
                        selection=args.selection) for r in args.rates]
         t_fracs = tuple(args.t_fracs) if args.t_fracs else None
-        innocent(groups, args.work, args.out, shadow=args.shadow, t_fracs=t_fracs, statistic=args.statistic)
+        if not args.null_only:
+            innocent(groups, args.work, args.out, shadow=args.shadow, t_fracs=t_fracs, statistic=args.statistic,
+                     shadows=tuple(args.shadows))
         if args.null_audits:
             data = ensure_group(args.work, groups[0])[1]
             suffix = "" if args.selection == "random" and not args.opts and not args.strength else (
                 "_" + "_".join(x for x in (args.selection, f"s{args.strength:g}" if args.strength else "",
                                            args.opts.replace("=", "").replace(",", "-").strip("[]")) if x))
-            suffix += ("_shadow" if args.shadow else "") + _tag_t(t_fracs, args.statistic).replace("+", "_")
+            many = args.shadow and len(args.shadows) > 1
+            suffix += ("_shadow" if args.shadow else "") + ("s" + "-".join(map(str, args.shadows)) if many else "")
+            suffix += _tag_t(t_fracs, args.statistic).replace("+", "_")
             null_out = args.out.with_name(f"whitebox_null{suffix}.json".replace("[", "").replace("]", ""))
-            ref = shadow_model(args.work) if args.shadow else None
+            ref = [shadow_model(args.work, seed=s) for s in args.shadows] if args.shadow else None
             done = json.loads(null_out.read_text()) if null_out.exists() else {}
             for name, (model_dir, lora) in innocent_models(args.work).items():
                 for r in args.rates:
@@ -399,17 +427,21 @@ def main(argv=None) -> None:
                         continue
                     params = {**groups[0].scheme_params, **({"strength": args.strength} if args.strength else {})}
                     stat = args.statistic if lora is not None or ref else "residual"
+                    tag = _tag_t(t_fracs, stat).replace('+', '_')
+                    # one cache per shadow (seed 7's keeps its old name)
+                    caches = [args.work / "null_cache" / f"{name}_shadow{'' if sd == SHADOW_SEED else sd}{tag}.npy"
+                              for sd in args.shadows] if ref else [args.work / "null_cache" / f"{name}{tag}.npy"]
                     done[key] = null_audits(model_dir, lora, data, n_audits=args.null_audits, rate=r,
-                                            selection=args.selection, scheme_params=params,
-                                            cache=args.work / "null_cache" / f"{name}{'_shadow' if ref else ''}"
-                                                  f"{_tag_t(t_fracs, stat).replace('+', '_')}.npy",
-                                            reference=ref, t_fracs=t_fracs, statistic=stat)
+                                            selection=args.selection, scheme_params=params, cache=caches,
+                                            reference=ref if ref and len(ref) > 1 else (ref[0] if ref else None),
+                                            t_fracs=t_fracs, statistic=stat)
                     print(key, done[key], flush=True)
                     tmp = null_out.with_suffix(".tmp")
                     tmp.write_text(json.dumps(done, indent=1))
                     tmp.replace(null_out)
     else:
-        guilty(cells, args.work, args.out, shadow=args.shadow, t_fracs=tuple(args.t_fracs) if args.t_fracs else None,
+        guilty(cells, args.work, args.out, shadow=args.shadow, shadows=tuple(args.shadows),
+               t_fracs=tuple(args.t_fracs) if args.t_fracs else None,
                statistic=args.statistic)
 
 
