@@ -39,6 +39,13 @@ def test_workflow(sample_dir, tmp_path):
         "-p", "cells=16", home=home)
     run("trace-files", tmp_path / "gamma", "--json", tmp_path / "g.json", home=home)
     assert json.loads((tmp_path / "g.json").read_text())["named"] == ["gamma"]
+    # the strength as a scheme parameter is the --strength option (it was a traceback)
+    run("protect", sample_dir, "-l", "eps", "-o", tmp_path / "eps", "--rate", "0.2", "-p", "strength=3.2", home=home)
+    from tracemark.registry import Registry
+    from tracemark.trace import scheme_params
+
+    eps = [c for c in Registry(home).copies() if c.licensee == "eps"][0]
+    assert scheme_params(eps)["strength"] == 3.2
     # a coherent selection is recorded and traced like any copy
     run("protect", sample_dir, "-l", "delta", "-o", tmp_path / "delta", "--rate", "0.2", "--selection", "coherent",
         home=home)
@@ -57,6 +64,7 @@ def test_workflow(sample_dir, tmp_path):
     (["trace-files", "{tmp}"], "no image files"),
     (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--scheme", "visible", "-p", "cells=40"], "cells must be"),
     (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--scheme", "visible", "-p", "size"], "KEY=VALUE"),
+    (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--strength", "2", "-p", "strength=3.2"], "strength once"),
 ])
 def test_bad_input_is_one_line_no_traceback(sample_dir, tmp_path, args, needle):
     home = tmp_path / "home"

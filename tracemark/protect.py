@@ -342,7 +342,10 @@ def protect(
         raise TracemarkError("--on-error must be 'fail' or 'skip'")
     if not licensee or not licensee.strip():
         raise TracemarkError("--licensee must be a non-empty name")
-    sch = get_scheme(scheme, strength=strength, **(scheme_params or {}))
+    params = dict(scheme_params or {})
+    if "strength" in params and strength is not None and params["strength"] != strength:
+        raise TracemarkError(f"give the strength once: --strength {strength:g} and -p strength={params['strength']}")
+    sch = get_scheme(scheme, **{"strength": strength, **{k: v for k, v in params.items() if v is not None}})
     ds: Dataset = load_dataset(data_dir)
     name = dataset_name or data_dir.resolve().name
     if registry.has_copy(name, licensee):
