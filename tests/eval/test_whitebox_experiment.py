@@ -63,3 +63,17 @@ def test_null_audits_average_several_shadows_as_the_audit_does(sample_dir, tmp_p
     assert {k: v for k, v in two.items() if k not in drop} == {k: v for k, v in one.items() if k not in drop}
     with pytest.raises(ValueError, match="one cache per reference"):
         null_audits(tmp_path, None, sample_dir, cache=tmp_path / "a.npy", reference=[shadow, shadow], **kw)
+
+
+def test_innocent_models_of_another_dataset_size(tmp_path, monkeypatch):
+    """Calibration at --n-data N: the base and a clean LoRA trained on that dataset for the recipe's
+    epochs, in a folder of its own (the 1000-image innocent model is not reused)."""
+    from tracemark.eval import whitebox
+
+    seen = {}
+    monkeypatch.setattr("tracemark.eval.grid.owner_dataset", lambda work, domain, seed=11, n=None: seen.setdefault("n", n))
+    monkeypatch.setattr("tracemark.sim.finetune", lambda data, base, out, **kw: seen.update(kw))
+    models = whitebox.innocent_models(tmp_path, tmp_path, n_data=2000)
+    assert sorted(models) == ["base", "clean-lora"]
+    assert models["clean-lora"][1].parent.name == "innocent-clean-lora-n2000"
+    assert seen["n"] == 2000 and seen["steps"] == 1600 and seen["seed"] == 0

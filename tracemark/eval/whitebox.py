@@ -214,15 +214,21 @@ def _group_name(work: Path, cell: Cell) -> str:
     return group_dir(work, cell).name
 
 
-def innocent_models(work: Path, base: Path | None = None, log=print) -> dict[str, tuple[Path, Path | None]]:
+def innocent_models(work: Path, base: Path | None = None, log=print,
+                    n_data: int = 0) -> dict[str, tuple[Path, Path | None]]:
     """The innocent models: the base, a LoRA on the clean owner data, a LoRA on another owner's
-    protected copy (another dataset of the domain, spread at 10%, its own registry)."""
+    protected copy (another dataset of the domain, spread at 10%, its own registry). ``n_data``:
+    an owner dataset of that size (``Cell.n_data``): the base and a clean LoRA on it (the recipe's
+    epochs), no other-owner model."""
     from tracemark.sim import default_base_path, finetune
     from tracemark.eval.grid import owner_dataset
 
     base = base or default_base_path()
     out = {"base": (base, None)}
-    out["clean-lora"] = (base, _clean_lora(work, base, "innocent-clean-lora", 0, "the innocent model", log))
+    folder = "innocent-clean-lora" + (f"-n{n_data}" if n_data else "")
+    out["clean-lora"] = (base, _clean_lora(work, base, folder, 0, "the innocent model", log, n_data=n_data))
+    if n_data:
+        return out
     other = work / "cells" / "innocent-other-owner-lora" / "model"
     if not (other / "pytorch_lora_weights.safetensors").exists():
         from tracemark.protect import protect
@@ -246,14 +252,15 @@ def innocent_models(work: Path, base: Path | None = None, log=print) -> dict[str
 
 def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None, log=print,
              shadow: bool = False, t_fracs: tuple[float, ...] | None = None, statistic: str = "loss",
-             shadows: tuple[int, ...] = (SHADOW_SEED,)) -> None:
+             shadows: tuple[int, ...] = (SHADOW_SEED,), n_data: int = 0) -> None:
     """Real product audits of every innocent model against each group's 100 copies (the base
-    without a shadow has no reference model, so it is read with the residual statistic)."""
+    without a shadow has no reference model, so it is read with the residual statistic;
+    ``n_data``: the groups' owner dataset size, see :func:`innocent_models`)."""
     from tracemark.audit import audit_whitebox
 
     done = done_cells(out, ROW_KEYS)
-    ref = _reference(work, base, shadow, log, seeds=shadows)
-    for name, (model_dir, lora) in innocent_models(work, base, log).items():
+    ref = _reference(work, base, shadow, log, seeds=shadows, n_data=n_data)
+    for name, (model_dir, lora) in innocent_models(work, base, log, n_data=n_data).items():
         stat = statistic if lora is not None or shadow else "residual"
         row_name = f"innocent-{name}" + _shadow_tag(shadow, shadows) + _tag_t(t_fracs, stat)
         for g in groups:
@@ -400,15 +407,15 @@ def main(argv=None) -> None:
     ap = _parser()
     args = ap.parse_args(argv)
     cells = guilty_cells(args)
-    if args.innocent and (args.pre_attack != "none" or args.clean_x or args.steps or args.rank != 16 or args.n_data):
-        ap.error("--pre-attack / --clean-x / --steps / --rank / --n-data describe guilty fine-tunes, not --innocent audits")
+    if args.innocent and (args.pre_attack != "none" or args.clean_x or args.steps or args.rank != 16):
+        ap.error("--pre-attack / --clean-x / --steps / --rank describe guilty fine-tunes, not --innocent audits")
     if args.innocent:
         groups = [Cell(scheme=args.scheme, rate=r, scope=args.scope, strength=args.strength, opts=args.opts,
-                       selection=args.selection) for r in args.rates]
+                       selection=args.selection, n_data=args.n_data) for r in args.rates]
         t_fracs = tuple(args.t_fracs) if args.t_fracs else None
         if not args.null_only:
             innocent(groups, args.work, args.out, shadow=args.shadow, t_fracs=t_fracs, statistic=args.statistic,
-                     shadows=tuple(args.shadows))
+                     shadows=tuple(args.shadows), n_data=args.n_data)
         if args.null_audits:
             data = ensure_group(args.work, groups[0])[1]
             suffix = "" if args.selection == "random" and not args.opts and not args.strength else (
@@ -416,18 +423,18 @@ def main(argv=None) -> None:
                                            args.opts.replace("=", "").replace(",", "-").strip("[]")) if x))
             many = args.shadow and len(args.shadows) > 1
             suffix += ("_shadow" if args.shadow else "") + ("s" + "-".join(map(str, args.shadows)) if many else "")
-            suffix += _tag_t(t_fracs, args.statistic).replace("+", "_")
+            suffix += _tag_t(t_fracs, args.statistic).replace("+", "_") + (f"_n{args.n_data}" if args.n_data else "")
             null_out = args.out.with_name(f"whitebox_null{suffix}.json".replace("[", "").replace("]", ""))
-            ref = [shadow_model(args.work, seed=s) for s in args.shadows] if args.shadow else None
+            ref = [shadow_model(args.work, seed=s, n_data=args.n_data) for s in args.shadows] if args.shadow else None
             done = json.loads(null_out.read_text()) if null_out.exists() else {}
-            for name, (model_dir, lora) in innocent_models(args.work).items():
+            for name, (model_dir, lora) in innocent_models(args.work, n_data=args.n_data).items():
                 for r in args.rates:
                     key = f"{name}@{r:g}"
                     if key in done:
                         continue
                     params = {**groups[0].scheme_params, **({"strength": args.strength} if args.strength else {})}
                     stat = args.statistic if lora is not None or ref else "residual"
-                    tag = _tag_t(t_fracs, stat).replace('+', '_')
+                    tag = _tag_t(t_fracs, stat).replace('+', '_') + (f"_n{args.n_data}" if args.n_data else "")
                     # one cache per shadow (seed 7's keeps its old name)
                     caches = [args.work / "null_cache" / f"{name}_shadow{'' if sd == SHADOW_SEED else sd}{tag}.npy"
                               for sd in args.shadows] if ref else [args.work / "null_cache" / f"{name}{tag}.npy"]
