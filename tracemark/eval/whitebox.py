@@ -159,9 +159,7 @@ def _reference(work: Path, base: Path | None, shadow: bool, log=print, n_data: i
     """``audit_whitebox``'s reference arguments: none, the shadow, or several shadows on one base."""
     if not shadow:
         return {}
-    pairs = [shadow_model(work, base, seed=s, log=log, n_data=n_data) for s in seeds]
-    if len(pairs) == 1:
-        return {"reference": pairs[0][0], "reference_lora": pairs[0][1]}
+    pairs = [shadow_model(work, base, seed=s, log=log, n_data=n_data) for s in seeds]  # all on one base
     return {"reference": pairs[0][0], "reference_lora": [lo for _, lo in pairs]}
 
 
@@ -308,16 +306,18 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     caches = cache if isinstance(cache, list) else [None] * len(refs) if cache is None else [cache]
     if len(refs) > 1 and (statistic != "loss" or len(caches) != len(refs)):
         raise ValueError("several references: the loss statistic, with one cache per reference")
-    res = None
+    res, probes, pipe = None, None, None  # the probes and the model: read once, only when a cache is missing
+    fn = loss_gradients if statistic == "loss" else denoiser_residuals
     for ref, path in zip(refs, caches):
         if path is not None and path.exists():
             one = np.load(path)
         else:
-            word = "zulopamek"  # a trigger word of no issued copy (the null: the model never saw it bound to a mark)
-            probes = [Probe(read_image_rgb(s.path), apply_trigger(s.text, word)) for s in samples]
-            fn = loss_gradients if statistic == "loss" else denoiser_residuals
+            if pipe is None:
+                word = "zulopamek"  # a trigger word of no issued copy (the null: the model never saw it bound to a mark)
+                probes = [Probe(read_image_rgb(s.path), apply_trigger(s.text, word)) for s in samples]
+                pipe = load_pipeline(model_dir, lora=lora)
             kw = {} if ref is None else {"ref_pipe": load_pipeline(ref[0], lora=ref[1]), "reference": "base"}
-            one = np.stack(fn(load_pipeline(model_dir, lora=lora), probes, seed=seed, **tkw, **kw))
+            one = np.stack(fn(pipe, probes, seed=seed, **tkw, **kw))
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 np.save(path, one)
