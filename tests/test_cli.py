@@ -165,3 +165,72 @@ def test_audit_cli_images_json_report_and_usage_errors(sample_dir, tmp_path):
                           "several --reference are a --whitebox option")):
         p = run("audit", *args, home=home, check=False)
         assert p.returncode == 1 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def _digests(*paths):
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+@pytest.mark.parametrize("case", ["backup-key", "backup-registry", "json-key", "json-registry", "report-key",
+                                  "backup-metadata", "backup-existing", "backup-symlink", "backup-fifo",
+                                  "json-existing"])
+def test_outputs_never_replace_the_key_the_registry_or_a_users_file(sample_dir, tmp_path, case):
+    """Issue #27.1: an output path inside the home, onto an existing file (without --force), a symlink
+    or a special file is refused in one line; the key, the registry and the user's files are unchanged."""
+    home = tmp_path / "home"
+    run("init", home=home)
+    run("protect", sample_dir, "-l", "a", "-o", tmp_path / "a", "--rate", "0.2", home=home)
+    (tmp_path / "mine.txt").write_text("the user's notes")
+    target = {"backup-key": home / "master.key", "backup-registry": home / "registry.sqlite",
+              "json-key": home / "master.key", "json-registry": home / "registry.sqlite",
+              "report-key": home / "master.key", "backup-metadata": sample_dir / "metadata.jsonl",
+              "backup-existing": tmp_path / "mine.txt", "backup-symlink": tmp_path / "link",
+              "backup-fifo": tmp_path / "fifo", "json-existing": tmp_path / "mine.txt"}[case]
+    if case == "backup-symlink":
+        target.symlink_to(tmp_path / "mine.txt")
+    if case == "backup-fifo":
+        os.mkfifo(target)
+    watched = [home / "master.key", home / "registry.sqlite", sample_dir / "metadata.jsonl", tmp_path / "mine.txt"]
+    before = _digests(*watched)
+    cmd = {"backup": ["backup", target], "json": ["trace-files", tmp_path / "a", "--json", target],
+           "report": ["audit", "--images", tmp_path / "a", "--report", target]}[case.split("-")[0]]
+    p = run(*cmd, home=home, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr + p.stdout, p.stderr
+    assert len([line for line in p.stderr.splitlines() if line.strip()]) == 1, p.stderr
+    assert _digests(*watched) == before
+    if case == "backup-symlink":
+        assert target.is_symlink()
+    if case == "backup-fifo":
+        import stat
+
+        assert stat.S_ISFIFO(os.lstat(target).st_mode)
+    if case in ("backup-existing", "json-existing"):  # --force is the way to overwrite a file of one's own
+        run(*cmd, "--force", home=home)
+        assert _digests(target) != {str(target): before[str(target)]}
+
+
+def test_json_dash_prints_to_standard_output(sample_dir, tmp_path):
+    """`--json -` prints the verdict instead of writing a file named '-'."""
+    home = tmp_path / "home"
+    run("init", home=home)
+    run("protect", sample_dir, "-l", "a", "-o", tmp_path / "a", "--rate", "0.2", home=home)
+    p = subprocess.run([sys.executable, "-m", "tracemark", "trace-files", str(tmp_path / "a"), "--json", "-"],
+                       capture_output=True, text=True, env={**os.environ, "TRACEMARK_HOME": str(home)},
+                       cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["kind"] == "trace-files" and not (tmp_path / "-").exists()
+
+
+def test_restore_into_a_fresh_home_and_warns_of_copies_missing_from_the_backup(sample_dir, tmp_path):
+    """Issue #27.3 (and the fresh-home restore): restore names the copies the backup lacks and keeps them."""
+    home = tmp_path / "home"
+    run("init", home=home)
+    run("backup", tmp_path / "old.bak", home=home)
+    run("protect", sample_dir, "-l", "a", "-o", tmp_path / "a", "--rate", "0.2", home=home)
+    p = run("restore", tmp_path / "old.bak", home=home)
+    assert "data/a" in p.stderr and "replaced" in p.stdout, p.stdout + p.stderr
+    fresh = tmp_path / "fresh"
+    p = run("restore", tmp_path / "old.bak", home=fresh)
+    assert (fresh / "registry.sqlite").exists()

@@ -207,6 +207,7 @@ def test_registry_written_by_schema_v2_migrates_to_the_sample_table(tmp_path):
     home = tmp_path / "home"
     shutil.copytree(src, home)
     os.chmod(home / "master.key", 0o600)  # git checks files out 0644; a real home keeps its key private
+    os.chmod(home / "registry.sqlite", 0o600)  # ... and its registry
     old = sqlite3.connect(home / "registry.sqlite")
     assert old.execute("PRAGMA user_version").fetchone()[0] == 2
     before = {i: json.loads(m) for i, m in old.execute("SELECT id, marked FROM copies")}
@@ -242,3 +243,148 @@ def test_marked_sample_ids_pack_and_unpack():
     assert np.array_equal(unpack_ids(blob), ids)
     assert len(blob) < 3 * len(ids)  # delta + zlib: a 2% subset of 10^6 costs well under 3 bytes a sample
     assert unpack_ids(pack_ids([])).size == 0
+
+
+# --- issue #27: nothing lost ------------------------------------------------------------------
+
+def _copy_names(db):
+    with sqlite3.connect(db) as c:
+        return {r[0] for r in c.execute("SELECT l.name FROM copies c JOIN licensees l ON l.id = c.licensee_id")}
+
+
+def test_restore_keeps_records_a_killed_reader_left_in_the_wal(home, sample_dir, tmp_path):
+    """Issue #27.2: a reader held open (then killed -9) keeps SQLite from checkpointing: a copy issued
+    meanwhile lives only in registry.sqlite-wal. Restoring an old backup must keep it in the replaced file."""
+    import signal
+
+    from tracemark.protect import protect
+    from tracemark.registry import restore
+
+    reg = Registry.init(home)
+    old = reg.backup(tmp_path / "old.bak")
+    reg.close()
+    reader = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN'); c.execute('SELECT COUNT(*) FROM copies').fetchone()\n"
+        "print('ready', flush=True); time.sleep(600)\n"), str(home / "registry.sqlite")],
+        stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "ready"
+    reg = Registry(home)
+    protect(sample_dir, tmp_path / "c", "late", registry=reg, rate=0.2, workers=1)
+    reg.close()
+    reader.send_signal(signal.SIGKILL)
+    reader.wait()
+    assert (home / "registry.sqlite-wal").stat().st_size > 0
+    res = restore(home, old)
+    assert res.replaced is not None and "late" in _copy_names(res.replaced)
+    assert res.not_in_backup == ["data/late"]
+
+
+def test_restore_waits_for_a_running_command_and_concurrent_restores_do_not_collide(home, tmp_path):
+    """Issue #27.3: restore takes the home's lock (a command in flight keeps it shared), and two
+    restores get distinct replaced files and temporary files."""
+    import threading
+
+    from tracemark.registry import LOCK_WAIT_S, hold_lock, restore
+
+    reg = Registry.init(home)
+    bak = reg.backup(tmp_path / "b.bak")
+    with pytest.raises(TracemarkError, match="another tracemark command is using the registry"):
+        hold_lock(home, exclusive=True, wait_s=0.2)  # what restore does while `reg` (a running command) is open
+    reg.close()
+    errors = []
+
+    def one():
+        try:
+            restore(home, bak)
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=LOCK_WAIT_S)
+    assert errors == []
+    assert len(list(home.glob("registry.sqlite.replaced-*"))) == 3
+    assert not list(home.glob("*.part"))
+    Registry(home)
+
+
+def test_sqlite_files_that_are_not_a_registry_are_refused(home):
+    """Issue #27.7: an empty SQLite file, one with unrelated tables, or a registry missing `copies`
+    is a one-line error, never adopted (schema added) nor a traceback later."""
+    Registry.init(home).close()
+    good = (home / "registry.sqlite").read_bytes()
+    db = home / "registry.sqlite"
+    for f in home.glob("registry.sqlite-*"):
+        f.unlink()
+    db.unlink()
+    sqlite3.connect(db).execute("PRAGMA user_version = 0").connection.close()  # a valid, empty SQLite file
+    os.chmod(db, 0o600)
+    assert db.stat().st_size == 0 or db.read_bytes().startswith(b"SQLite")
+    if db.stat().st_size == 0:  # sqlite writes nothing for an untouched database: give it one page
+        with sqlite3.connect(db) as c:
+            c.execute("CREATE TABLE t (x)")
+            c.execute("DROP TABLE t")
+    with pytest.raises(TracemarkError, match="not a tracemark registry"):
+        Registry(home)
+    db.unlink()
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, name TEXT)")
+    os.chmod(db, 0o600)
+    with pytest.raises(TracemarkError, match="not a tracemark registry"):
+        Registry(home)
+    assert {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")} == {"photos"}
+    db.write_bytes(good)
+    with sqlite3.connect(db) as c:
+        c.execute("DROP TABLE copies")
+    with pytest.raises(TracemarkError, match="copies missing"):
+        Registry(home)
+
+
+def test_registry_readable_by_others_is_refused(home):
+    """Issue #27.11: the registry lists every licensee's marked files; like the key, 0600 only."""
+    Registry.init(home).close()
+    os.chmod(home / "registry.sqlite", 0o644)
+    with pytest.raises(TracemarkError, match="readable by others"):
+        Registry(home)
+
+
+def test_cannot_write_is_not_reported_as_damage_and_a_missing_registry_says_restore(home, tmp_path):
+    """Issue #27.8: a file size limit (`ulimit -f`) makes writes fail: the message says so instead of
+    'damaged, restore it'; a home with its key but no registry says restore, not init."""
+    Registry.init(home).close()
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+            "from tracemark.errors import TracemarkError\nfrom tracemark.registry import Registry\n"
+            "try:\n"
+            "    r = Registry(sys.argv[1])\n"
+            "    with r.write() as c:\n"
+            "        for i in range(200): r.ensure_licensee(c, 'x' * 500 + str(i))\n"
+            "except TracemarkError as e: print(e)\n")
+    p = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True, text=True, timeout=120)
+    out = p.stdout + p.stderr
+    assert "Traceback" not in out and "damaged" not in out and "cannot write" in out, out
+    for f in home.glob("registry.sqlite*"):
+        f.unlink()
+    with pytest.raises(TracemarkError, match="tracemark restore"):
+        Registry(home)
+
+
+def test_a_copy_killed_after_its_rename_is_issued_not_left_untraceable(home, sample_dir, tmp_path, monkeypatch):
+    """Issue #27.9: protect killed between the rename of its finished folder and the row's update
+    left a complete copy that nothing traced; the registry now issues it when next opened."""
+    from tracemark.protect import protect
+    from tracemark.trace import trace_files
+
+    reg = Registry.init(home)
+    monkeypatch.setattr(Registry, "finalize_copy", lambda self, cid: os.kill(os.getpid(), 0))  # "killed": no update
+    protect(sample_dir, tmp_path / "c", "a", registry=reg, rate=0.2, workers=1)
+    monkeypatch.undo()
+    assert reg.conn.execute("SELECT status FROM copies").fetchone()[0] == "pending"
+    reg.close()
+    reg = Registry(home)
+    assert [c.licensee for c in reg.copies()] == ["a"] and reg.pending_copies() == []
+    assert trace_files(tmp_path / "c", reg, n_decoys=200).named == ["a"]

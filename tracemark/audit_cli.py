@@ -46,10 +46,13 @@ def audit_cmd(
     guidance: float = typer.Option(6.0, "--guidance", help="Classifier-free guidance scale."),
     alpha: float = typer.Option(0.01, "--alpha", help="Family-wise false-accusation rate."),
     decoys: int = typer.Option(1000, "--decoys", help="Decoy keys for the null distribution."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the verdict as JSON here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the verdict as JSON here (- for standard "
+                                            "output); never inside the tracemark home, never over a file unless "
+                                            "--force."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the HTML evidence report here."),
     keep_images: Optional[Path] = typer.Option(None, "--keep-images", help="Keep generated images in this folder."),
     json_only: bool = typer.Option(False, "--json-only", help="Print only the JSON verdict (automation)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --json / --report file."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available) | cpu | cuda[:N]."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images generated per batch (memory vs speed)."),
@@ -82,8 +85,13 @@ def audit_cmd(
     reference_lora = list(reference_lora or []) or None
     from tracemark.fsutil import check_output_file
 
-    check_output_file(json_out, "--json")
-    check_output_file(report, "--report")
+    from tracemark.fsutil import check_output_dir
+
+    if json_out is not None and str(json_out) == "-":
+        json_out, json_only = None, True
+    check_output_file(json_out, "--json", force=force, home=home)
+    check_output_file(report, "--report", force=force, home=home)
+    check_output_dir(keep_images, "--keep-images", home=home)
     reg = Registry(home)
     if whitebox:
         with console.status("reading the denoiser at the marked samples...", spinner="dots") if not json_only \
@@ -93,8 +101,6 @@ def audit_cmd(
                                     n_decoys=decoys, device=device, dtype=dtype, config=config,
                                     statistic=statistic)
     elif model is not None:
-        if keep_images is not None and keep_images.exists():
-            raise TracemarkError(f"{keep_images}: already exists")
         with console.status("generating and scoring images...", spinner="dots") if not json_only else _null():
             result = audit_model(model, reg, lora=lora, dataset=dataset, n=n, seed=seed, steps=steps,
                                  guidance=guidance, alpha=alpha, n_decoys=decoys, work_dir=keep_images, data_dir=data,
@@ -108,11 +114,11 @@ def audit_cmd(
     if json_out:
         from tracemark.fsutil import write_text_atomic
 
-        write_text_atomic(json_out, json.dumps(data, indent=2, default=float) + "\n")
+        write_text_atomic(json_out, json.dumps(data, indent=2, default=float) + "\n", force=force)
     if report:
         from tracemark.report import write_report
 
-        write_report(result, report)
+        write_report(result, report, force=force)
     if json_only:
         print(json.dumps(data, default=float))
         return

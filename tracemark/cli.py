@@ -57,10 +57,16 @@ def _print_skipped(skipped: list[str], what: str) -> None:
             console.print(f"    {line}")
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _write_json(path: Path, data: dict, force: bool) -> None:
     from tracemark.fsutil import write_text_atomic
 
-    write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n", force=force)
+
+
+def _check_out_dir(out: Path, home: Optional[Path]) -> None:
+    from tracemark.fsutil import check_output_dir
+
+    check_output_dir(out, "--out", home=home, new=False)  # protect/materialize say why an existing one is refused
 
 
 HomeOpt = typer.Option(None, "--home", envvar="TRACEMARK_HOME", help="Registry folder (default ~/.tracemark).")
@@ -82,10 +88,16 @@ def init(home: Optional[Path] = HomeOpt, owner: str = typer.Option("owner", help
 
 
 @app.command()
-def backup(dest: Path = typer.Argument(..., help="Backup file to write (mode 0600)."), home: Optional[Path] = HomeOpt) -> None:
-    """Write a consistent backup of the registry (SQLite online backup; safe while other commands run)."""
-    path = _registry(home).backup(dest)
+def backup(dest: Path = typer.Argument(..., help="Backup file to write (mode 0600); outside the tracemark home."),
+           force: bool = typer.Option(False, "--force", help="Overwrite an existing backup file."),
+           home: Optional[Path] = HomeOpt) -> None:
+    """Write a consistent backup of the registry (SQLite online backup; safe while other commands run).
+
+    The master key is not in it: keep a copy of master.key apart (every licensee key derives from it)."""
+    reg = _registry(home)
+    path = reg.backup(dest, force=force)
     console.print(f"Registry backed up to {path}")
+    console.print(f"  The master key is not in the backup: keep {reg.key_path} safe apart from it.")
 
 
 @app.command()
@@ -95,8 +107,16 @@ def restore(backup_file: Path = typer.Argument(..., help="A file written by `tra
     from tracemark.registry import default_home
     from tracemark.registry import restore as _restore
 
-    db = _restore(home or default_home(), backup_file)
-    console.print(f"Registry restored from {backup_file} to {db}")
+    res = _restore(home or default_home(), backup_file)
+    console.print(f"Registry restored from {backup_file} to {res.db}")
+    if res.replaced is not None:
+        console.print(f"  The registry it replaced is kept as {res.replaced}")
+    if res.not_in_backup:
+        err_console.print(f"[yellow]warning:[/] {len(res.not_in_backup)} cop{'y' if len(res.not_in_backup) == 1 else 'ies'}"
+                          f" recorded in the replaced registry {'is' if len(res.not_in_backup) == 1 else 'are'} not in "
+                          f"this backup ({', '.join(res.not_in_backup[:5])}{', ...' if len(res.not_in_backup) > 5 else ''}):"
+                          f" they cannot be traced until {res.replaced} is restored instead", highlight=False,
+                          soft_wrap=True)
 
 
 @app.command()
@@ -127,6 +147,7 @@ def protect(
     from tracemark.schemes import parse_params
 
     params = parse_params(param)
+    _check_out_dir(out, home)
     reg = _registry(home)
     res = _with_progress("protect", lambda progress: do_protect(
         data_dir, out, licensee, registry=reg, dataset_name=dataset, scheme=scheme, strategy=strategy,
@@ -156,6 +177,7 @@ def materialize(
     """Re-derive a licensee's issued copy from the registry, the original data and the master key."""
     from tracemark.materialize import materialize as do_materialize
 
+    _check_out_dir(out, home)
     reg = _registry(home)
     res = _with_progress("materialize", lambda progress: do_materialize(
         reg, licensee, out, dataset=dataset, data_dir=data, fmt=fmt, shard_size=shard_size, workers=workers,
@@ -204,11 +226,22 @@ def copies(dataset: Optional[str] = typer.Option(None, help="Only this dataset."
     if as_json:
         for r in rows:
             print(json.dumps(r))
+        _print_pending(reg, dataset)
         return
     table = _table("id", "dataset", "licensee", "scheme", "strategy", "rate", "marked", "key id", "issued", "path")
     for r in rows:
         table.add_row(*(f"{v:g}" if isinstance(v, float) else str(v) for v in r.values()))
     console.print(table)
+    _print_pending(reg, dataset)
+
+
+def _print_pending(reg, dataset: Optional[str]) -> None:
+    """Copies whose protect was interrupted before their folder was written: not issued, not traced."""
+    for p in reg.pending_copies():
+        if dataset is None or p["dataset"] == dataset:
+            err_console.print(f"[yellow]interrupted:[/] copy {p['id']} of {p['dataset']} for {p['licensee']} "
+                              f"({p['out_path']}) was never written; rerun the same `tracemark protect` command",
+                              highlight=False, soft_wrap=True)
 
 
 def _print_verdict(verdict, top: int = 10) -> None:
@@ -225,7 +258,10 @@ def _print_verdict(verdict, top: int = 10) -> None:
 @app.command("trace-files")
 def trace_files_cmd(
     leaked_dir: Path = typer.Argument(..., help="Folder of leaked files (a copy, or some of its images)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the verdict as JSON here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the verdict as JSON here (- for standard "
+                                            "output); never inside the tracemark home, never over a file unless "
+                                            "--force."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --json file."),
     dataset: Optional[str] = typer.Option(None, help="Only test copies of this dataset."),
     alpha: float = typer.Option(0.01, help="Family-wise false-accusation rate."),
     decoys: int = typer.Option(1000, help="Decoy keys for the null distribution."),
@@ -237,7 +273,10 @@ def trace_files_cmd(
     from tracemark.fsutil import check_output_file
     from tracemark.trace import trace_files
 
-    check_output_file(json_out, "--json")
+    to_stdout = json_out is not None and str(json_out) == "-"
+    if to_stdout:
+        json_out = None
+    check_output_file(json_out, "--json", force=force, home=home)
     reg = _registry(home)
     with _progress("reading") as bar:
         task = bar.add_task("read", total=None)
@@ -249,9 +288,12 @@ def trace_files_cmd(
                           highlight=False, soft_wrap=True)
     result = {"tracemark_version": __version__, "kind": "trace-files", "input": str(leaked_dir), **verdict.to_dict()}
     reg.add_audit("trace-files", str(leaked_dir), verdict.used, verdict.p_value, result)
+    if to_stdout:
+        print(json.dumps(result, default=float))
+        return
     _print_verdict(verdict)
     if json_out:
-        _write_json(json_out, result)
+        _write_json(json_out, result, force)
         console.print(f"JSON written to {json_out}")
 
 

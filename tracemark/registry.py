@@ -10,13 +10,15 @@ re-derived from the master key (``$TRACEMARK_HOME/master.key``, mode 0600) when 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+import stat
+import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -184,7 +186,68 @@ def now() -> str:
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("TRACEMARK_HOME", Path.home() / ".tracemark"))
+    return Path(os.environ.get("TRACEMARK_HOME") or Path.home() / ".tracemark")
+
+
+#: Tables every registry of the current schema holds; a file missing one is damaged, not adopted.
+REQUIRED_TABLES = ("owner", "datasets", "licensees", "copies", "audits", "samples", "file_digests")
+LOCK_WAIT_S = 30.0
+
+
+def hold_lock(home: Path, exclusive: bool, wait_s: float = LOCK_WAIT_S):
+    """Take the home's lock file (``HOME/.lock``): every command that opens the registry holds it
+    shared for its whole run; ``restore`` holds it exclusive, so it never swaps the registry under
+    a running ``protect`` (whose rows would land in the replaced file). Returns the open file (the
+    lock lives as long as it does), or None where the home cannot hold a lock file (read-only: the
+    registry itself then says why it cannot be used)."""
+    try:
+        fd = os.open(home / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        if exclusive:
+            raise
+        return None
+    fh = os.fdopen(fd, "r+")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fh, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return fh
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                fh.close()
+                if exclusive:
+                    raise TracemarkError(f"{home}: another tracemark command is using the registry (protect, "
+                                         f"audit, ...); restore waits for it: try again when it has finished") \
+                        from None
+                raise TracemarkError(f"{home}: a `tracemark restore` is replacing the registry; try again when "
+                                     "it has finished") from None
+            time.sleep(0.1)
+
+
+def registry_error(db: Path, exc: sqlite3.Error) -> TracemarkError:
+    """Tell a registry SQLite cannot write (read-only home, disk full, a file size limit) from one
+    that is damaged: only the second needs a restore."""
+    msg = str(exc)
+    home = db.parent
+    cannot_write = any(t in msg for t in ("readonly", "read-only", "unable to open", "disk I/O error",
+                                          "database or disk is full"))
+    if isinstance(exc, sqlite3.OperationalError) and cannot_write:
+        if not os.access(home, os.W_OK | os.X_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            return TracemarkError(f"{home}: cannot write here (read-only?): tracemark needs write access to its "
+                                  f"home for the registry and its journal ({msg}); the registry was not changed")
+        return TracemarkError(f"{db}: cannot write the registry ({msg}: disk full, a file size limit such as "
+                              "`ulimit -f`, or a failing disk); this is no sign of damage: free space or lift "
+                              "the limit and run the command again")
+    return TracemarkError(f"{db}: the registry is damaged ({msg}); restore it from a backup with "
+                          "`tracemark restore BACKUP`")
+
+
+def check_private(path: Path, what: str) -> None:
+    """Refuse a registry file others can read: it lists every licensee and their marked files."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise TracemarkError(f"{path}: {what} is readable by others (mode {mode:o}); it lists every licensee's "
+                             f"marked files: run chmod 600 {path}")
 
 
 @dataclass
@@ -203,32 +266,50 @@ class SampleTable:
             raise TracemarkError("registry: a copy refers to samples missing from the sample table (damaged registry?)")
         return pos
 
-    def match(self, names: list[str], hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-        """Pairs (image index, sample id): images named like a sample (full relative name or base
-        name), else every sample within ``max_distance`` bits of the image's perceptual hash. One
-        vectorised pass over the table per image (a 10^6-sample table is 8 MB of hashes)."""
-        by_name = dict(zip(self.file_names, self.ids.tolist()))
-        by_base: dict[str, int] | None = None
-        img: list[np.ndarray] = []
-        sid: list[np.ndarray] = []
-        for k, name in enumerate(names):
-            hit = by_name.get(name) if name else None
-            if hit is None and name:
-                if by_base is None:  # built only when a leaked file was moved to another folder
-                    by_base = {}
-                    for n, i in zip(self.file_names, self.ids.tolist()):
-                        by_base.setdefault(n.rsplit("/", 1)[-1], i)
-                hit = by_base.get(name.rsplit("/", 1)[-1])
+    def match(self, names: list[str], hashes: np.ndarray,
+              max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each image's best sample, one row per image that has one: (image index, sample id, dHash
+        distance, matched by name). The sample the image is named after (full relative name, else base
+        name) is its match only when their hashes agree within ``max_distance`` bits: a renamed or
+        shuffled file is not trusted by its name alone. Otherwise the nearest sample in hash, if within
+        ``max_distance``; ties go to the lowest id, so the answer does not depend on the table's order.
+
+        Why the best and not every sample within reach: images of one domain sit a few bits apart,
+        and counting a file for all its look-alikes dilutes each copy's mark with files it never
+        marked. One vectorised pass over the table per image (a 10^6-sample table is 8 MB of hashes)."""
+        empty = np.zeros(0, dtype=np.int64)
+        if not len(self.ids):
+            return empty, empty, empty, np.zeros(0, dtype=bool)
+        by_name = {n: p for p, n in enumerate(self.file_names)}
+        by_base: dict[str, list[int]] | None = None
+        rows: list[tuple[int, int, int, bool]] = []
+        for k in range(len(hashes)):
+            dist = np.bitwise_count(self.dhash ^ np.uint64(hashes[k]))
+            name = names[k] if k < len(names) else ""
+            hit: int | None = None
+            if name:
+                cands = [by_name[name]] if name in by_name else None
+                if cands is None:
+                    if by_base is None:  # built only when a leaked file was moved to another folder
+                        by_base = {}
+                        for p, n in enumerate(self.file_names):
+                            by_base.setdefault(n.rsplit("/", 1)[-1], []).append(p)
+                    cands = by_base.get(name.rsplit("/", 1)[-1], [])
+                if cands:
+                    p = min(cands, key=lambda p: (int(dist[p]), p))
+                    if dist[p] <= max_distance:
+                        hit = p
             if hit is not None:
-                img.append(np.array([k]))
-                sid.append(np.array([hit]))
-            elif k < len(hashes) and len(self.ids):
-                near = np.flatnonzero(np.bitwise_count(self.dhash ^ np.uint64(hashes[k])) <= max_distance)
-                img.append(np.full(len(near), k))
-                sid.append(self.ids[near])
-        if not img:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return np.concatenate(img).astype(np.int64), np.concatenate(sid).astype(np.int64)
+                rows.append((k, int(self.ids[hit]), int(dist[hit]), True))
+                continue
+            p = int(np.argmin(dist))  # the first minimum: the lowest id (ids are sorted)
+            if dist[p] <= max_distance:
+                rows.append((k, int(self.ids[p]), int(dist[p]), False))
+        if not rows:
+            return empty, empty, empty, np.zeros(0, dtype=bool)
+        img, sid, dist, named = zip(*rows)
+        return (np.array(img, dtype=np.int64), np.array(sid, dtype=np.int64), np.array(dist, dtype=np.int64),
+                np.array(named, dtype=bool))
 
 
 @dataclass
@@ -270,17 +351,49 @@ class Registry:
         self.key_path = self.home / "master.key"
         self._master: bytes | None = None
         if not self.db_path.exists():
+            if self.key_path.exists():
+                raise TracemarkError(f"{self.db_path}: the registry is missing but the master key is here; put the "
+                                     "registry back with `tracemark restore BACKUP` (init never overwrites a key)")
             raise TracemarkError(f"{self.home}: no tracemark registry here; run `tracemark init` first")
-        if not _new:
-            check_registry_file(self.db_path)
+        self._lock = hold_lock(self.home, exclusive=False)
         try:
+            if not _new:
+                check_registry_file(self.db_path)
+                check_private(self.db_path, "the registry")
             self.conn = self._connect()
+            if not _new:
+                self._check_schema(before_migration=True)
             self.migrate()
-            if not _new and self.conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("integrity check failed")
-        except sqlite3.DatabaseError as exc:
-            raise TracemarkError(f"{self.db_path}: the registry is damaged ({exc}); restore it from a backup "
-                                 "with `tracemark restore BACKUP`") from None
+            if not _new:
+                self._check_schema(before_migration=False)
+                if self.conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    raise sqlite3.DatabaseError("integrity check failed")
+                self.recover_pending()
+        except sqlite3.Error as exc:
+            self.close()
+            raise registry_error(self.db_path, exc) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_schema(self, before_migration: bool) -> None:
+        """Refuse an SQLite file that is not a tracemark registry (no schema: it would be adopted and
+        written to) or one that lost a table (every later query would be a traceback)."""
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if before_migration:
+            if version == 0:
+                what = f"tables {', '.join(sorted(tables))}" if tables else "no tables"
+                raise TracemarkError(f"{self.db_path}: not a tracemark registry (an SQLite file with {what}); "
+                                     "restore the registry with `tracemark restore BACKUP`")
+            return
+        missing = [t for t in REQUIRED_TABLES if t not in tables]
+        if missing:
+            raise TracemarkError(f"{self.db_path}: the registry is damaged (table {', '.join(missing)} missing); "
+                                 "restore it from a backup with `tracemark restore BACKUP`")
+        if self.conn.execute("SELECT 1 FROM owner WHERE id = 1").fetchone() is None:
+            raise TracemarkError(f"{self.db_path}: the registry is damaged (no owner record); restore it from a "
+                                 "backup with `tracemark restore BACKUP`")
 
     # --- setup ---------------------------------------------------------------------------
     @classmethod
@@ -341,7 +454,13 @@ class Registry:
             self.conn.execute("COMMIT")
 
     def close(self) -> None:
-        self.conn.close()
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
+            self._lock = None
 
     # --- keys ----------------------------------------------------------------------------
     def master(self) -> bytes:
@@ -421,26 +540,61 @@ class Registry:
         with self.write() as c:
             c.execute("UPDATE copies SET status = 'issued' WHERE id = ?", (copy_id,))
 
-    def backup(self, dest: str | Path) -> Path:
-        """A consistent copy of the registry (SQLite's online backup API), written atomically, 0600."""
+    def pending_copies(self) -> list[sqlite3.Row]:
+        """Copies whose issuing was interrupted before their folder was written (listed by ``copies``)."""
+        return self.conn.execute(
+            "SELECT c.id, c.out_path, c.created, d.name AS dataset, l.name AS licensee FROM copies c JOIN datasets d "
+            "ON d.id = c.dataset_id JOIN licensees l ON l.id = c.licensee_id WHERE c.status = 'pending' "
+            "ORDER BY c.id").fetchall()
+
+    def recover_pending(self) -> list[int]:
+        """Issue the pending copies whose folder is complete on disk.
+
+        ``protect`` commits a copy's row as pending, renames its finished folder into place (atomic),
+        then marks the row issued. A run killed between the last two steps leaves a complete copy
+        that no trace would test; its folder holding every marked file shows the rename happened,
+        so the row is issued here. Rows of runs killed before the rename stay pending: the next
+        ``protect`` of that licensee redoes them, and ``copies`` lists them."""
+        rows = self.conn.execute("SELECT id, dataset_id, out_path, marked_ids FROM copies "
+                                 "WHERE status = 'pending'").fetchall()
+        done = []
+        for r in rows:
+            out = Path(r["out_path"] or "")
+            if not r["out_path"] or not out.is_dir():
+                continue
+            table = self.sample_table(r["dataset_id"])
+            try:
+                names = [table.file_names[p] for p in table.positions(unpack_ids(r["marked_ids"]))]
+            except TracemarkError:
+                continue
+            if names and all((out / n).is_file() for n in names):
+                with self.write() as c:
+                    c.execute("UPDATE copies SET status = 'issued' WHERE id = ? AND status = 'pending'", (r["id"],))
+                done.append(int(r["id"]))
+        return done
+
+    def backup(self, dest: str | Path, *, force: bool = False) -> Path:
+        """A consistent copy of the registry (SQLite's online backup API), written atomically, 0600.
+        ``dest`` may not lie in the home, be a symlink or a special file, or (without ``force``) exist."""
+        from tracemark.fsutil import check_output_file, replace_checked, unique_temp
+
         dest = Path(dest)
-        if dest.is_dir():
-            raise TracemarkError(f"{dest}: is a folder; name the backup file")
-        if dest.resolve() == self.db_path.resolve():
-            raise TracemarkError(f"{dest}: that is the registry itself")
-        tmp = dest.with_name(f".{dest.name}.part")
+        check_output_file(dest, "the backup", force=force, home=self.home)
+        tmp: Path | None = None
         try:
-            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-            os.close(fd)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = unique_temp(dest)
             out = sqlite3.connect(tmp)
             try:
                 self.conn.backup(out)
             finally:
                 out.close()
-            os.replace(tmp, dest)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise TracemarkError(f"{dest}: cannot write the backup ({exc.strerror or exc})") from None
+            replace_checked(tmp, dest, force=force)
+        except (OSError, sqlite3.Error) as exc:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise TracemarkError(f"{dest}: cannot write the backup ({getattr(exc, 'strerror', None) or exc})") \
+                from None
         return dest
 
     def add_copy(self, c: sqlite3.Connection, *, dataset_id: int, licensee_id: int, key_id: str, scheme: str,
@@ -525,44 +679,104 @@ class Registry:
             return int(cur.lastrowid)
 
 
-def restore(home: str | Path | None, backup: str | Path) -> Path:
-    """Put a backup (from :meth:`Registry.backup`) in place of a registry; the file it replaces, if
-    any, is kept beside it as ``registry.sqlite.replaced-<time>``. The backup must be a sound
-    registry made with this home's master key."""
-    import shutil
-    import time
+@dataclass
+class Restored:
+    """What :func:`restore` did: the live registry, the file it replaced (kept), and the copies
+    that file recorded which the backup does not (``dataset/licensee``): records a restore of an
+    older backup would otherwise drop without a word."""
+
+    db: Path
+    replaced: Path | None
+    not_in_backup: list[str]
+
+
+def _copy_keys(path: Path) -> set[tuple[str, str, str]]:
+    try:
+        conn = sqlite3.connect(path)
+        try:
+            return {tuple(r) for r in conn.execute(
+                "SELECT d.name, l.name, c.key_id FROM copies c JOIN datasets d ON d.id = c.dataset_id "
+                "JOIN licensees l ON l.id = c.licensee_id")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return set()
+
+
+def restore(home: str | Path | None, backup: str | Path) -> Restored:
+    """Put a backup (from :meth:`Registry.backup`) in place of a registry.
+
+    Waits for every other tracemark command on this home to finish (the home's lock), folds the
+    committed records still in the write-ahead log into the file it replaces, and keeps that file
+    beside the registry as ``registry.sqlite.replaced-<time>`` (with its log, if the fold failed).
+    The backup must be a sound registry made with this home's master key."""
+    from tracemark.fsutil import unique_temp
 
     home = Path(home) if home else default_home()
     backup = Path(backup)
     if not backup.is_file():
         raise TracemarkError(f"{backup}: backup file not found")
+    db = home / "registry.sqlite"
+    if db.exists() and backup.resolve() == db.resolve():
+        raise TracemarkError(f"{backup}: that is the live registry itself, not a backup")
     check_registry_file(backup)
     try:
         src = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
         ok = src.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-        row = src.execute("SELECT key_check FROM owner WHERE id = 1").fetchone()
+        tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        row = src.execute("SELECT key_check FROM owner WHERE id = 1").fetchone() if "owner" in tables else None
     except sqlite3.DatabaseError as exc:
         raise TracemarkError(f"{backup}: not a usable tracemark registry backup ({exc})") from None
-    if not ok or row is None:
+    if not ok or row is None or "copies" not in tables:
         src.close()
-        raise TracemarkError(f"{backup}: not a usable tracemark registry backup (integrity check failed)")
+        raise TracemarkError(f"{backup}: not a usable tracemark registry backup (integrity check failed or "
+                             "tracemark's tables missing)")
     if row[0] is not None and (home / "master.key").exists() and \
             key_check_value(load_master_key(home / "master.key")) != row[0]:
         src.close()
         raise TracemarkError(f"{backup}: this backup was made with another master key than {home / 'master.key'}")
-    db = home / "registry.sqlite"
-    tmp = home / ".registry.sqlite.restore.part"
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    os.close(fd)
-    out = sqlite3.connect(tmp)
     try:
-        src.backup(out)
-    finally:
-        out.close()
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = hold_lock(home, exclusive=True)
+    except OSError as exc:
         src.close()
-    if db.exists():
-        shutil.move(db, db.with_name(f"registry.sqlite.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
-    for side in ("-wal", "-shm"):
-        Path(str(db) + side).unlink(missing_ok=True)
-    os.replace(tmp, db)
-    return db
+        raise TracemarkError(f"{home}: cannot restore here ({exc.strerror or exc})") from None
+    replaced: Path | None = None
+    tmp: Path | None = None
+    try:
+        tmp = unique_temp(db, suffix=".restore.part")
+        out = sqlite3.connect(tmp)
+        try:
+            src.backup(out)
+        finally:
+            out.close()
+            src.close()
+        if db.exists():
+            try:  # committed rows a killed reader left only in the -wal: fold them into the file we keep
+                conn = sqlite3.connect(db)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.close()
+            except sqlite3.Error:
+                pass  # a damaged registry: its log moves with it below
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            replaced = db.with_name(f"registry.sqlite.replaced-{stamp}")
+            n = 1
+            while any(os.path.lexists(f"{replaced}{side}") for side in ("", "-wal")):
+                n += 1
+                replaced = db.with_name(f"registry.sqlite.replaced-{stamp}-{n}")
+            os.replace(db, replaced)
+            for side in ("-wal", "-journal"):
+                if os.path.exists(f"{db}{side}") and os.path.getsize(f"{db}{side}"):
+                    os.replace(f"{db}{side}", f"{replaced}{side}")
+        for side in ("-wal", "-shm", "-journal"):
+            Path(f"{db}{side}").unlink(missing_ok=True)
+        os.replace(tmp, db)
+        tmp = None
+    except OSError as exc:
+        raise TracemarkError(f"{db}: cannot restore ({exc.strerror or exc})") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        lock.close()
+    lost = sorted(_copy_keys(replaced) - _copy_keys(db)) if replaced is not None else []
+    return Restored(db, replaced, [f"{d}/{lic}" for d, lic, _ in lost])

@@ -118,7 +118,7 @@ def _grid(items: list, max_n: int = 64, cell: int = 64) -> tuple[str, int, int]:
     return base64.b64encode(buf.getvalue()).decode(), len(items), cols * cell * 2
 
 
-def write_report(result, path: str | Path, max_rows: int = 50) -> Path:
+def write_report(result, path: str | Path, max_rows: int = 50, *, force: bool = True) -> Path:
     """Render an :class:`tracemark.audit.AuditResult` to one HTML file (atomically)."""
     r = result.to_dict()
     scores = sorted(r["licensees"], key=lambda s: s["p_value"])
@@ -135,7 +135,7 @@ def write_report(result, path: str | Path, max_rows: int = 50) -> Path:
     )
     from tracemark.fsutil import write_text_atomic
 
-    return write_text_atomic(Path(path), html)
+    return write_text_atomic(Path(path), html, force=force)
 
 
 def _reference_flags(p: dict) -> str:
