@@ -5,8 +5,12 @@ mark (measured: 64 px q90 files fell to 35.8 dB after a 42 dB mark). Instead the
 difference is converted to YCbCr (JFIF), subsampled like the file's chroma, transformed by the
 same orthonormal 8x8 DCT JPEG uses, divided by the file's quantisation tables, rounded, and added
 to the file's own quantised coefficients (read and written with ``jpeglib``, libjpeg's coefficient
-API). Everything else of the file (tables, Huffman coding choices, markers: EXIF, ICC, comments)
-is kept, and unmarked content is bit-identical in the coefficient domain.
+API). Unmarked content is bit-identical in the coefficient domain, and the file keeps its
+structure: libjpeg writes the scan with optimised Huffman tables exactly when the source's were
+optimised, and the scan is spliced into the source's own marker segments (APPn, COM, DQT, SOF:
+:func:`tracemark.imaging.splice_jpeg`), so a marked file shows the source's layout byte for byte
+up to its Huffman tables and scan. Progressive files and files with restart markers (libjpeg's
+coefficient writer here does neither) are left to the caller's re-encoding.
 """
 
 from __future__ import annotations
@@ -47,14 +51,27 @@ def _subsample(plane: np.ndarray, fy: int, fx: int) -> np.ndarray:
 
 def write_marked_jpeg(src: str | Path, dst: str | Path, delta_rgb: np.ndarray) -> bool:
     """Write ``src`` plus the pixel difference ``delta_rgb`` (H x W x 3, 0..255 units) to ``dst``
-    in the DCT domain. Returns False (nothing written) for files it does not handle (CMYK,
-    progressive, unusual sampling), so the caller falls back to decode / re-encode."""
+    in the DCT domain, with the source's structure. Returns False (nothing written) for files it
+    does not handle (CMYK, RGB-coded, progressive, restart markers, arithmetic coding, unusual
+    sampling), so the caller falls back to decode / re-encode."""
     import jpeglib
 
+    from tracemark.imaging import jpeg_huffman_is_standard, jpeg_segments, write_jpeg_spliced
+
+    source = Path(src).read_bytes()
+    try:
+        markers = {m for m, _ in jpeg_segments(source)}
+    except ValueError:
+        return False
+    # progressive files: jpeglib 1.0.2 writes baseline only; restart markers: it drops them; only
+    # Huffman-coded sequential frames (SOF0 / SOF1) are written back as what they were
+    if 0xDD in markers or not markers & {0xC0, 0xC1} or markers & {0xC2, 0xC3, 0xC9, 0xCA, 0xCB}:
+        return False
     jpeg = jpeglib.read_dct(str(src))
     try:
-        # progressive files: jpeglib 1.0.2 writes baseline only, so they are re-encoded (flag kept)
         if jpeg.has_black or jpeg.num_components not in (1, 3) or jpeg.progressive_mode:
+            return False
+        if int(jpeg.jpeg_color_space) != (3 if jpeg.num_components == 3 else 1):  # RGB-coded JPEGs
             return False
         samp = np.asarray(jpeg.samp_factor)
         fy_max, fx_max = samp[:, 0].max(), samp[:, 1].max()
@@ -75,7 +92,8 @@ def write_marked_jpeg(src: str | Path, dst: str | Path, delta_rgb: np.ndarray) -
         jpeg.Y = new[0]
         if len(new) == 3:
             jpeg.Cb, jpeg.Cr = new[1], new[2]
-        jpeg.write_dct(str(dst))
+        jpeg.write_dct(str(dst), flags=["-OPTIMIZE_CODING" if jpeg_huffman_is_standard(source) else "+OPTIMIZE_CODING"])
+        write_jpeg_spliced(src, Path(dst).read_bytes(), Path(dst))
         return True
     finally:
         jpeg.free() if hasattr(jpeg, "free") else None
