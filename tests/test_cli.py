@@ -229,8 +229,11 @@ def test_restore_into_a_fresh_home_and_warns_of_copies_missing_from_the_backup(s
     run("init", home=home)
     run("backup", tmp_path / "old.bak", home=home)
     run("protect", sample_dir, "-l", "a", "-o", tmp_path / "a", "--rate", "0.2", home=home)
+    run("backup", tmp_path / "new.bak", home=home)
     p = run("restore", tmp_path / "old.bak", home=home)
     assert "data/a" in p.stderr and "replaced" in p.stdout, p.stdout + p.stderr
     fresh = tmp_path / "fresh"
-    p = run("restore", tmp_path / "old.bak", home=fresh)
+    p = run("restore", tmp_path / "new.bak", home=fresh)
     assert (fresh / "registry.sqlite").exists()
+    p = run("trace-files", tmp_path / "a", home=fresh, check=False)  # the key is kept apart from the backup
+    assert p.returncode == 1 and "put your copy of master.key back" in p.stderr and "init" not in p.stderr, p.stderr

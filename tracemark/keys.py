@@ -120,6 +120,9 @@ def load_master_key(path: Path) -> bytes:
     """Read the master key, checking it exists, is well formed and is private."""
     path = Path(path)
     if not path.exists():
+        if (path.parent / "registry.sqlite").exists():  # e.g. a registry restored into a fresh home
+            raise TracemarkError(f"{path}: the master key is missing beside its registry; put your copy of "
+                                 "master.key back here (mode 0600): every licensee key derives from it")
         raise TracemarkError(f"{path}: no master key; run `tracemark init` first")
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
