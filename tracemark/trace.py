@@ -5,9 +5,11 @@ decoy-calibrated statistic of :mod:`tracemark.stats`, then correct over copies w
 the chance of naming *any* innocent licensee stays below ``alpha``. All copies that pass are
 named (collusion: each colluder's mark survives averaging), not just the top one.
 
-Query with what you know: when leaked files can be matched to the samples a copy marked (same
-file name, or a perceptual hash within a few bits), only those images are scored for that copy.
-The match uses image content and names, never the key, so the null distribution is unchanged.
+Query with what you know: each leaked file is matched to the one marked sample it is nearest to
+(perceptual hash; its file name counts only when the hash agrees), each sample keeps only its
+best-matching file (and that file's near-duplicates), and a copy is scored on the files matched to
+the samples it marked. The match uses image content and names, never the key, so the null
+distribution is unchanged; decoys are scored on the same files as the key they stand in for.
 """
 
 from __future__ import annotations
@@ -22,11 +24,19 @@ import numpy as np
 from tracemark import stats
 from tracemark.dataset import content_sample, list_images, read_image_rgb
 from tracemark.errors import TracemarkError
-from tracemark.imaging import dhash
 from tracemark.registry import Copy, Registry
 from tracemark.schemes import get_scheme
 
 DHASH_MAX_DISTANCE = 6
+#: Bits within which a leaked file may match a marked sample. Wider than DHASH_MAX_DISTANCE: on small
+#: images with flat backgrounds the mark itself, JPEG or resizing flip up to ~12 of the 64 bits
+#: (measured on 64 px faces), and since each file keeps only its nearest sample and each sample only
+#: its best file, the look-alikes a wider radius reaches no longer dilute the mark.
+MATCH_MAX_DISTANCE = 12
+#: Correlation of 16x16 grey thumbnails above which two leaked files are the same image (e.g. two
+#: licensees' copies of one sample, or a copy's file and the original): distinct faces of one domain
+#: reach 0.96 at the 99.9th percentile, a file and its marked or re-encoded version >= 0.98.
+NEAR_DUPLICATE = 0.99
 DEFAULT_DECOYS = 1000
 DEFAULT_ALPHA = 0.01
 
@@ -46,6 +56,8 @@ class CopyScore:
     n_images: int
     matched: bool
     named: bool = False
+    #: Leaked files matched to this copy's marked samples (0 when it was scored on all images).
+    n_matched: int = 0
 
 
 @dataclass
@@ -61,6 +73,8 @@ class Verdict:
     timings: dict = field(default_factory=dict)
     #: Copies that could not be tested (e.g. a row whose key the master key does not derive), one line each.
     untested: list[str] = field(default_factory=list)
+    #: Why this verdict may say less than it seems to (e.g. no leaked file matched a marked sample).
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -76,7 +90,8 @@ class Verdict:
             return (f"Watermark detected: these images carry the mark of {who} "
                     f"(p = {self.p_value:.2e}, Holm-corrected over {len(self.scores)} copies, alpha = {self.alpha}).")
         return (f"No watermark detected (smallest corrected p = {self.p_value:.2e} >= alpha = {self.alpha}, "
-                f"{len(self.scores)} copies tested on {self.n_images} images).")
+                f"{len(self.scores)} copies tested on {self.n_images} images)."
+                + "".join(f" Warning: {w}" for w in self.warnings))
 
 
 def scheme_params(copy: Copy) -> dict:
@@ -118,11 +133,65 @@ def load_images(paths: Sequence[Path]) -> list[np.ndarray]:
     return [read_image_rgb(p) for p in paths]
 
 
-def _subsets_by_match(copies: Sequence[Copy], names: Sequence[str], hashes: np.ndarray) -> dict[int, np.ndarray]:
-    """For every copy, the indices of the images that are its marked samples (by file name, else by
-    perceptual hash within ``DHASH_MAX_DISTANCE`` bits). One pass over each dataset's sample table,
-    then a set-membership test per copy: the cost does not grow with copies x marked samples.
-    The match uses image content and names, never the key, so the null is unchanged."""
+def _hash_margins(image: np.ndarray) -> tuple[int, np.ndarray]:
+    """The image's dHash (:func:`tracemark.imaging.dhash`, same bits) and, per bit, how far the two
+    grey cells it compares are apart: near-ties are the bits a mark, JPEG or resizing flip."""
+    from PIL import Image
+
+    g = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).convert("L").resize((9, 8), Image.Resampling.BOX)
+    a = np.asarray(g, dtype=np.int16)
+    d = (a[:, 1:] - a[:, :-1]).ravel()
+    return sum(1 << int(i) for i in np.flatnonzero(d > 0)), np.abs(d).astype(np.float64)
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    """Zero-mean unit-norm 16x16 grey thumbnail: tells two files of one image from two look-alikes."""
+    from PIL import Image
+
+    im = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).convert("L").resize((16, 16), Image.Resampling.BOX)
+    a = np.asarray(im, dtype=np.float64).ravel()
+    a -= a.mean()
+    return a / max(float(np.linalg.norm(a)), 1e-9)
+
+
+def _best_per_sample(img: np.ndarray, sid: np.ndarray, dist: np.ndarray, named: np.ndarray,
+                     images: Sequence[np.ndarray] | None) -> np.ndarray:
+    """Mask of the (image, sample) pairs kept: for each sample, the files that match it by name and
+    hash, else the files nearest to it (margin-weighted hash distance), plus the near-duplicates of those (the same image in
+    several licensees' copies, or a copy's file beside the original, each scored for every copy
+    that marked the sample). Look-alikes of other images lose to the sample's own file."""
+    keep = np.zeros(len(img), dtype=bool)
+    thumbs: dict[int, np.ndarray] = {}
+
+    def thumb(k: int) -> np.ndarray:
+        if k not in thumbs:
+            thumbs[k] = _thumbnail(images[k])
+        return thumbs[k]
+
+    order = np.lexsort((img, sid))
+    bounds = np.flatnonzero(np.diff(sid[order])) + 1
+    for grp in np.split(order, bounds):
+        if len(grp) == 1:
+            keep[grp] = True
+            continue
+        best = grp[named[grp]] if named[grp].any() else grp[dist[grp] == dist[grp].min()]
+        keep[best] = True
+        if len(best) < len(grp) and images is not None:
+            W = np.stack([thumb(int(img[j])) for j in best])
+            for j in grp:
+                if not keep[j] and float((W @ thumb(int(img[j]))).max()) >= NEAR_DUPLICATE:
+                    keep[j] = True
+    return keep
+
+
+def _subsets_by_match(copies: Sequence[Copy], names: Sequence[str], hashes: np.ndarray,
+                      margins: np.ndarray | None = None,
+                      images: Sequence[np.ndarray] | None = None) -> dict[int, np.ndarray]:
+    """For every copy with marked samples, the indices of the images matched to them (possibly
+    none): each image to its best sample (:meth:`SampleTable.match`), each sample to its best file(s)
+    (:func:`_best_per_sample`). One pass over each dataset's sample table, then a set-membership
+    test per copy: the cost does not grow with copies x marked samples. The match uses image
+    content and names, never the key, so the null is unchanged."""
     out: dict[int, np.ndarray] = {}
     pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for copy in copies:
@@ -130,13 +199,16 @@ def _subsets_by_match(copies: Sequence[Copy], names: Sequence[str], hashes: np.n
             continue
         t = id(copy.samples)
         if t not in pairs:
-            pairs[t] = copy.samples.match(list(names), hashes, DHASH_MAX_DISTANCE)
+            img, sid, dist, named = copy.samples.match(list(names), hashes, MATCH_MAX_DISTANCE, margins)
+            keep = _best_per_sample(img, sid, dist, named, images) if len(img) else np.zeros(0, dtype=bool)
+            pairs[t] = (img[keep], sid[keep])
         img, sid = pairs[t]
         marked = copy.marked_ids  # sorted: a binary search per matched image
+        if not len(img):
+            out[copy.id] = np.zeros(0, dtype=np.int64)
+            continue
         pos = np.minimum(np.searchsorted(marked, sid), len(marked) - 1)
-        hit = np.unique(img[marked[pos] == sid])
-        if len(hit):
-            out[copy.id] = hit
+        out[copy.id] = np.unique(img[marked[pos] == sid])
     return out
 
 
@@ -179,7 +251,9 @@ def score_copies(
     if len(images) == 0:
         raise TracemarkError("no images to score")
     t0 = time.perf_counter()
-    hashes = np.array([dhash(im) for im in images], dtype=np.uint64) if match_files else np.zeros(0, np.uint64)
+    hm = [_hash_margins(im) for im in images] if match_files else []
+    hashes = np.array([h for h, _ in hm], dtype=np.uint64)
+    margins = np.array([m for _, m in hm]).reshape(len(hm), 64)
     names = list(names) if names is not None else [""] * len(images)
     feats: dict[str, tuple] = {}
     rng = np.random.default_rng(seed)
@@ -189,7 +263,14 @@ def score_copies(
     # pass 1: each copy's scheme, key and images; copies that read the same images with the same
     # scheme form one group, tested with one pooled vector, one decoy pass and one key-matrix product
     groups: dict[tuple, list] = {}
-    matched = _subsets_by_match(copies, names, hashes) if match_files else {}
+    matched = _subsets_by_match(copies, names, hashes, margins, images) if match_files else {}
+    warnings: list[str] = []
+    if match_files and not any(len(v) for v in matched.values()):
+        # nothing to match on: score every image for every copy (calibrated, but weaker), and say so
+        matched = {}
+        warnings.append(f"none of the {len(images)} images matched a marked sample of any copy (by perceptual "
+                        "hash, or by file name where the hash agrees); all were scored for every copy. Files "
+                        "that were cropped or heavily edited, or that no copy marked, cannot be tested here.")
     for copy in copies:
         params = scheme_params(copy)
         sig = f"{copy.scheme}:{sorted(params.items())}"
@@ -208,6 +289,8 @@ def score_copies(
             subset = np.asarray(subsets[copy.id], dtype=int)
         elif match_files:
             subset = matched.get(copy.id)
+            if subset is None and matched:  # no marked sample to match: nothing of this copy's to score
+                subset = np.zeros(0, dtype=np.int64)
         gkey = (sig, None if subset is None else subset.tobytes())
         groups.setdefault(gkey, []).append((copy, key, subset))
     # pass 2: one test per group
@@ -219,7 +302,7 @@ def score_copies(
         if len(Fi) == 0:  # no image was queried for these copies: nothing to test, p = 1
             for copy, _, sub in members:
                 by_id[copy.id] = CopyScore(copy.id, copy.dataset, copy.licensee, copy.scheme, copy.strategy, 0.0, 0.0,
-                                           1.0, 1.0, 1.0, 0, sub is not None)
+                                           1.0, 1.0, 1.0, 0, sub is not None, n_matched=0)
             continue
         P = sch.key_vectors([key for _, key, _ in members])
         res = stats.test_keys(Fi, P, decoys, sch.kind, basis)
@@ -231,7 +314,7 @@ def score_copies(
             nulls[copy.id] = null
             by_id[copy.id] = CopyScore(copy.id, copy.dataset, copy.licensee, copy.scheme, copy.strategy, stat,
                                        float(z), float(res.p_value[j]), float(res.p_empirical[j]), 1.0, len(Fi),
-                                       sub is not None)
+                                       sub is not None, n_matched=len(matched.get(copy.id, ())))
     rows = [by_id[c.id] for c in copies if c.id in by_id]
     if not rows:
         raise TracemarkError(f"no issued copy could be tested: {untested[0]}")
@@ -244,7 +327,7 @@ def score_copies(
     return Verdict(
         used=bool(named), p_value=float(p_holm.min()), alpha=alpha, n_images=len(images), n_decoys=n_decoys,
         named=named, scores=rows, null=nulls, timings={"scoring_s": round(time.perf_counter() - t0, 3)},
-        untested=untested,
+        untested=untested, warnings=warnings,
     )
 
 
