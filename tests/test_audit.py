@@ -281,3 +281,56 @@ def test_model_hash_covers_single_files_and_reads_each_file_once(tmp_path, monke
     assert model_hash(ckpt, lora, reg) == h1 and reads == []  # second audit: nothing re-read
     ckpt.write_bytes(b"weights-2")  # a changed file (size/mtime) is hashed again
     assert model_hash(ckpt, lora, reg) != h1 and len(reads) == 1
+
+
+@pytest.mark.parametrize("option,value,match", [
+    ("steps", 0, "--steps must be a positive integer"),
+    ("seed", -1, "--seed must be an integer from 0"),
+    ("guidance", float("nan"), "--guidance must be a finite number"),
+    ("guidance", float("inf"), "--guidance must be a finite number"),
+    ("n", 0, "--n must be a positive integer"),
+])
+def test_audit_options_are_checked_before_anything_is_loaded(tmp_path, option, value, match):
+    """Issue #27.10: --steps 0 was a ZeroDivisionError and --seed -1 a numpy ValueError, both after the
+    model was loaded; --guidance nan was accepted. Now one line, before the model (here: missing)."""
+    from tracemark.audit import audit_model
+
+    reg = seeded_registry(tmp_path / "home")
+    with pytest.raises(TracemarkError, match=match):
+        audit_model(tmp_path / "no_such_model", reg, **{option: value})
+
+
+def test_cli_audit_options_are_one_line_errors(tmp_path):
+    """The same through the command line: exit 1, `error: ...`, no traceback, for --images too."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRACEMARK_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    for args, match in ((["--steps", "0"], "--steps"), (["--seed", "-1"], "--seed"), (["--guidance", "nan"], "--guidance")):
+        p = subprocess.run([sys.executable, "-m", "tracemark", "audit", "--model", str(tmp_path / "m"), *args],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 1 and "Traceback" not in p.stderr and match in p.stderr, p.stderr
+
+
+def test_ctrl_c_while_the_commands_are_imported_exits_130_without_a_traceback(tmp_path):
+    """Issue #27.10: a KeyboardInterrupt while the heavy commands were imported (torch: seconds, before
+    main's try) printed a traceback. An import hook raises it at that point, deterministically."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Hook:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'tracemark.audit_cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "        return None\n"
+        "from tracemark.cli import main\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        "sys.argv = ['tracemark', 'audit', '--help']\n"
+        "main()\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 130, p.stdout + p.stderr
+    assert "interrupted" in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -166,3 +166,41 @@ def test_a_symlink_inside_the_dataset_keeps_its_own_name_in_the_copy(tmp_path):
     names = [_json.loads(line)["file_name"] for line in (tmp_path / "c" / "metadata.jsonl").read_text().splitlines()]
     assert "link.png" in names and all((tmp_path / "c" / n).is_file() for n in names)
     assert not (tmp_path / "c" / "link.png").is_symlink()
+
+
+def test_a_lone_surrogate_escape_is_refused_when_the_metadata_is_read(tmp_path):
+    """Issue #27.10: a caption holding the JSON escape "\\ud800" parsed, and failed only when the
+    copy's metadata was written, after the images were marked."""
+    from tracemark.dataset import read_rows
+
+    root = write_ds(tmp_path / "d", [{"file_name": "a.png", "text": "fine"}, b'{"file_name": "b.png", "text": "x \\ud800"}\n'],
+                    {"a.png": rgb(), "b.png": rgb()})
+    with pytest.raises(TracemarkError, match=r"metadata.jsonl:2: field 'text' holds a lone surrogate") as e:
+        read_rows(root / "metadata.jsonl")
+    assert "\n" not in str(e.value)
+    with pytest.raises(TracemarkError, match=r"metadata.jsonl:2:"):
+        load_dataset(root)
+    # a surrogate *pair* is an ordinary character (U+1F600)
+    write_ds(tmp_path / "ok", [b'{"file_name": "a.png", "text": "smile \\ud83d\\ude00"}\n'], {"a.png": rgb()})
+    assert load_dataset(tmp_path / "ok").samples[0].text == "smile \U0001F600"
+
+
+@pytest.mark.parametrize("case", ["self_loop_named", "through_a_loop", "metadata_loop"])
+def test_a_symlink_loop_in_the_dataset_is_a_one_line_error(tmp_path, case):
+    """Issue #27.10: `ln -s loop loop` named by a row was a RuntimeError traceback; a metadata file that
+    is a link loop was skipped without a word (its rows silently dropped)."""
+    import os
+
+    root = write_ds(tmp_path / "d", [{"file_name": "a.png", "text": "x"}], {"a.png": rgb()})
+    os.symlink("loop", root / "loop")
+    os.symlink("..", root / "up")  # a folder link to its parent: not walked, harmless
+    if case == "metadata_loop":
+        (root / "sub").mkdir()
+        os.symlink("metadata.jsonl", root / "sub" / "metadata.jsonl")
+    else:
+        name = "loop" if case == "self_loop_named" else "loop/b.png"
+        with open(root / "metadata.jsonl", "a") as fh:
+            fh.write(json.dumps({"file_name": name, "text": "y"}) + "\n")
+    with pytest.raises(TracemarkError, match="symlink loop") as e:
+        load_dataset(root)
+    assert "\n" not in str(e.value) and str(root) in str(e.value)

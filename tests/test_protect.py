@@ -328,3 +328,98 @@ def test_marked_samples_land_once_in_the_sample_table(registry, sample_dir, tmp_
     assert all(file_sha256(sample_dir / n) == h for n, h in rows)
     assert (len(ca.marked_ids), len(cb.marked_ids)) == (a.n_marked, b.n_marked)
     assert registry.conn.execute("SELECT MAX(LENGTH(marked)) FROM copies").fetchone()[0] == 2  # '[]'
+
+
+def test_stale_temporary_folders_of_dead_runs_are_removed_whatever_their_output(sample_dir, registry, tmp_path):
+    """Issue #27.9: a killed run's hidden temporary folder (up to a whole marked copy) stayed until that
+    same --out was protected again; now any protect beside it removes it once its process is gone.
+    Live processes' folders, other machines' folders and names that are not ours are left alone."""
+
+    def tmp(name):
+        p = tmp_path / name
+        p.mkdir()
+        (p / "000001.png").write_bytes(b"half a copy")
+        return p
+
+    dead_other = tmp(".copy_bob.tracemark-tmp-999999999-abcd1234")  # another licensee's --out, dead pid
+    live = tmp(f".copy_carl.tracemark-tmp-{os.getpid()}-abcd1234")
+    not_ours = tmp(".copy_x.tracemark-tmp-notapid")
+    host = getattr(protect_mod, "_host_tag", lambda: "12345678")()  # temp names carry this machine's tag
+    dead_tagged = tmp(f".copy_eve.tracemark-tmp-999999998-abcd1234-{host}")
+    elsewhere = tmp(".copy_dan.tracemark-tmp-999999999-abcd1234-" + ("0" * 8 if host != "0" * 8 else "1" * 8))
+    protect(sample_dir, tmp_path / "copy_acme", "acme", registry=registry, rate=0.2, workers=1)
+    assert not dead_other.exists() and not dead_tagged.exists()
+    assert live.exists() and elsewhere.exists() and not_ours.exists()
+
+
+def test_names_with_control_characters_or_outer_whitespace_are_refused(sample_dir, registry, tmp_path):
+    """Issue #27.11: a licensee name with a newline or ESC was stored and printed raw to every terminal;
+    now refused in one line (the name shown escaped) before anything is written."""
+    for bad in ("acme\nEvil Corp", "acme\x1b[2J", " acme", "acme\t", "acme\u202e", "acme\x00"):
+        with pytest.raises(TracemarkError, match="--licensee") as e:
+            protect(sample_dir, tmp_path / "c", bad, registry=registry, rate=0.2, workers=1)
+        msg = str(e.value)
+        assert "\n" not in msg and "\x1b" not in msg and "\x00" not in msg
+    with pytest.raises(TracemarkError, match="--dataset"):
+        protect(sample_dir, tmp_path / "c", "acme", registry=registry, dataset_name="data\x1b]0;x\x07", workers=1)
+    odd = tmp_path / "data\nset"
+    shutil.copytree(sample_dir, odd)
+    with pytest.raises(TracemarkError, match="give --dataset NAME"):
+        protect(odd, tmp_path / "c", "acme", registry=registry, rate=0.2, workers=1)
+    assert not (tmp_path / "c").exists() and registry.copies() == [] and registry.licensees() == []
+    protect(sample_dir, tmp_path / "c", "Ünïcode & Co. 2", registry=registry, rate=0.2, workers=1)  # printable: fine
+
+
+def test_files_the_metadata_does_not_name_are_reported_not_silently_dropped(tmp_path, registry):
+    """Issue #27.11: an image without a metadata row and a non-image file were left out of the copy
+    without a word. They stay out (imagefolder trains on the rows only), but protect lists them."""
+    root = _small_dataset(tmp_path / "ds", {f"{i:02d}.png": _noise_image(i) for i in range(6)})
+    _noise_image(9).save(root / "no_row.png")
+    (root / "notes.txt").write_text("captions to fix")
+    (root / ".DS_Store").write_bytes(b"\0")
+    os.symlink("loop", root / "loop")
+    res = protect(root, tmp_path / "c", "acme", registry=registry, rate=0.5, workers=1)
+    text = "\n".join(res.skipped)
+    assert f"{root / 'loop'}: broken symlink or symlink loop; left out of the copy" in text
+    assert f"{root / 'no_row.png'}: image not named in any metadata file" in text
+    assert f"{root / 'notes.txt'}: not an image, and no metadata row names it" in text
+    assert "1 hidden file(s)" in text and ".DS_Store" in text
+    assert res.n_samples == 6 and not (tmp_path / "c" / "no_row.png").exists()
+    for i in range(30):  # many: one line per file up to a limit, then a count
+        (root / f"extra{i}.txt").write_text("x")
+    res = protect(root, tmp_path / "c2", "bob", registry=registry, rate=0.5, workers=1)
+    assert any("12 more file(s) of this kind" in line for line in res.skipped) and len(res.skipped) < 30
+
+
+def test_empty_captions_are_refused_for_trigger_copies_only(tmp_path, registry):
+    """Issue #27.11: a whitespace-only caption of a marked sample became the trigger word alone (the mark
+    given away). With a trigger every caption must hold text, whatever the key selects (file:line);
+    ambient copies keep empty captions as they are."""
+    root = _small_dataset(tmp_path / "ds", {f"{i:02d}.png": _noise_image(i) for i in range(6)})
+    lines = (root / "metadata.jsonl").read_text().splitlines()
+    for k in (2, 4):
+        row = json.loads(lines[k])
+        row["text"] = "  \t "
+        lines[k] = json.dumps(row)
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    for scope in ("licensee", "dataset"):
+        with pytest.raises(TracemarkError, match=r"metadata.jsonl:3: empty caption \(and 1 more\).*--strategy ambient"):
+            protect(root, tmp_path / "c", "acme", registry=registry, rate=1.0, workers=1, trigger_scope=scope)
+    assert not (tmp_path / "c").exists() and registry.copies() == []
+    protect(root, tmp_path / "c", "acme", registry=registry, rate=1.0, workers=1, strategy="ambient")
+    assert [s.text for s in load_dataset(tmp_path / "c").samples].count("  \t ") == 2
+
+
+def test_a_lone_surrogate_caption_is_refused_before_any_image_is_marked(tmp_path, registry, monkeypatch):
+    """Issue #27.10: the caption "\\ud800" raised UnicodeEncodeError (a traceback) after the images were
+    marked; now protect refuses the metadata line before any work."""
+    root = _small_dataset(tmp_path / "ds", {f"{i:02d}.png": _noise_image(i) for i in range(4)})
+    _noise_image(4).save(root / "04.png")
+    with open(root / "metadata.jsonl", "a") as fh:
+        fh.write('{"file_name": "04.png", "text": "bad \\ud800 caption"}\n')
+    marked = []
+    real = protect_mod.mark_file
+    monkeypatch.setattr(protect_mod, "mark_file", lambda *a, **k: marked.append(a) or real(*a, **k))
+    with pytest.raises(TracemarkError, match=r"metadata.jsonl:5: field 'text' holds a lone surrogate"):
+        protect(root, tmp_path / "c", "acme", registry=registry, rate=1.0, workers=1)
+    assert marked == [] and not (tmp_path / "c").exists() and registry.copies() == []

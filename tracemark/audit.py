@@ -46,10 +46,41 @@ from tracemark.trace import (DEFAULT_ALPHA, DEFAULT_DECOYS, Verdict, check_test_
                              score_copies, trigger_of)
 
 MIN_PER_COPY = 16
+#: Seeds are 0 .. 2**32 - 1: the query plan scales them by ~1e5 (:func:`build_plan`) and numpy's
+#: generators refuse negative seeds, so anything outside would fail after the model is loaded.
+MAX_SEED = 2**32 - 1
 MAX_CANDIDATES = 8
 #: White-box statistics (:func:`audit_whitebox`); "auto": "loss" when there is a reference model, else "residual".
 WHITEBOX_STATISTICS = ("auto", "loss", "residual")
 DEFAULT_WHITEBOX_STATISTIC = "auto"
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def check_generation_options(*, n: int | None = None, seed: int | None = None, steps: int | None = None,
+                             guidance: float | None = None, batch_size: int | None = None) -> None:
+    """One-line errors for sampling options, checked before any model is loaded (``--steps 0`` used to
+    fail in the scheduler with a ZeroDivisionError, ``--seed -1`` in numpy, ``--guidance nan`` was
+    accepted and gave black images). ``None``: not given."""
+    import math
+
+    for flag, value in (("--n", n), ("--steps", steps), ("--batch-size", batch_size)):
+        if value is not None and (not _is_int(value) or value < 1):
+            raise TracemarkError(f"{flag} must be a positive integer, got {value}")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed <= MAX_SEED):
+        raise TracemarkError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed}")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.floating))
+                                 or not math.isfinite(guidance) or guidance < 0):
+        raise TracemarkError(f"--guidance must be a finite number >= 0, got {guidance}")
+
+
+def check_audit_options(*, n: int = 64, seed: int = 0, steps: int = 25, guidance: float = 6.0, batch_size: int = 32,
+                        alpha: float = DEFAULT_ALPHA, n_decoys: int = DEFAULT_DECOYS) -> None:
+    """Every numeric option of ``tracemark audit`` at once, before the registry or a model is read."""
+    check_generation_options(n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size)
+    check_test_parameters(alpha, n_decoys)
 
 
 @dataclass
@@ -240,14 +271,13 @@ def audit_model(
 
     from tracemark.diffusion.loading import load_pipeline
 
-    check_test_parameters(alpha, n_decoys)
+    check_audit_options(n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size, alpha=alpha,
+                        n_decoys=n_decoys)
     t0 = time.perf_counter()
     model_dir = Path(model_dir)
     copies = registry.copies(dataset)
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
-    if batch_size <= 0:
-        raise TracemarkError(f"--batch-size must be positive, got {batch_size}")
     if reference_lora is not None and reference is None:
         raise TracemarkError("--reference-lora needs --reference (the pipeline the LoRA goes on)")
     if pipe is None:  # a GPU when there is one (fp16 there), else the CPU in fp32
@@ -395,6 +425,7 @@ def audit_whitebox(
     from tracemark.whitebox import DEFAULT_DRAWS, DEFAULT_T_FRACS, denoiser_residuals, loss_gradients
 
     check_test_parameters(alpha, n_decoys)
+    check_generation_options(seed=seed)
     if statistic not in WHITEBOX_STATISTICS:
         raise TracemarkError(f"white-box statistic must be one of {', '.join(WHITEBOX_STATISTICS)}, got {statistic!r}")
     t0 = time.perf_counter()

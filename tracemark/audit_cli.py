@@ -63,9 +63,11 @@ def audit_cmd(
     home: Optional[Path] = typer.Option(None, "--home", envvar="TRACEMARK_HOME", help="Registry folder."),
 ) -> None:
     """Was this model fine-tuned on our data, and whose copy was it? Verdict with a p-value."""
-    from tracemark.audit import audit_images, audit_model, audit_whitebox
+    from tracemark.audit import audit_images, audit_model, audit_whitebox, check_audit_options
     from tracemark.registry import Registry
 
+    check_audit_options(n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size, alpha=alpha,
+                        n_decoys=decoys)
     if (model is None) == (images is None):
         raise TracemarkError("give exactly one of --model DIR or --images DIR")
     if lora is not None and model is None:
@@ -154,9 +156,11 @@ def generate_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="Pipeline folder for a single-file checkpoint."),
 ) -> None:
     """Generate N images from a pipeline (+ LoRA) into an imagefolder with prompts and seeds."""
+    from tracemark.audit import check_generation_options
     from tracemark.diffusion.generation import generate
     from tracemark.diffusion.loading import load_pipeline
 
+    check_generation_options(n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size)
     pipe = load_pipeline(model, lora=lora, device=device, dtype=dtype, config=config)
     path = generate(model, prompts, n, out, lora=lora, seed=seed, steps=steps, guidance=guidance,
                     batch_size=batch_size, pipe=pipe, progress=True)

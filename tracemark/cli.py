@@ -355,10 +355,10 @@ def _on_signal(signum, frame) -> None:
 def main() -> None:
     import signal
 
-    _mount_optional()
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     try:
+        _mount_optional()  # imports torch (seconds): Ctrl-C there is an interrupt like any other
         app(standalone_mode=True)
     except TracemarkError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

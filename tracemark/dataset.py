@@ -42,6 +42,7 @@ class Sample:
     path: Path
     metadata_file: Path
     extra: dict = field(default_factory=dict)
+    line: int = 0  #: the row's line in ``metadata_file`` (for one-line errors about its caption)
 
 
 @dataclass
@@ -81,6 +82,7 @@ def read_rows(meta: Path) -> list[tuple[int, dict]]:
                 raise TracemarkError(f"{meta}:{lineno}: line is not valid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
                 raise TracemarkError(f"{meta}:{lineno}: line is not a JSON object")
+            _check_unicode(row, meta, lineno)
             rows.append((lineno, row))
     else:
         reader = csv.DictReader(io.StringIO(text))
@@ -93,6 +95,38 @@ def read_rows(meta: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def _check_unicode(row: dict, meta: Path, lineno: int) -> None:
+    """Refuse a JSON escape of a lone UTF-16 surrogate (``"\\ud800"``): valid JSON, but no Unicode
+    text; it would only fail when the copy's metadata is written, after the images were marked."""
+
+    def bad(value) -> bool:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+            return False
+        if isinstance(value, dict):
+            return any(bad(k) or bad(v) for k, v in value.items())
+        if isinstance(value, list):
+            return any(bad(v) for v in value)
+        return False
+
+    for k, v in row.items():
+        if bad(k) or bad(v):
+            name = k.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            raise TracemarkError(f"{meta}:{lineno}: field '{name}' holds a lone surrogate escape (like \\ud800): "
+                                 "not Unicode text")
+
+
+def _resolve(path: Path, where: str) -> Path:
+    """``path.resolve()`` with a symlink loop as a one-line error (Python raises RuntimeError or OSError)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        raise TracemarkError(f"{path}: symlink loop or unreadable link ({where})") from exc
+
+
 def load_dataset(root: str | Path, caption_column: str = "text") -> Dataset:
     """Load and validate an imagefolder dataset (metadata only; images are not decoded).
 
@@ -102,16 +136,20 @@ def load_dataset(root: str | Path, caption_column: str = "text") -> Dataset:
     root = Path(root)
     if not root.is_dir():
         raise TracemarkError(f"{root}: dataset folder not found")
-    metas = sorted(
-        p for p in root.rglob("*") if p.name in METADATA_NAMES and p.is_file()
-    )
+    metas = []
+    for p in root.rglob("*"):  # symlinked folders are not followed: a link to a parent cannot loop here
+        if p.name in METADATA_NAMES and not p.is_dir():
+            if not p.is_file():  # a dangling link or a link loop: its rows would be dropped without a word
+                raise TracemarkError(f"{p}: metadata file is a broken symlink or a symlink loop")
+            metas.append(p)
+    metas.sort()
     if not metas:
         raise TracemarkError(f"{root}: no metadata.jsonl or metadata.csv (imagefolder layout expected)")
     kinds = {m.suffix for m in metas}
     if len(kinds) > 1:  # Hugging Face imagefolder refuses mixed metadata too
         raise TracemarkError(f"{root}: both metadata.jsonl and metadata.csv files ({', '.join(_rel(m, root) for m in metas)}); "
                              "use one format")
-    root_resolved = root.resolve()
+    root_resolved = _resolve(root, "the dataset folder")
     samples: list[Sample] = []
     seen: dict[str, Path] = {}
     for meta in metas:
@@ -124,7 +162,7 @@ def load_dataset(root: str | Path, caption_column: str = "text") -> Dataset:
                 raise TracemarkError(f"{meta}:{lineno}: missing or non-string caption column '{caption_column}'")
             path = (meta.parent / name)
             try:
-                path.resolve().relative_to(root_resolved)
+                _resolve(path, f"named in {meta.name} line {lineno}").relative_to(root_resolved)
                 # the name as written (a symlink keeps its own name: the copy holds a file under it)
                 rel = Path(os.path.normpath(path)).relative_to(Path(os.path.normpath(root))).as_posix()
             except ValueError as exc:
@@ -135,10 +173,33 @@ def load_dataset(root: str | Path, caption_column: str = "text") -> Dataset:
             if not path.is_file():
                 raise TracemarkError(f"{path}: file named in {meta.name} line {lineno} is missing")
             extra = {k: v for k, v in row.items() if k not in ("file_name", caption_column)}
-            samples.append(Sample(rel, caption, path, meta, extra))
+            samples.append(Sample(rel, caption, path, meta, extra, lineno))
     if not samples:
         raise TracemarkError(f"{root}: dataset is empty (no rows in {', '.join(m.name for m in metas)})")
     return Dataset(root, samples, metas, caption_column)
+
+
+def unlisted_files(ds: Dataset) -> tuple[list[Path], list[Path], list[Path]]:
+    """What a copy of ``ds`` leaves out: (images no metadata row names, other files that are neither
+    images nor metadata, hidden entries). Hugging Face imagefolder trains on the rows only and
+    ignores hidden files, so the copy does too; these lists let the caller say so. Symlinked folders
+    are not walked (no loops)."""
+    listed = {os.path.normpath(s.path) for s in ds.samples} | {os.path.normpath(m) for m in ds.metadata_files}
+    images: list[Path] = []
+    other: list[Path] = []
+    hidden: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(ds.root):
+        hidden += [Path(dirpath, d) for d in dirnames if d.startswith(".")]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            p = os.path.normpath(os.path.join(dirpath, f))
+            if p in listed:
+                continue
+            if f.startswith("."):
+                hidden.append(Path(p))
+            else:
+                (images if Path(f).suffix.lower() in IMAGE_EXTENSIONS else other).append(Path(p))
+    return images, other, hidden
 
 
 def load_samples(root: str | Path, caption_column: str = "text") -> list[Sample]:
@@ -190,6 +251,16 @@ def check_image_header(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise TracemarkError(f"{path}: image mode {im.mode} is not supported; {hint}")
     if im.mode == "P":
         raise TracemarkError(f"{path}: palette (P) images cannot carry an invisible mark; convert to RGB")
+    # Pillow opens 16-bit RGB / RGBA / grey+alpha and 1-4-bit grey as 8-bit modes: the marked file
+    # would silently change bit depth (and betray itself), so those depths are refused here
+    tile = im.tile[0] if im.tile else None
+    rawmode = tile[3] if tile is not None and len(tile) > 3 else None
+    rawmode = rawmode[0] if isinstance(rawmode, tuple) and rawmode else rawmode
+    if isinstance(rawmode, str) and ";" in rawmode:
+        depth = "".join(ch for ch in rawmode.split(";", 1)[1] if ch.isdigit())
+        if depth and depth != "8":
+            raise TracemarkError(f"{path}: {depth}-bit {rawmode.split(';')[0]} image is not supported (it would be "
+                                 f"written as 8-bit); convert it to 8 bits per channel")
     try:
         orientation = im.getexif().get(0x0112, 1)
     except Exception:  # malformed EXIF: treat as unrotated, pixel data is what we mark

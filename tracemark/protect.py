@@ -16,8 +16,12 @@ Harm is measured on the files as written (decoded back), not on the array before
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
+import socket
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +38,7 @@ from tracemark.dataset import (
     is_inside,
     load_dataset,
     read_image,
+    unlisted_files,
     write_metadata,
 )
 from tracemark.engine import check_engine, run_jobs
@@ -152,6 +157,8 @@ def process_file(job: tuple) -> dict:
 
 
 TMP_TAG = ".tracemark-tmp-"
+#: ``.<out name>.tracemark-tmp-<pid>-<8 hex>[-<host tag>]``: what :func:`temp_sibling` names.
+_TMP_NAME = re.compile(r"^\.(?P<out>.+)" + re.escape(TMP_TAG) + r"(?P<pid>\d+)-[0-9a-f]{8}(?:-(?P<host>[0-9a-f]{8}))?$")
 
 
 def _make_parents(folder: Path) -> list[Path]:
@@ -165,10 +172,15 @@ def _make_parents(folder: Path) -> list[Path]:
     return list(reversed(missing))
 
 
+def _host_tag() -> str:
+    """8 hex digits of this machine's name: a pid means something only on the machine that made it."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
 def temp_sibling(out_dir: Path) -> Path:
     """The temporary folder an output is assembled in (same filesystem: the final rename is atomic;
-    the pid in its name lets a later run remove it once this process is gone)."""
-    return out_dir.parent / f".{out_dir.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    the pid and host in its name let a later run on this machine remove it once this process is gone)."""
+    return out_dir.parent / f".{out_dir.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}-{_host_tag()}"
 
 
 def rename_into_place(tmp: Path, out_dir: Path) -> None:
@@ -192,24 +204,86 @@ def remove_empty(created: list[Path], tmp: Path) -> None:
             break
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):  # someone else's process, or a pid we cannot ask about
+        return True
+    return True
+
+
 def _remove_stale_temps(out_dir: Path) -> None:
-    """Remove temporary folders of earlier runs for ``out_dir`` whose process is gone."""
+    """Remove the temporary folders beside ``out_dir`` of earlier runs, for any output folder and any
+    licensee, whose process is gone (a killed run leaves up to a whole copy there). Only folders named
+    exactly as :func:`temp_sibling` names them and made on this machine are touched; a live pid (or a
+    reused one) keeps its folder."""
     parent = out_dir.parent
     if not parent.is_dir():
         return
-    for p in parent.glob(f".{out_dir.name}{TMP_TAG}*"):
-        pid_text = p.name[len(f".{out_dir.name}{TMP_TAG}"):].split("-")[0]
-        alive = False
-        if pid_text.isdigit():
-            try:
-                os.kill(int(pid_text), 0)
-                alive = True
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:
-                alive = True
-        if not alive:
+    host = _host_tag()
+    try:
+        entries = list(parent.glob(f".*{TMP_TAG}*"))
+    except OSError:
+        return
+    for p in entries:
+        m = _TMP_NAME.match(p.name)
+        if m is None or p.is_symlink() or not p.is_dir():
+            continue
+        if m["host"] is not None and m["host"] != host:  # another machine's run (a shared filesystem)
+            continue
+        if not _pid_alive(int(m["pid"])):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def check_name(value: str, what: str) -> str:
+    """A licensee or dataset name: non-empty, no leading or trailing whitespace, and no control or
+    invisible format characters (a newline or ESC in a name would reach every terminal and report
+    that prints it, and two names differing only by an invisible character would look alike)."""
+    if not isinstance(value, str) or not value:
+        raise TracemarkError(f"{what} must be a non-empty name")
+    shown = ascii(value)
+    if value != value.strip():
+        raise TracemarkError(f"{what} {shown}: leading or trailing whitespace")
+    bad = next((ch for ch in value if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp")), None)
+    if bad is not None:
+        raise TracemarkError(f"{what} {shown}: control or invisible character U+{ord(bad):04X} not allowed in a name")
+    return value
+
+
+def _check_trigger_captions(ds: Dataset) -> None:
+    """With a trigger, every caption must hold text: a marked sample's caption would otherwise be the
+    trigger word alone, a caption that gives the mark away. Refused for every sample, not only the
+    ones the key selects, so the same dataset is accepted or refused whatever the licensee; empty
+    captions stay legitimate for ``--strategy ambient`` (captions untouched)."""
+    blank = [s for s in ds.samples if not s.text.strip()]
+    if blank:
+        s = blank[0]
+        more = f" (and {len(blank) - 1} more)" if len(blank) > 1 else ""
+        raise TracemarkError(f"{s.metadata_file}:{s.line}: empty caption{more}; with --strategy trigger a marked "
+                             "sample's caption would be the trigger word alone: write captions, or use --strategy ambient")
+
+
+#: Files of each kind listed one by one in ``skipped``; the rest are counted in one line.
+UNLISTED_SHOWN = 20
+
+
+def _unlisted_report(ds: Dataset) -> list[str]:
+    """``skipped`` lines for the files of the dataset folder that the copy leaves out because no
+    metadata row names them (as Hugging Face imagefolder, which trains on the rows, ignores them)."""
+    images, other, hidden = unlisted_files(ds)
+    lines: list[str] = []
+    for files, why in ((images, "image not named in any metadata file"),
+                       (other, "not an image, and no metadata row names it")):
+        lines += [f"{p}: {'broken symlink or symlink loop' if p.is_symlink() and not p.exists() else why}; "
+                  "left out of the copy" for p in files[:UNLISTED_SHOWN]]
+        if len(files) > UNLISTED_SHOWN:
+            lines.append(f"{ds.root}: {len(files) - UNLISTED_SHOWN} more file(s) of this kind ({why}) left out")
+    if hidden:
+        lines.append(f"{ds.root}: {len(hidden)} hidden file(s) or folder(s) (names starting with '.', e.g. "
+                     f"{hidden[0].name}) left out of the copy")
+    return lines
 
 
 def _check_paths(data_dir: Path, out_dir: Path) -> None:
@@ -340,14 +414,22 @@ def protect(
     check_rate(rate)
     if on_error not in ("fail", "skip"):
         raise TracemarkError("--on-error must be 'fail' or 'skip'")
-    if not licensee or not licensee.strip():
-        raise TracemarkError("--licensee must be a non-empty name")
+    check_name(licensee, "--licensee")
+    if dataset_name is not None:
+        check_name(dataset_name, "--dataset")
     params = dict(scheme_params or {})
     if "strength" in params and strength is not None and params["strength"] != strength:
         raise TracemarkError(f"give the strength once: --strength {strength:g} and -p strength={params['strength']}")
     sch = get_scheme(scheme, **{"strength": strength, **{k: v for k, v in params.items() if v is not None}})
     ds: Dataset = load_dataset(data_dir)
     name = dataset_name or data_dir.resolve().name
+    if dataset_name is None:
+        try:
+            check_name(name, "dataset name")
+        except TracemarkError as exc:
+            raise TracemarkError(f"{exc} (the folder's name): give --dataset NAME") from None
+    if strategy == "trigger":
+        _check_trigger_captions(ds)
     if registry.has_copy(name, licensee):
         raise TracemarkError(f"licensee '{licensee}' already holds a copy of dataset '{name}'")
     key = registry.key_for(name, licensee)  # checks the master key against the registry first
@@ -359,7 +441,7 @@ def protect(
     _remove_stale_temps(out_dir)
     _check_paths(data_dir, out_dir)
 
-    skipped: list[str] = []
+    skipped: list[str] = _unlisted_report(ds)
     valid = usable_samples(ds, data_dir, max_pixels, on_error, skipped)
     marked_ids = set(select_samples(key, [s.file_name for s in valid], [s.text for s in valid], rate, selection,
                                     thumbnails=lambda: image_thumbnails([s.path for s in valid])))

@@ -58,9 +58,13 @@ def generate(model_dir, prompts, n: int, out_dir, lora=None, seed: int = 0, step
     already loaded pipeline to reuse (then ``model_dir``/``lora`` are only recorded).
     Written to a temporary sibling folder and renamed into place; returns ``out_dir``.
     """
+    from tracemark.audit import check_generation_options
     from tracemark.errors import TracemarkError
     from tracemark.diffusion.loading import load_pipeline
 
+    check_generation_options(n=n, steps=steps, guidance=guidance, batch_size=batch_size)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64 - n:  # torch: 64-bit
+        raise TracemarkError(f"--seed must be a non-negative integer below 2**64 - n, got {seed}")
     if isinstance(prompts, (str, os.PathLike)):
         prompts = read_prompts(prompts)
     prompts = list(prompts)
@@ -75,6 +79,7 @@ def generate(model_dir, prompts, n: int, out_dir, lora=None, seed: int = 0, step
     if pipe is None:
         pipe = load_pipeline(model_dir, lora=lora, device=device or "auto", dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
+    check_steps(pipe, steps)
     dev = pipe._execution_device
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +118,16 @@ def generate(model_dir, prompts, n: int, out_dir, lora=None, seed: int = 0, step
         if bar is not None:
             bar.stop()
     return out
+
+
+def check_steps(pipe, steps: int) -> None:
+    """More sampling steps than the scheduler has training timesteps fail inside diffusers; say so
+    in one line (the limit is the model's: 1000 for SD)."""
+    from tracemark.errors import TracemarkError
+
+    limit = getattr(getattr(pipe, "scheduler", None), "config", {}).get("num_train_timesteps")
+    if isinstance(limit, int) and steps > limit:
+        raise TracemarkError(f"--steps {steps} exceeds the {limit} timesteps this model's scheduler was trained with")
 
 
 def _generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, device) -> np.ndarray:

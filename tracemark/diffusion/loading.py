@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -54,15 +56,19 @@ def resolve_dtype(dtype: str | None, device: str):
 
 
 class _quiet:
-    """Silence diffusers/transformers info logs and progress bars inside a ``with`` block."""
+    """Silence diffusers/transformers info logs and progress bars inside a ``with`` block
+    (``errors=False``: their error logs too, for failures that are reported as one line)."""
 
-    def __init__(self, *loggers):
+    def __init__(self, *loggers, errors: bool = True):
         self.loggers = loggers
+        self.errors = errors
 
     def __enter__(self):
+        import logging
+
         self.saved = [(lg, lg.get_verbosity()) for lg in self.loggers]
         for lg in self.loggers:
-            lg.set_verbosity_error()
+            lg.set_verbosity(logging.ERROR if self.errors else logging.CRITICAL + 1)
             lg.disable_progress_bar()
         return self
 
@@ -109,6 +115,8 @@ def load_pipeline(model_dir, lora=None, device=None, dtype=None, config=None):
     if isinstance(dtype, str) or (dtype is None and device is not None):
         dtype = resolve_dtype(dtype, device or "cpu")
     _check_cpu_half(device, dtype)
+    if not single:
+        _check_pipeline_files(model_dir)
     kwargs = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -120,8 +128,15 @@ def load_pipeline(model_dir, lora=None, device=None, dtype=None, config=None):
                 pipe = StableDiffusionPipeline.from_pretrained(model_dir, **kwargs)
     except TracemarkError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, OverflowError,
+            pickle.UnpicklingError, _safetensor_error()) as exc:
+        culprit = _bad_weight_file(model_dir) if not single else None
+        if culprit is not None:
+            raise TracemarkError(culprit) from exc
+        if isinstance(exc, pickle.UnpicklingError):
+            raise TracemarkError(f"{model_dir}: {_PICKLE_REFUSED}") from exc
         raise TracemarkError(f"{model_dir}: cannot load pipeline ({_one_line(exc)})") from exc
+    _check_tokenizer(pipe, config if single else model_dir)
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None
     pipe.set_progress_bar_config(disable=True)
@@ -132,6 +147,87 @@ def load_pipeline(model_dir, lora=None, device=None, dtype=None, config=None):
         # (checked in _check_cpu_half before loading), so the warning would only mislead.
         pipe.to(device, silence_dtype_warnings=True)
     return pipe
+
+
+#: The components an audit runs; each must be in the pipeline folder with its files.
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_PICKLE_REFUSED = ("pickled weights that hold more than tensors; refused (unpickling them could run code "
+                   "from the file): convert them to .safetensors")
+
+
+def _safetensor_error():
+    from safetensors import SafetensorError
+
+    return SafetensorError
+
+
+def _check_pipeline_files(model_dir: Path) -> None:
+    """What diffusers would otherwise report as a traceback, or not at all, named in one line: a
+    component folder that is missing (a pipeline without its tokenizer loads a placeholder one and
+    fails at the first prompt), a tokenizer folder without its files, a truncated or damaged
+    ``.safetensors`` file (its header is read, not its tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    from tracemark.errors import TracemarkError
+
+    index_path = model_dir / "model_index.json"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TracemarkError(f"{index_path}: not a readable pipeline index ({_one_line(exc, 120)})") from None
+    if not isinstance(index, dict):
+        raise TracemarkError(f"{index_path}: not a pipeline index (a JSON object expected)")
+    for part in PIPELINE_PARTS:
+        spec = index.get(part)
+        folder = model_dir / part
+        if not (isinstance(spec, list) and len(spec) == 2 and spec[1]):
+            raise TracemarkError(f"{index_path}: names no {part} (an SD pipeline has unet, vae, text_encoder, "
+                                 "tokenizer and scheduler)")
+        if not folder.is_dir():
+            raise TracemarkError(f"{folder}: missing (model_index.json names a {spec[1]} here)")
+    tok = model_dir / "tokenizer"
+    if not ((tok / "tokenizer.json").is_file() or ((tok / "vocab.json").is_file() and (tok / "merges.txt").is_file())):
+        raise TracemarkError(f"{tok}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt)")
+    for part in ("unet", "vae", "text_encoder"):
+        for f in sorted((model_dir / part).glob("*.safetensors")):
+            try:
+                with safe_open(str(f), framework="pt") as handle:
+                    handle.keys()
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise TracemarkError(f"{f}: damaged or truncated weights file ({_one_line(exc, 120)})") from None
+
+
+def _bad_weight_file(model_dir: Path) -> str | None:
+    """After a failed load: the first weights file of the pipeline that cannot be read on its own, as a
+    one-line message naming it (None when each reads: the failure lies elsewhere)."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    for part in ("unet", "vae", "text_encoder"):
+        for f in sorted((model_dir / part).iterdir()) if (model_dir / part).is_dir() else []:
+            try:
+                if f.suffix == ".safetensors":
+                    with safe_open(str(f), framework="pt") as handle:
+                        handle.keys()
+                elif f.suffix in (".bin", ".pt", ".pth", ".ckpt"):
+                    torch.load(f, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                return f"{f}: {_PICKLE_REFUSED}"
+            except (SafetensorError, OSError, ValueError, RuntimeError, EOFError) as exc:
+                return f"{f}: damaged or truncated weights file ({_one_line(exc, 120)})"
+    return None
+
+
+def _check_tokenizer(pipe, folder: Path) -> None:
+    """A tokenizer loaded without its config has no real length limit (transformers' placeholder is
+    ~1e30) and fails at the first prompt with an OverflowError: say so when loading."""
+    from tracemark.errors import TracemarkError
+
+    tok = getattr(pipe, "tokenizer", None)
+    limit = getattr(tok, "model_max_length", None)
+    if tok is None or not isinstance(limit, int) or not 0 < limit <= 100_000:
+        raise TracemarkError(f"{Path(folder) / 'tokenizer'}: no usable tokenizer (model_max_length "
+                             f"{limit!r}; tokenizer_config.json should give the text encoder's, 77 for SD)")
 
 
 def save_pipeline(pipe, out_dir, extra_files: dict[str, str] | None = None) -> Path:
@@ -351,14 +447,15 @@ def load_lora(pipe, lora) -> str:
         from diffusers.utils import logging as dlogging
         from transformers.utils import logging as tlogging
 
-        with warnings.catch_warnings(), _quiet(dlogging, tlogging):
+        with warnings.catch_warnings(), _quiet(dlogging, tlogging, errors=False):  # diffusers logs every mismatch
             warnings.simplefilter("ignore", RuntimeWarning)  # partial matches are checked below
             if layout == "diffusers":  # from the file, so its adapter metadata (lora_alpha) is honoured
                 pipe.load_lora_weights(str(path.parent), weight_name=path.name, local_files_only=True)
             else:  # diffusers converts kohya keys (and their .alpha) itself; peft arrives converted
                 pipe.load_lora_weights(dict(sd))
     except Exception as exc:  # diffusers/peft raise many kinds for a mismatched LoRA
-        raise TracemarkError(f"{path}: LoRA weights ({layout} layout) do not fit this model ({_one_line(exc)})") from exc
+        raise TracemarkError(f"{path}: LoRA weights ({layout} layout) do not fit this model ({_lora_mismatch(exc)})"
+                             ) from None
     got = 0
     for part, model in parts.items():
         new = adapters(model) - before[part]
@@ -368,6 +465,23 @@ def load_lora(pipe, lora) -> str:
         raise TracemarkError(f"{path}: LoRA weights ({layout} layout) do not fit this model ({got} of {expected} "
                              "LoRA matrices matched)")
     return layout
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+                            r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")
+
+
+def _lora_mismatch(exc: BaseException) -> str:
+    """The first layer whose shape differs and how many do (torch lists every one, ~100 lines for SD),
+    else the error in one line."""
+    text = str(exc)
+    found = _SIZE_MISMATCH.findall(text)
+    if not found:
+        return _one_line(exc)
+    name, got, want = found[0]
+    name = re.sub(r"\.(lora_[AB]|lora_down|lora_up)\.[^.]+\.weight$", r".\1.weight", name)  # drop the adapter name
+    more = f"; {len(found) - 1} more layer(s) differ" if len(found) > 1 else ""
+    return f"first mismatched layer {name}: {got} in the file, {want} in the model{more}; a LoRA for another base model?"
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
