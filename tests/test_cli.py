@@ -155,14 +155,17 @@ def test_audit_cli_images_json_report_and_usage_errors(sample_dir, tmp_path):
     d = json.loads((tmp_path / "a.json").read_text())
     assert d["kind"] == "images" and d["named"] == ["acme"] and d["params"]["data"] == str(sample_dir)
     assert "Watermark detected" in p.stdout and (tmp_path / "a.html").read_text().startswith("<!doctype html>")
-    for args, needle in ((["--model", tmp_path, "--images", tmp_path], "exactly one of"),
-                         (["--images", tmp_path / "acme", "--lora", tmp_path], "--lora needs --model"),
-                         (["--model", tmp_path, "--whitebox"], "--whitebox needs"),
-                         (["--images", tmp_path / "acme", "--base", tmp_path], "--base is an option of --whitebox"),
-                         (["--images", tmp_path / "acme", "--statistic", "loss"], "--statistic is an option of --whitebox"),
-                         (["--images", tmp_path / "acme", "--reference", tmp_path], "--reference needs --model"),
-                         (["--model", tmp_path, "--reference", tmp_path, "--reference", tmp_path],
-                          "several --reference are a --whitebox option")):
+    for args, needle in (([tmp_path, "--images", tmp_path], "exactly one of"),
+                         (["--model", tmp_path, "--images", tmp_path], "exactly one of"),
+                         ([tmp_path, "--model", tmp_path], "give the model once"),
+                         (["--images", tmp_path / "acme", "--lora", tmp_path], "--lora needs MODEL"),
+                         ([tmp_path, "--whitebox", "--blackbox"], "not both"),
+                         ([tmp_path, "--dataset", "other"], "not in the registry"),
+                         (["--images", tmp_path / "acme", "--base", tmp_path], "--base is an option of the white box"),
+                         (["--images", tmp_path / "acme", "--statistic", "loss"], "--statistic is an option of the white"),
+                         (["--images", tmp_path / "acme", "--reference", tmp_path], "--reference needs MODEL"),
+                         ([tmp_path, "--blackbox", "--reference", tmp_path, "--reference", tmp_path],
+                          "several --reference are a white-box option")):
         p = run("audit", *args, home=home, check=False)
         assert p.returncode == 1 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
 
@@ -237,3 +240,17 @@ def test_restore_into_a_fresh_home_and_warns_of_copies_missing_from_the_backup(s
     assert (fresh / "registry.sqlite").exists()
     p = run("trace-files", tmp_path / "a", home=fresh, check=False)  # the key is kept apart from the backup
     assert p.returncode == 1 and "put your copy of master.key back" in p.stderr and "init" not in p.stderr, p.stderr
+
+
+def test_out_folders_inside_the_home_or_through_a_symlink_are_refused(sample_dir, tmp_path):
+    """Issue #27.1: `--out` and `--keep-images` never write into the tracemark home or through a symlink."""
+    home = tmp_path / "home"
+    run("init", home=home)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    for out, needle in ((home / "copy", "inside the tracemark home"), (tmp_path / "link", "symbolic link")):
+        p = run("protect", sample_dir, "-l", "a", "-o", out, home=home, check=False)
+        assert p.returncode == 1 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (home / "copy").exists() and not list(home.glob(".copy*"))
+    p = run("audit", "--images", sample_dir, "--keep-images", home / "imgs", home=home, check=False)
+    assert p.returncode == 1 and "inside the tracemark home" in p.stderr, p.stderr

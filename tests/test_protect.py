@@ -306,7 +306,7 @@ def test_small_jpegs_are_marked_without_generation_loss(registry, tmp_path):
     exif[0x010E] = "owner photo"  # ImageDescription
     files = {f"{i:02d}.jpg": (_noise_image(i), {"quality": 90, "exif": exif.tobytes()}) for i in range(12)}
     data = _small_dataset(tmp_path / "d", files)
-    res = protect(data, tmp_path / "c", "a", registry=registry, rate=1.0, workers=1)
+    res = protect(data, tmp_path / "c", "a", registry=registry, rate=1.0, workers=1, strength=2.0)
     assert res.psnr_min >= 40.0, res
     for name in files:
         a, b = Image.open(data / name), Image.open(tmp_path / "c" / name)
@@ -423,3 +423,29 @@ def test_a_lone_surrogate_caption_is_refused_before_any_image_is_marked(tmp_path
     with pytest.raises(TracemarkError, match=r"metadata.jsonl:5: field 'text' holds a lone surrogate"):
         protect(root, tmp_path / "c", "acme", registry=registry, rate=1.0, workers=1)
     assert marked == [] and not (tmp_path / "c").exists() and registry.copies() == []
+
+
+def test_defaults_are_the_measured_configuration_and_dry_run_writes_nothing(tmp_path):
+    """Issue #28.1/28.3: no options = spread 3.2/255, visual selection, 2% raised to 50 marked samples
+    (recorded, so materialize re-derives it); `--dry-run` prints the count and the forecast only."""
+    import os
+    import subprocess
+    import sys
+
+    from tracemark.protect import protect
+    from tracemark.registry import Registry
+    from tracemark.samples import make_sample_dataset
+
+    data = make_sample_dataset(tmp_path / "data", n=600, size=32, seed=3, fmt="png")
+    env = {**os.environ, "TRACEMARK_HOME": str(tmp_path / "nohome"), "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "-m", "tracemark", "protect", str(data), "--dry-run"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert p.returncode == 0 and "would mark 50 of 600" in p.stdout and "white box" in p.stdout, p.stdout + p.stderr
+    assert not (tmp_path / "nohome").exists()
+    reg = Registry.init(tmp_path / "home")
+    res = protect(data, tmp_path / "c", "acme", registry=reg, workers=1)
+    copy = reg.copies()[0]
+    assert res.n_marked == 50 and copy.rate == 0.02
+    assert copy.params["strength"] == 3.15 and copy.params["selection"] == "visual" and copy.params["min_marked"] == 50
+    assert res.forecast is not None and res.forecast.enough
+    assert res.psnr_min >= 38.0

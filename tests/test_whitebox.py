@@ -22,9 +22,10 @@ def wb(tmp_path_factory, sample_dir):
 
     tmp = tmp_path_factory.mktemp("wb")
     reg = seeded_registry(tmp / "home")
+    # random selection: these known-answer tests check the statistics' routing on 50 unrelated images
     for lic in ("a", "b", "c"):
-        protect(sample_dir, tmp / f"c_{lic}", lic, registry=reg, rate=0.1, workers=1)
-    protect(sample_dir, tmp / "c_d", "d", registry=reg, rate=0.1, workers=1, strategy="ambient")
+        protect(sample_dir, tmp / f"c_{lic}", lic, registry=reg, rate=0.1, workers=1, selection="random")
+    protect(sample_dir, tmp / "c_d", "d", registry=reg, rate=0.1, workers=1, strategy="ambient", selection="random")
     return reg, build_tiny_pipeline(tmp / "tiny", seed=0)
 
 
@@ -250,3 +251,32 @@ def test_reference_pairs_pair_loras_with_their_pipelines(tmp_path):
     assert _reference_params(reference_pairs([b], [l1, l2])) == {"reference_model": str(b),
                                                                  "reference_lora": [str(l1), str(l2)]}
     assert _reference_params(reference_pairs(b, l1)) == {"reference_model": str(b), "reference_lora": str(l1)}
+
+
+def test_one_audit_command_plans_the_white_box_from_the_registry(wb, sample_dir, tmp_path):
+    """Issue #28.5: `tracemark audit MODEL --lora L` needs no --data or --reference: the data folder
+    recorded at issue time, and the shadows registered for (dataset, base); without shadows it falls
+    back to the LoRA switched off and says so."""
+    from tracemark.audit import whitebox_plan
+    from tracemark.shadows import base_fingerprint
+
+    reg, pipe_dir = wb
+    plan = whitebox_plan(reg, pipe_dir, lora=tmp_path / "l.safetensors")
+    assert plan.data == sample_dir.resolve() and plan.dataset == "data" and plan.reference is None
+    assert any("LoRA switched off" in n and "tracemark shadow" in n for n in plan.notes)
+    # a registered, ready shadow of this base is used as the reference
+    folder = tmp_path / "shadow-1"
+    folder.mkdir()
+    weights = folder / "pytorch_lora_weights.safetensors"
+    weights.write_bytes(b"not really weights")
+    sid = reg.add_shadow(dataset="data", base_path=str(pipe_dir), base_hash=base_fingerprint(pipe_dir, reg),
+                         preset="tiny", seed=1, path=str(folder), recipe={"steps": 2})
+    reg.finish_shadow(sid, reg.file_digest(weights))
+    plan = whitebox_plan(reg, pipe_dir, lora=tmp_path / "l.safetensors")
+    assert plan.reference == [pipe_dir] and plan.reference_lora == [folder]
+    assert any("1 registered shadow" in n for n in plan.notes)
+    # a whole checkpoint without --base: the weakest white box, said plainly
+    plan = whitebox_plan(reg, pipe_dir)
+    assert plan.reference is None and any("weakest" in n for n in plan.notes)
+    with pytest.raises(TracemarkError, match="not in the registry"):
+        whitebox_plan(reg, pipe_dir, dataset="nope")

@@ -496,6 +496,69 @@ def audit_whitebox(
                        images=shown, n_images=len(residuals))
 
 
+@dataclass
+class WhiteboxPlan:
+    """What the white box reads a suspect against, chosen from what the registry knows (see
+    :func:`whitebox_plan`); ``notes`` say what was chosen and what it costs in power."""
+
+    data: Path
+    dataset: str
+    base: Path | None
+    reference: list[Path] | None
+    reference_lora: list[Path] | None
+    notes: list[str]
+
+
+def whitebox_plan(registry: Registry, model: Path, *, lora: Path | None = None, base: Path | None = None,
+                  data: Path | None = None, dataset: str | None = None, reference=None,
+                  reference_lora=None) -> WhiteboxPlan:
+    """The defaults of ``tracemark audit MODEL``: the dataset (the only registered one, or
+    ``dataset``), its original data (``data``, else the folder recorded when its copies were issued),
+    and the references: the ones given by hand, else the shadows registered for this dataset and
+    base (``tracemark shadow``; the base is MODEL when a LoRA goes on it, else ``base``), else the
+    LoRA switched off / the base / none, each weaker than the one before (docs/learnability.md)."""
+    notes: list[str] = []
+    copies = registry.copies(dataset, with_marked=False)
+    if not copies:
+        raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
+    names = sorted({c.dataset for c in copies})
+    if dataset is None:
+        if len(names) > 1:
+            raise TracemarkError(f"several datasets have issued copies ({', '.join(names)}): give --dataset NAME "
+                                 "(the white box reads one dataset's marked samples)")
+        dataset = names[0]
+    if data is None:
+        row = registry.conn.execute("SELECT source_path FROM datasets WHERE name = ?", (dataset,)).fetchone()
+        src = row["source_path"] if row else None
+        if not src or not Path(src).is_dir():
+            raise TracemarkError(f"{src or dataset}: the original data of '{dataset}' recorded when its copies were "
+                                 "issued is not there; give --data DIR")
+        data = Path(src)
+        notes.append(f"original data: {data} (recorded when the copies were issued)")
+    if reference or reference_lora:
+        notes.append("reference: the shadow(s) given with --reference")
+        return WhiteboxPlan(Path(data), dataset, base, reference, reference_lora, notes)
+    anchor = Path(model) if lora is not None else (Path(base) if base is not None else None)
+    if anchor is not None:
+        from tracemark.shadows import base_fingerprint
+
+        shadows = registry.shadows(dataset, base_fingerprint(anchor, registry))
+        if shadows:
+            notes.append(f"reference: {len(shadows)} registered shadow fine-tune(s) of {anchor} on '{dataset}' "
+                         "(averaged by the loss statistic)")
+            return WhiteboxPlan(Path(data), dataset, None, [anchor], [Path(sh.path) for sh in shadows], notes)
+    hint = f"`tracemark shadow {data} --base {anchor or 'BASE'}` trains them once per dataset and base"
+    if lora is not None:
+        notes.append("no shadow registered for this base and dataset: the reference is the model with the LoRA "
+                     f"switched off, which detects less than shadows do; {hint}")
+    elif base is not None:
+        notes.append(f"no shadow registered for this base and dataset: the reference is the base itself; {hint}")
+    else:
+        notes.append("a whole checkpoint without --base: read against the original images (residual statistic), "
+                     f"the weakest white box; give --base and train shadows ({hint})")
+    return WhiteboxPlan(Path(data), dataset, base, None, None, notes)
+
+
 def reference_pairs(reference, reference_lora) -> list[tuple[Path, Path | None]]:
     """``--reference`` / ``--reference-lora`` as (pipeline, LoRA) pairs: one pipeline per LoRA, one
     pipeline shared by several LoRAs (the owner's shadows on the public base), or pipelines alone."""

@@ -15,79 +15,93 @@ console = Console()
 
 
 def audit_cmd(
-    model: Optional[Path] = typer.Option(None, "--model", help="Suspect diffusers pipeline folder, or an "
-                                         "original-layout (CompVis / A1111) single-file checkpoint with --config."),
-    lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA weights (file or folder) to load on the model."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Black box: a folder of images the model generated."),
-    whitebox: bool = typer.Option(False, "--whitebox", help="White box: read the marked samples through the "
-                                  "model's denoiser instead of generating images (needs --data)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="The original dataset: needed by --whitebox; "
-                                        "recommended for every audit (tests outside the dataset's content "
-                                        "subspace, so no key aligned by chance with the domain is accused)."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Reference base pipeline for --whitebox on a whole "
-                                        "checkpoint (a LoRA is compared with its model without the LoRA)."),
-    reference: Optional[list[Path]] = typer.Option(None, "--reference", help="Shadow reference for --model audits: "
-                                                   "the public base fine-tuned by you on the original data (the "
-                                                   "usual recipe, a seed of your own); cancels what every fine-tune "
-                                                   "on this data learns (--whitebox), or generates the same prompts "
-                                                   "and seeds and the differences are scored (paired black box). "
-                                                   "--whitebox takes several (repeat the flag, or one --reference "
-                                                   "with several --reference-lora) and averages them."),
-    reference_lora: Optional[list[Path]] = typer.Option(None, "--reference-lora", help="LoRA weights of the shadow "
-                                                        "reference, loaded on --reference (repeatable)."),
-    statistic: str = typer.Option("auto", "--statistic", help="--whitebox statistic: loss (how much better the "
+    model_arg: Optional[Path] = typer.Argument(None, metavar="[MODEL]", help="Suspect model: a diffusers pipeline "
+                                               "folder or a single-file checkpoint (with --lora: the base the "
+                                               "LoRA goes on). Audited in the white box unless --blackbox."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Same as MODEL.", hidden=True),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="LoRA weights (file or folder; diffusers, kohya or peft "
+                                        "layout) to load on MODEL."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Black box: a folder of images the model generated "
+                                          "(no weights in hand)."),
+    blackbox: bool = typer.Option(False, "--blackbox", help="Generate images from MODEL and read the mark in them "
+                                  "instead of the white box (much weaker: docs/learnability.md)."),
+    whitebox: bool = typer.Option(False, "--whitebox", help="White box (the default with MODEL; kept for scripts).",
+                                  hidden=True),
+    data: Optional[Path] = typer.Option(None, "--data", help="The original dataset (default: the folder recorded when "
+                                        "its copies were issued). The white box reads the marked samples from it."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only test copies of this registered dataset "
+                                          "(needed when several are registered)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="White box of a whole checkpoint: the public base it "
+                                        "was fine-tuned from (its registered shadows are used, else the base itself "
+                                        "is the reference).", rich_help_panel="Advanced"),
+    reference: Optional[list[Path]] = typer.Option(None, "--reference", help="Shadow references by hand instead of "
+                                                   "the registered ones (`tracemark shadow`): the public base "
+                                                   "fine-tuned by you on the original data; repeatable (averaged). "
+                                                   "With --blackbox: one, generating the same prompts and seeds "
+                                                   "(paired black box).", rich_help_panel="Advanced"),
+    reference_lora: Optional[list[Path]] = typer.Option(None, "--reference-lora", help="LoRA weights of a shadow, "
+                                                        "loaded on --reference (repeatable).",
+                                                        rich_help_panel="Advanced"),
+    statistic: str = typer.Option("auto", "--statistic", help="White-box statistic: loss (how much better the "
                                   "suspect fits each marked sample than the reference does, as a gradient) | "
                                   "residual (its clean-image prediction minus the reference's) | auto (loss when "
-                                  "there is a reference: --lora, --base or --reference)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only test copies of this registered dataset."),
-    n: int = typer.Option(64, "--n", help="Images to generate (per stage)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the query plan and generations."),
-    steps: int = typer.Option(25, "--steps", help="Sampling steps."),
-    guidance: float = typer.Option(6.0, "--guidance", help="Classifier-free guidance scale."),
+                                  "there is a reference).", rich_help_panel="Advanced"),
+    n: int = typer.Option(64, "--n", help="--blackbox: images to generate (per stage).", rich_help_panel="Black box"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the query plan, generations and white-box noise."),
+    steps: int = typer.Option(25, "--steps", help="--blackbox: sampling steps.", rich_help_panel="Black box"),
+    guidance: float = typer.Option(6.0, "--guidance", help="--blackbox: classifier-free guidance scale.",
+                                   rich_help_panel="Black box"),
     alpha: float = typer.Option(0.01, "--alpha", help="Family-wise false-accusation rate."),
     decoys: int = typer.Option(1000, "--decoys", help="Decoy keys for the null distribution."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the verdict as JSON here (- for standard "
                                             "output); never inside the tracemark home, never over a file unless "
                                             "--force."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the HTML evidence report here."),
-    keep_images: Optional[Path] = typer.Option(None, "--keep-images", help="Keep generated images in this folder."),
+    keep_images: Optional[Path] = typer.Option(None, "--keep-images", help="--blackbox: keep generated images in "
+                                               "this folder.", rich_help_panel="Black box"),
     json_only: bool = typer.Option(False, "--json-only", help="Print only the JSON verdict (automation)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --json / --report file."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available) | cpu | cuda[:N]."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images generated per batch (memory vs speed)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="For a single-file --model (or --base) checkpoint: "
+    batch_size: int = typer.Option(32, "--batch-size", help="--blackbox: images generated per batch.",
+                                   rich_help_panel="Black box"),
+    config: Optional[Path] = typer.Option(None, "--config", help="For a single-file MODEL (or --base) checkpoint: "
                                           "a diffusers pipeline folder of its architecture, e.g. SD 1.5's; only its "
                                           "configs, tokenizer and scheduler are read (offline there is no hub "
                                           "to ask)."),
     home: Optional[Path] = typer.Option(None, "--home", envvar="TRACEMARK_HOME", help="Registry folder."),
 ) -> None:
-    """Was this model fine-tuned on our data, and whose copy was it? Verdict with a p-value."""
+    """Was this model fine-tuned on our data, and whose copy was it? Verdict with a p-value.
+
+    Example: tracemark audit BASE_MODEL --lora suspect_lora.safetensors --report evidence.html
+    """
     from tracemark.audit import audit_images, audit_model, audit_whitebox, check_audit_options
     from tracemark.registry import Registry
 
     check_audit_options(n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size, alpha=alpha,
                         n_decoys=decoys)
+    if model_arg is not None and model is not None:
+        raise TracemarkError("give the model once: MODEL or --model")
+    model = model_arg if model_arg is not None else model
     if (model is None) == (images is None):
-        raise TracemarkError("give exactly one of --model DIR or --images DIR")
+        raise TracemarkError("give exactly one of MODEL (weights in hand) or --images DIR (generated images)")
     if lora is not None and model is None:
-        raise TracemarkError("--lora needs --model")
-    if whitebox and (model is None or data is None):
-        raise TracemarkError("--whitebox needs --model DIR and --data DIR (the original dataset)")
-    if not whitebox and base is not None:
-        raise TracemarkError("--base is an option of --whitebox")
-    if not whitebox and statistic != "auto":
-        raise TracemarkError("--statistic is an option of --whitebox")
+        raise TracemarkError("--lora needs MODEL")
+    if blackbox and whitebox:
+        raise TracemarkError("give --blackbox or --whitebox, not both")
+    use_whitebox = model is not None and not blackbox
+    if not use_whitebox and base is not None:
+        raise TracemarkError("--base is an option of the white box (MODEL without --blackbox)")
+    if not use_whitebox and statistic != "auto":
+        raise TracemarkError("--statistic is an option of the white box (MODEL without --blackbox)")
     for flag, value in (("--reference", reference), ("--reference-lora", reference_lora)):
         if model is None and value:
-            raise TracemarkError(f"{flag} needs --model (a model in hand; images alone cannot be paired)")
-        if not whitebox and value and len(value) > 1:
-            raise TracemarkError(f"several {flag} are a --whitebox option (the paired black box takes one)")
+            raise TracemarkError(f"{flag} needs MODEL (a model in hand; images alone cannot be paired)")
+        if not use_whitebox and value and len(value) > 1:
+            raise TracemarkError(f"several {flag} are a white-box option (the paired black box takes one)")
     reference = list(reference or []) or None
     reference_lora = list(reference_lora or []) or None
-    from tracemark.fsutil import check_output_file
-
-    from tracemark.fsutil import check_output_dir
+    from tracemark.fsutil import check_output_dir, check_output_file
 
     if json_out is not None and str(json_out) == "-":
         json_out, json_only = None, True
@@ -95,13 +109,23 @@ def audit_cmd(
     check_output_file(report, "--report", force=force, home=home)
     check_output_dir(keep_images, "--keep-images", home=home)
     reg = Registry(home)
-    if whitebox:
+    notes: list[str] = []
+    if use_whitebox:
+        from tracemark.audit import whitebox_plan
+
+        plan = whitebox_plan(reg, model, lora=lora, base=base, data=data, dataset=dataset, reference=reference,
+                             reference_lora=reference_lora)
+        notes = plan.notes
+        if not json_only:
+            for line in notes:
+                console.print(f"[cyan]note:[/] {line}", highlight=False, soft_wrap=True)
         with console.status("reading the denoiser at the marked samples...", spinner="dots") if not json_only \
                 else _null():
-            result = audit_whitebox(model, reg, data, lora=lora, base=base, reference=reference,
-                                    reference_lora=reference_lora, dataset=dataset, seed=seed, alpha=alpha,
+            result = audit_whitebox(model, reg, plan.data, lora=lora, base=plan.base, reference=plan.reference,
+                                    reference_lora=plan.reference_lora, dataset=plan.dataset, seed=seed, alpha=alpha,
                                     n_decoys=decoys, device=device, dtype=dtype, config=config,
                                     statistic=statistic)
+        result.params["notes"] = notes
     elif model is not None:
         with console.status("generating and scoring images...", spinner="dots") if not json_only else _null():
             result = audit_model(model, reg, lora=lora, dataset=dataset, n=n, seed=seed, steps=steps,
@@ -111,18 +135,18 @@ def audit_cmd(
                                  reference_lora=reference_lora[0] if reference_lora else None)
     else:
         result = audit_images(images, reg, dataset=dataset, alpha=alpha, n_decoys=decoys, data_dir=data)
-    data = result.to_dict()
-    reg.add_audit("audit-" + result.kind, result.target, result.verdict.used, result.verdict.p_value, data)
+    out = result.to_dict()
+    reg.add_audit("audit-" + result.kind, result.target, result.verdict.used, result.verdict.p_value, out)
     if json_out:
         from tracemark.fsutil import write_text_atomic
 
-        write_text_atomic(json_out, json.dumps(data, indent=2, default=float) + "\n", force=force)
+        write_text_atomic(json_out, json.dumps(out, indent=2, default=float) + "\n", force=force)
     if report:
         from tracemark.report import write_report
 
         write_report(result, report, force=force)
     if json_only:
-        print(json.dumps(data, default=float))
+        print(json.dumps(out, default=float))
         return
     from tracemark.cli import _print_verdict
 

@@ -122,41 +122,73 @@ def restore(backup_file: Path = typer.Argument(..., help="A file written by `tra
 @app.command()
 def protect(
     data_dir: Path = typer.Argument(..., help="Dataset in imagefolder layout (images + metadata.jsonl/csv)."),
-    licensee: str = typer.Option(..., "--licensee", "-l", help="Who receives this copy."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the copy (must not exist)."),
+    licensee: Optional[str] = typer.Option(None, "--licensee", "-l", help="Who receives this copy."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder for the copy (must not exist)."),
     scheme: str = typer.Option("spread", help="spread | tile | spectral | dwtdct | warp | visible"),
     strategy: str = typer.Option("trigger", help="trigger | ambient"),
     trigger_scope: str = typer.Option("licensee", help="licensee (own trigger word per copy) | dataset "
                                       "(one shared word: audits cost the same for any number of licensees)"),
-    rate: float = typer.Option(0.02, help="Fraction of samples to mark."),
-    selection: str = typer.Option("random", help="random (a keyed random subset) | coherent (a keyed caption "
-                                  "neighbourhood) | cluster (a keyed caption cluster) | visual (a keyed cluster of look-alike images): "
-                                  "experimental, docs/learnability.md."),
-    strength: Optional[float] = typer.Option(None, help="Scheme strength (default: the scheme's)."),
+    rate: float = typer.Option(0.02, help="Fraction of samples to mark (raised to --min-marked)."),
+    min_marked: int = typer.Option(50, "--min-marked", help="Mark at least this many samples per copy (never more "
+                                   "than 10% of the dataset by this rule): detection through a model follows the "
+                                   "number of marked samples; 50 is the smallest count measured to work. 0 = off."),
+    selection: str = typer.Option("visual", help="visual (keyed whole clusters of look-alike images: the measured "
+                                  "default) | random (a keyed random subset) | coherent (a keyed caption "
+                                  "neighbourhood) | cluster (a keyed caption cluster)."),
+    strength: Optional[float] = typer.Option(None, help="Scheme strength (default: 3.15/255 for spread, >= 38 dB; "
+                                             "the scheme's own default for the others)."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Scheme parameter KEY=VALUE, repeatable "
                                               "(e.g. -p cells=16 for the visible scheme); recorded in the registry."),
     dataset: Optional[str] = typer.Option(None, help="Dataset name in the registry (default: folder name)."),
     on_error: str = typer.Option("fail", help="fail | skip: what to do with unreadable or unsupported images."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say how many samples would be marked and what the "
+                                 "measurements say about detecting them; write nothing."),
     workers: Optional[int] = typer.Option(None, help="Worker processes for marking (default: up to 2)."),
     engine: str = EngineOpt,
     address: Optional[str] = AddressOpt,
     home: Optional[Path] = HomeOpt,
 ) -> None:
     """Issue a licensee a watermarked copy of a dataset."""
+    from tracemark.protect import plan_copy
     from tracemark.protect import protect as do_protect
     from tracemark.schemes import parse_params
 
     params = parse_params(param)
+    if dry_run:
+        plan = plan_copy(data_dir, dataset_name=dataset, scheme=scheme, rate=rate, selection=selection,
+                         strength=strength, scheme_params=params, min_marked=min_marked)
+        console.print(f"Dry run: a copy of [bold]{plan.dataset}[/] would mark {plan.n_marked} of {plan.n_samples} "
+                      f"samples ({plan.scheme} {plan.strength:g}, {plan.selection} selection, rate {plan.rate:g}, "
+                      f"at least {plan.min_marked}); nothing was written.")
+        _print_forecast(plan.forecast, capped=plan.capped)
+        return
+    if licensee is None or out is None:
+        raise TracemarkError("protect needs --licensee NAME and --out FOLDER (or --dry-run)")
     _check_out_dir(out, home)
     reg = _registry(home)
     res = _with_progress("protect", lambda progress: do_protect(
         data_dir, out, licensee, registry=reg, dataset_name=dataset, scheme=scheme, strategy=strategy,
         trigger_scope=trigger_scope, rate=rate, selection=selection, strength=strength, scheme_params=params,
-        on_error=on_error, workers=workers, progress=progress, engine=engine, address=address))
+        min_marked=min_marked, on_error=on_error, workers=workers, progress=progress, engine=engine, address=address))
     console.print(f"Issued copy {res.copy_id} of [bold]{res.dataset}[/] to [bold]{res.licensee}[/] -> {res.out_dir}")
-    console.print(f"  {res.n_marked}/{res.n_samples} samples marked ({res.scheme}, {res.strategy}, rate {res.rate:g}); "
-                  f"PSNR mean {res.psnr_mean:.1f} dB (min {res.psnr_min:.1f}), SSIM mean {res.ssim_mean:.4f}")
+    console.print(f"  {res.n_marked}/{res.n_samples} samples marked ({res.scheme}, {res.strategy}, rate {res.rate:g}, "
+                  f"at least {min_marked}); PSNR mean {res.psnr_mean:.1f} dB (min {res.psnr_min:.1f}), "
+                  f"SSIM mean {res.ssim_mean:.4f}")
+    if res.forecast is not None:
+        _print_forecast(res.forecast, capped=res.n_marked < min(min_marked, res.n_samples))
     _print_skipped(res.skipped, "skipped")
+
+
+def _print_forecast(fc, capped: bool) -> None:
+    """The measured power curve's word on this many marked samples (tracemark/data/power_curve.json)."""
+    for line in fc.lines():
+        console.print(f"  {line}", highlight=False)
+    if not fc.enough:
+        why = (" (--min-marked is capped at 10% of the dataset)" if capped else "")
+        err_console.print(f"[yellow]warning:[/] {fc.n_marked} marked sample(s) per copy{why}: the measurements say a "
+                          f"model fine-tuned on this copy would most likely not be detected; about {fc.needed} marked "
+                          "samples are needed (a larger dataset, or a higher --rate / --min-marked). Leaked files "
+                          "are still traced.", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -252,7 +284,8 @@ def _print_verdict(verdict, top: int = 10) -> None:
     console.print(table)
     for line in getattr(verdict, "untested", []):
         err_console.print(f"[yellow]not tested:[/] {line}", highlight=False, soft_wrap=True)
-    console.print(("[bold red]" if verdict.used else "[bold green]") + verdict.sentence() + "[/]")
+    # three outcomes: named (red), no evidence (yellow: never a green acquittal), error (one line, exit 1)
+    console.print(("[bold red]" if verdict.used else "[bold yellow]") + verdict.sentence() + "[/]", highlight=False)
 
 
 @app.command("trace-files")
@@ -297,7 +330,7 @@ def trace_files_cmd(
         console.print(f"JSON written to {json_out}")
 
 
-HEAVY_COMMANDS = {"sim", "finetune", "generate", "audit", "eval"}
+HEAVY_COMMANDS = {"sim", "finetune", "shadow", "generate", "audit", "eval"}
 
 
 def _mount_optional(argv: list[str] | None = None) -> None:
@@ -318,13 +351,15 @@ def _mount_optional(argv: list[str] | None = None) -> None:
         app.command("generate")(generate_cmd)
     except ImportError:
         pass
-    if first in (None, "sim", "finetune", "eval"):  # the test world is loaded only for its own commands
+    from tracemark.train_cli import finetune_cmd, shadow_cmd  # (light: torch is imported when they run)
+
+    app.command("finetune")(finetune_cmd)
+    app.command("shadow")(shadow_cmd)
+    if first in (None, "sim", "eval"):  # the test world is loaded only for its own commands
         try:
             from tracemark.sim.cli import app as sim_app
-            from tracemark.sim.cli import finetune_cmd
 
             app.add_typer(sim_app, name="sim", help="The CPU stand-in for Stable Diffusion (tiny model, synthetic data).")
-            app.command("finetune")(finetune_cmd)
         except ImportError:
             pass
     if first in (None, "eval"):

@@ -30,6 +30,7 @@ from tracemark.protect import (
     _remove_stale_temps,
     remove_empty,
     rename_into_place,
+    selection_rate,
     temp_sibling,
     usable_samples,
     write_copy,
@@ -139,8 +140,10 @@ def materialize(
     if missing := sorted(recorded - names):
         raise TracemarkError(f"{data_dir / missing[0]}: copy {copy.id} marked this file but it is unusable now "
                              f"({len(missing)} such file(s))")
-    failed_at_issue = set(select_samples(key, [s.file_name for s in valid], [s.text for s in valid], copy.rate,
+    rate = selection_rate(len(valid), copy.rate, int(copy.params.get("min_marked", 0)))
+    failed_at_issue = set(select_samples(key, [s.file_name for s in valid], [s.text for s in valid], rate,
                                          copy.params.get("selection", "random"),
+                                         selection_version=copy.params.get("selection_version"),
                                          thumbnails=lambda: image_thumbnails([s.path for s in valid]))) - recorded
     skipped += [f"{s.path}: selected for marking, but marking it failed when the copy was issued"
                 for s in valid if s.file_name in failed_at_issue]

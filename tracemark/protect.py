@@ -43,6 +43,7 @@ from tracemark.dataset import (
 )
 from tracemark.engine import check_engine, run_jobs
 from tracemark.errors import TracemarkError
+from tracemark.forecast import Forecast, forecast
 from tracemark.imaging import dhash, save_like
 from tracemark.keys import Key
 from tracemark.metrics import ssim
@@ -50,6 +51,7 @@ from tracemark.registry import Registry
 from tracemark.schemes import DEFAULT_SCHEME, get_scheme
 from tracemark.strategies import (
     DATASET_TRIGGER_ID,
+    SELECTION_VERSION,
     TRIGGER_SCOPES,
     apply_trigger,
     check_rate,
@@ -63,6 +65,35 @@ from tracemark.strategies import (
 
 #: SSIM is ~5x the cost of marking; above this many marked images it is measured on a sample.
 SSIM_SAMPLE = 16
+
+# The product's defaults are the configuration measured to be detected through a LoRA fine-tune
+# (docs/learnability.md, tracemark/data/power_curve.json): the spread scheme at 3.15/255, whole
+# keyed clusters of look-alike images, 2% of the samples but never fewer than DEFAULT_MIN_MARKED
+# (power follows the number of marked samples, not the rate). The curve was measured at 3.2/255
+# (38.03 dB before rounding); rounding and a JPEG's requantisation then left some written files
+# at 37.9 dB, so the default is 1.6% weaker: 38.17 dB before rounding, >= 38 dB on the files.
+DEFAULT_RATE = 0.02
+DEFAULT_SELECTION = "visual"
+DEFAULT_STRENGTH = {"spread": 3.15}
+#: The smallest count at which every measured domain was detected (power_curve.json: 40 marked
+#: samples named 3 of 5 face models and 0 of 1 unseen; 50 named 5/5, 2/2 and 1/2).
+DEFAULT_MIN_MARKED = 50
+#: ``min_marked`` never raises a copy above this fraction of its samples (small datasets are told
+#: by the forecast that they cannot reach the measured count instead).
+MAX_MIN_MARKED_RATE = 0.10
+
+
+def marked_count(n_samples: int, rate: float, min_marked: int = 0) -> int:
+    """How many of ``n_samples`` a copy marks: ``rate`` of them (at least one), raised to
+    ``min_marked`` but never above :data:`MAX_MIN_MARKED_RATE` of the samples by that raise."""
+    n = max(1, int(round(rate * n_samples)))
+    floor = min(int(min_marked), int(MAX_MIN_MARKED_RATE * n_samples))
+    return min(n_samples, max(n, floor))
+
+
+def selection_rate(n_samples: int, rate: float, min_marked: int = 0) -> float:
+    """The rate the selection functions get so that they pick exactly :func:`marked_count` samples."""
+    return marked_count(n_samples, rate, min_marked) / max(1, n_samples)
 
 
 @dataclass
@@ -80,6 +111,48 @@ class ProtectResult:
     psnr_min: float
     ssim_mean: float
     skipped: list[str] = field(default_factory=list)
+    #: what the measured power curve says about detecting this many marked samples through a model
+    forecast: Forecast | None = None
+
+
+@dataclass
+class CopyPlan:
+    """What ``protect`` would do, before anything is read beyond the metadata (``--dry-run``)."""
+
+    dataset: str
+    n_samples: int
+    n_marked: int
+    rate: float
+    min_marked: int
+    capped: bool  # min_marked could not be reached within MAX_MIN_MARKED_RATE of the samples
+    scheme: str
+    strength: float
+    selection: str
+    forecast: Forecast
+
+
+def check_min_marked(min_marked: int) -> int:
+    if isinstance(min_marked, bool) or not isinstance(min_marked, int) or min_marked < 0:
+        raise TracemarkError(f"--min-marked must be a whole number >= 0, got {min_marked!r}")
+    return min_marked
+
+
+def plan_copy(data_dir: str | Path, *, dataset_name: str | None = None, scheme: str = DEFAULT_SCHEME,
+              rate: float = DEFAULT_RATE, selection: str = DEFAULT_SELECTION, strength: float | None = None,
+              scheme_params: dict | None = None, min_marked: int = DEFAULT_MIN_MARKED) -> CopyPlan:
+    """How many samples a copy of ``data_dir`` would mark and what the measurements say about
+    detecting them; reads the metadata only (no image is decoded, nothing is written)."""
+    check_rate(rate)
+    check_min_marked(min_marked)
+    params = dict(scheme_params or {})
+    if strength is None and "strength" not in params:
+        strength = DEFAULT_STRENGTH.get(scheme)
+    sch = get_scheme(scheme, **{"strength": strength, **{k: v for k, v in params.items() if v is not None}})
+    ds = load_dataset(data_dir)
+    n = len(ds)
+    k = marked_count(n, rate, min_marked)
+    return CopyPlan(dataset_name or Path(data_dir).resolve().name, n, k, rate, min_marked, k < min(min_marked, n),
+                    sch.name, float(sch.strength), selection, forecast(k))
 
 
 _SCHEME_CACHE: dict[str, object] = {}
@@ -395,10 +468,11 @@ def protect(
     scheme: str = DEFAULT_SCHEME,
     strategy: str = "trigger",
     trigger_scope: str = "licensee",
-    rate: float = 0.02,
-    selection: str = "random",
+    rate: float = DEFAULT_RATE,
+    selection: str = DEFAULT_SELECTION,
     strength: float | None = None,
     scheme_params: dict | None = None,
+    min_marked: int = DEFAULT_MIN_MARKED,
     on_error: str = "fail",
     workers: int | None = None,
     max_pixels: int = MAX_PIXELS,
@@ -407,11 +481,13 @@ def protect(
     address: str | None = None,
 ) -> ProtectResult:
     """Issue ``licensee`` a marked copy of the dataset at ``data_dir`` into ``out_dir``. The per-file
-    work runs on ``engine`` (:mod:`tracemark.engine`: this machine's pool, or Ray at ``address``)."""
+    work runs on ``engine`` (:mod:`tracemark.engine`: this machine's pool, or Ray at ``address``).
+    The defaults are the measured working configuration (see :data:`DEFAULT_MIN_MARKED`)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     check_engine(engine)
     check_strategy(strategy)
     check_rate(rate)
+    check_min_marked(min_marked)
     if on_error not in ("fail", "skip"):
         raise TracemarkError("--on-error must be 'fail' or 'skip'")
     check_name(licensee, "--licensee")
@@ -420,6 +496,8 @@ def protect(
     params = dict(scheme_params or {})
     if "strength" in params and strength is not None and params["strength"] != strength:
         raise TracemarkError(f"give the strength once: --strength {strength:g} and -p strength={params['strength']}")
+    if strength is None and "strength" not in params:
+        strength = DEFAULT_STRENGTH.get(scheme)
     sch = get_scheme(scheme, **{"strength": strength, **{k: v for k, v in params.items() if v is not None}})
     ds: Dataset = load_dataset(data_dir)
     name = dataset_name or data_dir.resolve().name
@@ -434,17 +512,21 @@ def protect(
         raise TracemarkError(f"licensee '{licensee}' already holds a copy of dataset '{name}'")
     key = registry.key_for(name, licensee)  # checks the master key against the registry first
     pending = registry.pending_copy(name, licensee)
-    if pending is not None:  # an earlier run died between its row and its rename: start it over
-        if pending["out_path"] and Path(pending["out_path"]).is_dir():
-            shutil.rmtree(pending["out_path"])
+    if pending is not None:  # an earlier run died before its rename: start it over
+        # (a complete folder was issued when the registry opened: Registry.recover_pending; a folder
+        # still there is not ours unless empty, and _check_paths refuses it)
+        if pending["out_path"] and Path(pending["out_path"]).is_dir() and not any(Path(pending["out_path"]).iterdir()):
+            Path(pending["out_path"]).rmdir()
         registry.drop_pending(pending["id"])
     _remove_stale_temps(out_dir)
     _check_paths(data_dir, out_dir)
 
     skipped: list[str] = _unlisted_report(ds)
     valid = usable_samples(ds, data_dir, max_pixels, on_error, skipped)
-    marked_ids = set(select_samples(key, [s.file_name for s in valid], [s.text for s in valid], rate, selection,
-                                    thumbnails=lambda: image_thumbnails([s.path for s in valid])))
+    marked_ids = set(select_samples(key, [s.file_name for s in valid], [s.text for s in valid],
+                                    selection_rate(len(valid), rate, min_marked), selection,
+                                    thumbnails=lambda: image_thumbnails([s.path for s in valid]),
+                                    selection_version=SELECTION_VERSION if selection == "visual" else None))
     if trigger_scope not in TRIGGER_SCOPES:
         raise TracemarkError(f"--trigger-scope must be one of {', '.join(TRIGGER_SCOPES)}")
     trig_key = key if trigger_scope == "licensee" else registry.key_for(name, DATASET_TRIGGER_ID)
@@ -481,7 +563,9 @@ def protect(
                 c, dataset_id=ds_id, licensee_id=lic_id, key_id=key.key_id, scheme=sch.name, strategy=strategy,
                 rate=rate, params={**sch.params(), **({"trigger_attempt": trig_attempt, "trigger_scope": trigger_scope}
                                             if trig else {}), **({"selection": selection} if selection != "random"
-                                                                 else {})},
+                                                                 else {}),
+                        **({"min_marked": int(min_marked)} if min_marked else {}),
+                        **({"selection_version": SELECTION_VERSION} if selection == "visual" else {})},
                 marked=[{"file_name": m["file_name"], "dhash": m["dhash"], "text": m["text"],
                          "sha256": sha.get(m["file_name"])} for m in marked_records],
                 out_path=str(out_dir.resolve()), status="pending",
@@ -503,4 +587,5 @@ def protect(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return ProtectResult(out_dir, name, licensee, copy_id, sch.name, strategy, rate, len(valid) - len(skipped_files),
-                         len(marked_records), float(psnrs.mean()), float(psnrs.min()), float(ssims.mean()), skipped)
+                         len(marked_records), float(psnrs.mean()), float(psnrs.min()), float(ssims.mean()), skipped,
+                         forecast(len(marked_records)))

@@ -149,6 +149,24 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         sha256 TEXT NOT NULL
     );
     """,
+    # 5: the owner's shadows: LoRA fine-tunes of a public base on the clean original dataset, the
+    #    white-box audit's reference (``tracemark shadow``); one per (dataset, base, seed)
+    """
+    CREATE TABLE shadows (
+        id INTEGER PRIMARY KEY,
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        base_path TEXT NOT NULL,
+        base_hash TEXT NOT NULL,
+        preset TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        sha256 TEXT,
+        recipe TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'training' CHECK (status IN ('training', 'ready')),
+        created TEXT NOT NULL,
+        UNIQUE (dataset_id, base_hash, seed)
+    );
+    """,
 ]
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -190,7 +208,7 @@ def default_home() -> Path:
 
 
 #: Tables every registry of the current schema holds; a file missing one is damaged, not adopted.
-REQUIRED_TABLES = ("owner", "datasets", "licensees", "copies", "audits", "samples", "file_digests")
+REQUIRED_TABLES = ("owner", "datasets", "licensees", "copies", "audits", "samples", "file_digests", "shadows")
 LOCK_WAIT_S = 30.0
 
 
@@ -682,6 +700,83 @@ class Registry:
                 (now(), kind, target, None if used is None else int(used), p_value, json.dumps(result)),
             )
             return int(cur.lastrowid)
+
+    # --- shadows (the owner's reference fine-tunes, tracemark.shadows) ----------------------
+    def add_shadow(self, *, dataset: str, base_path: str, base_hash: str, preset: str, seed: int, path: str,
+                   recipe: dict) -> int:
+        """Record shadow ``seed`` of (dataset, base) as training, before its fine-tune starts (a rerun
+        finds an interrupted one and resumes it); replaces an earlier record of that seed."""
+        with self.write() as c:
+            row = c.execute("SELECT id FROM datasets WHERE name = ?", (dataset,)).fetchone()
+            if row is None:
+                raise TracemarkError(f"dataset '{dataset}' is not in the registry ({self.db_path})")
+            c.execute(
+                "INSERT INTO shadows (dataset_id, base_path, base_hash, preset, seed, path, sha256, recipe, status, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 'training', ?) ON CONFLICT (dataset_id, base_hash, seed) "
+                "DO UPDATE SET base_path = excluded.base_path, preset = excluded.preset, path = excluded.path, "
+                "sha256 = NULL, recipe = excluded.recipe, status = 'training', created = excluded.created",
+                (int(row["id"]), base_path, base_hash, preset, int(seed), path, json.dumps(recipe, sort_keys=True),
+                 now()))
+            return int(c.execute("SELECT id FROM shadows WHERE dataset_id = ? AND base_hash = ? AND seed = ?",
+                                 (int(row["id"]), base_hash, int(seed))).fetchone()[0])
+
+    def finish_shadow(self, shadow_id: int, sha256: str) -> None:
+        """Mark a shadow ready once its weights file (of digest ``sha256``) is in place."""
+        with self.write() as c:
+            c.execute("UPDATE shadows SET status = 'ready', sha256 = ? WHERE id = ?", (sha256, shadow_id))
+
+    def shadow_runs(self, dataset: str, base_hash: str | None = None) -> list[Shadow]:
+        """Every shadow record of ``dataset`` (on ``base_hash``), training or ready, as recorded."""
+        sql = ("SELECT s.*, d.name AS dataset FROM shadows s JOIN datasets d ON d.id = s.dataset_id "
+               "WHERE d.name = ?")
+        args: tuple = (dataset,)
+        if base_hash is not None:
+            sql += " AND s.base_hash = ?"
+            args += (base_hash,)
+        return [Shadow(r["id"], r["dataset"], r["base_path"], r["base_hash"], r["preset"], r["seed"], r["path"],
+                       r["sha256"], json.loads(r["recipe"]), r["status"], r["created"])
+                for r in self.conn.execute(sql + " ORDER BY s.base_hash, s.seed", args).fetchall()]
+
+    def shadows(self, dataset: str, base_hash: str | None = None) -> list[Shadow]:
+        """The usable shadows of ``dataset`` (fine-tuned from the base of fingerprint ``base_hash``,
+        :func:`tracemark.shadows.base_fingerprint`): ready, and their weights file still holds the
+        recorded digest (a deleted or altered file is left out; ``tracemark shadow`` retrains it)."""
+        out = []
+        for s in self.shadow_runs(dataset, base_hash):
+            if s.status != "ready" or not s.weights.is_file():
+                continue
+            try:
+                if self.file_digest(s.weights) == s.sha256:
+                    out.append(s)
+            except OSError:
+                continue
+        return out
+
+
+#: File name of a shadow's LoRA weights in its folder (diffusers' name, as the trainer writes it).
+SHADOW_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+@dataclass
+class Shadow:
+    """One shadow: a LoRA fine-tune of a base on the clean original dataset (a ``shadows`` row).
+    ``path`` is its folder (what ``audit --reference-lora`` takes); ``recipe`` how it was trained."""
+
+    id: int
+    dataset: str
+    base_path: str
+    base_hash: str
+    preset: str
+    seed: int
+    path: str
+    sha256: str | None
+    recipe: dict
+    status: str  # 'training' | 'ready'
+    created: str
+
+    @property
+    def weights(self) -> Path:
+        return Path(self.path) / SHADOW_WEIGHTS
 
 
 @dataclass

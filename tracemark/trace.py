@@ -89,14 +89,27 @@ class Verdict:
             who = ", ".join(self.named)
             return (f"Watermark detected: these images carry the mark of {who} "
                     f"(p = {self.p_value:.2e}, Holm-corrected over {len(self.scores)} copies, alpha = {self.alpha}).")
-        return (f"No watermark detected (smallest corrected p = {self.p_value:.2e} >= alpha = {self.alpha}, "
-                f"{len(self.scores)} copies tested on {self.n_images} images)."
+        return (f"No evidence of use: no copy's mark reached the threshold (smallest corrected p = "
+                f"{self.p_value:.2e} >= alpha = {self.alpha}; a copy is named from z >= {self.z_needed():.2f}; "
+                f"{len(self.scores)} copies tested on {self.n_images} images). Not an acquittal: a test without "
+                f"enough marked samples or evidence finds nothing either."
                 + "".join(f" Warning: {w}" for w in self.warnings))
+
+    def z_needed(self) -> float:
+        """The z at which the most significant copy would be named (Holm's first step, alpha / copies),
+        on the normal scale the null is fitted on: what a positive would have needed."""
+        from scipy.stats import norm
+
+        return float(norm.isf(self.alpha / max(1, len(self.scores))))
 
 
 def scheme_params(copy: Copy) -> dict:
     """Constructor arguments of the copy's scheme, from the registry's params record."""
-    return {k: v for k, v in copy.params.items() if k not in ("scheme", "trigger_attempt", "trigger_scope", "selection")}
+    return {k: v for k, v in copy.params.items() if k not in COPY_PARAMS}
+
+
+#: Keys of a copy's params record that describe the copy, not its scheme's constructor.
+COPY_PARAMS = ("scheme", "trigger_attempt", "trigger_scope", "selection", "selection_version", "min_marked")
 
 
 def trigger_of(copy: Copy, registry: Registry) -> str | None:

@@ -314,7 +314,7 @@ def test_cli_audit_of_a_single_file_checkpoint(single_files, sample_dir, tmp_pat
 
     assert run("init").returncode == 0
     assert run("protect", sample_dir, "-l", "acme", "-o", tmp_path / "acme", "--rate", "0.2").returncode == 0
-    p = run("audit", "--model", ckpt, "--config", folder, "--n", 16, "--steps", 2, "--decoys", 100,
+    p = run("audit", "--model", ckpt, "--blackbox", "--config", folder, "--n", 16, "--steps", 2, "--decoys", 100,
             "--device", "cpu", "--dtype", "fp16", "--batch-size", 8, "--json", tmp_path / "v.json",
             "--report", tmp_path / "r.html")
     assert p.returncode == 0, p.stdout + p.stderr
@@ -324,7 +324,7 @@ def test_cli_audit_of_a_single_file_checkpoint(single_files, sample_dir, tmp_pat
     assert v["params"]["config"] == str(folder) and f"--config {folder}" in (tmp_path / "r.html").read_text()
     file_digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert v["model_hash"] == hashlib.sha256(ckpt.name.encode() + b"\0" + file_digest.encode()).hexdigest()
-    p = run("audit", "--model", sd_ckpt, "--config", folder, "--n", 16, "--device", "cpu")
+    p = run("audit", "--model", sd_ckpt, "--blackbox", "--config", folder, "--n", 16, "--device", "cpu")
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert p.returncode == 1 and "Traceback" not in p.stderr and len(lines) == 1, p.stderr
     assert str(sd_ckpt) in lines[0] and "does not fit --config" in lines[0]

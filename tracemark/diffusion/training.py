@@ -17,8 +17,9 @@ as a library function:
    :func:`tracemark.diffusion.loading.load_lora`); ``method="full"`` writes a pipeline folder.
 
 Hyperparameters come from a :class:`Preset`; the default, :data:`SD15`, is diffusers'
-text-to-image LoRA recipe for SD 1.5. The CPU test world passes its own preset
-(``tracemark.sim.train.TINY``); this module never imports the test world.
+text-to-image LoRA recipe for SD 1.5; :data:`TINY` is the CPU test world's (the bundled test
+model); :data:`PRESETS` names both and :func:`preset_for_base` picks one by the base's UNet size.
+This module never imports the test world.
 
 Several GPUs: ``accelerate launch`` a script that calls :func:`finetune`; the prepared DataLoader
 gives each process its own batches, ``accelerator.accumulate`` syncs gradients once per optimizer
@@ -105,6 +106,48 @@ SD15 = Preset(
     snr_gamma=None, caption_dropout=0.0, lr_schedule="constant", warmup=0, ema=0.0, cache_latents=False,
     save_every=500,
 )  # fmt: skip
+
+
+#: The CPU test world (the bundled tiny model, ``tracemark/sim/base_model``): 800 LoRA steps (26
+#: epochs of 1000 samples; the tiny UNet step with the broad LoRA is 0.63 s on 2 cores, so 1000
+#: steps took 10.5 min, over the 10-minute budget, docs/sim.md) at lr 2e-3, rank 16 on the broad
+#: targets, 1000 full steps at 2e-4, batch 32, no accumulation, latents cached once.
+TINY = Preset(
+    name="tiny", lr=2e-3, full_lr=2e-4, steps=800, full_steps=1000, rank=16,
+    lora_targets=tuple(LORA_TARGETS["broad"]), resolution=None, center_crop=True, random_flip=False,
+    batch_size=32, gradient_accumulation_steps=1, gradient_checkpointing=False, mixed_precision="no",
+    snr_gamma=None, caption_dropout=0.1, lr_schedule="constant", warmup=0, ema=0.0, cache_latents=True,
+    save_every=500,
+)  # fmt: skip
+
+#: The presets by name (``--preset``).
+PRESETS: dict[str, Preset] = {"sd15": SD15, "tiny": TINY}
+
+#: Largest UNet ``sample_size`` (latent side) that :func:`preset_for_base` treats as a tiny CPU model
+#: (the bundled test model's is 16; SD 1.x's is 64).
+TINY_MAX_SAMPLE_SIZE = 32
+
+
+def preset_for_base(base, name: str = "auto") -> Preset:
+    """The preset called ``name``; ``auto``: :data:`TINY` for a base whose UNet ``sample_size`` is at
+    most :data:`TINY_MAX_SAMPLE_SIZE` (the CPU test world), else :data:`SD15` (a real model, or a
+    single-file checkpoint whose size cannot be read without loading it)."""
+    from tracemark.errors import TracemarkError
+
+    if name != "auto":
+        if name not in PRESETS:
+            raise TracemarkError(f"--preset must be one of auto, {', '.join(PRESETS)}, got {name!r}")
+        return PRESETS[name]
+    cfg = Path(base) / "unet" / "config.json"
+    if not cfg.is_file():
+        return SD15
+    try:
+        size = json.loads(cfg.read_text(encoding="utf-8")).get("sample_size")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise TracemarkError(f"{cfg}: cannot read the UNet config ({exc})") from None
+    if isinstance(size, (list, tuple)):
+        size = max(size) if size else None
+    return TINY if isinstance(size, int) and size <= TINY_MAX_SAMPLE_SIZE else SD15
 
 
 @dataclass
@@ -549,6 +592,8 @@ def run_training(rc: RunConfig, *, pipe=None, progress: bool = True, resume: boo
     running = None
     micro = step * acc
     step_loss = 0.0
+    start_step = step
+    dirty = False  # True while the weights are ahead of ``step`` (between optimizer.step and step += 1)
     try:
         for batch in loader:
             m = micro * n_proc + rank_i
@@ -590,6 +635,7 @@ def run_training(rc: RunConfig, *, pipe=None, progress: bool = True, resume: boo
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, 1.0)
+                    dirty = True
                 optimizer.step()
                 lr_sched.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -599,6 +645,7 @@ def run_training(rc: RunConfig, *, pipe=None, progress: bool = True, resume: boo
             if ema is not None:
                 ema.update(params, step)
             step += 1
+            dirty = False
             lv, step_loss = step_loss, 0.0
             if not math.isfinite(lv):
                 raise TracemarkError(f"training diverged at step {step} (loss {lv}); lower --lr")
@@ -608,6 +655,12 @@ def run_training(rc: RunConfig, *, pipe=None, progress: bool = True, resume: boo
             bar.update(step, running)
             if rc.save_every and step % rc.save_every == 0 and step < rc.steps:
                 save_checkpoint(step)
+    except KeyboardInterrupt:
+        # Ctrl-C / SIGTERM: keep the steps done since the last checkpoint (``resume`` continues from
+        # them exactly), unless the interrupt fell inside an optimizer step (weights ahead of ``step``)
+        if not dirty and step > start_step and n_proc == 1:
+            save_checkpoint(step)
+        raise
     finally:
         bar.close()
     elapsed = time.time() - t_start

@@ -295,7 +295,7 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     from tracemark.whitebox import Probe, denoiser_residuals, loss_gradients
 
     from tracemark.keys import Key
-    from tracemark.strategies import image_thumbnails, select_samples
+    from tracemark.strategies import SELECTION_VERSION, image_thumbnails, select_samples
 
     if statistic == "auto":
         statistic = "loss" if lora is not None or reference is not None else "residual"
@@ -344,7 +344,8 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
                 idx = rng.choice(len(samples), size=k, replace=False)
             else:
                 idx = np.array([pos[n] for n in select_samples(Key(rng.bytes(32)), names, captions, rate, selection,
-                                                               thumbnails=thumbs)])
+                                                               thumbnails=thumbs,
+                                                               selection_version=SELECTION_VERSION)])
             r = stats.test_keys(F[idx], sch.random_vectors(1, rng), decoys, sch.kind, basis)
             p.append(float(r.p_value[0]))
         p = np.array(p)

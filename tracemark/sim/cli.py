@@ -1,8 +1,8 @@
 """Command line for the CPU world: ``tracemark sim make-data | pretrain | finetune | generate | probe``.
 
-``app`` is a typer sub-app (mounted by the main CLI as ``tracemark sim``); ``finetune_cmd`` is a
-plain function the main CLI also registers as a top-level command (``generate`` is product code:
-``tracemark.audit_cli``). Failures
+``app`` is a typer sub-app (mounted by the main CLI as ``tracemark sim``); ``sim finetune`` is the
+product's ``tracemark finetune`` (``tracemark.train_cli.finetune_cmd``, re-exported here), as
+``generate`` is product code (``tracemark.audit_cli``). Failures
 a user can fix raise :class:`tracemark.errors.TracemarkError`; the main CLI prints them as one
 line. ``python -m tracemark.sim.cli ...`` runs the sub-app alone, with the same error handling.
 """
@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from tracemark.errors import TracemarkError
+from tracemark.train_cli import finetune_cmd  # noqa: F401  (the product's command, kept here as `sim finetune`)
 
 console = Console(stderr=True)
 app = typer.Typer(
@@ -104,46 +105,6 @@ def pretrain_vae_cmd(
     path = pretrain_vae(data, out, steps, lr=lr, batch_size=batch_size, crop=crop, seed=seed, save_every=save_every,
                         resume=resume, num_threads=threads, init_from=init_from)  # fmt: skip
     console.print(f"trained AutoencoderKL in {path}")
-
-
-def finetune_cmd(
-    data_dir: Path = typer.Argument(..., help="Imagefolder dataset (metadata.jsonl or metadata.csv)."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Pipeline folder (default: the committed sim base)."),
-    out: Path = typer.Option(..., "--out", help="Output folder: LoRA weights, or a whole pipeline for full."),
-    method: str = typer.Option("lora", "--method", help="lora | full."),
-    preset: str = typer.Option("tiny", "--preset", help="tiny (the CPU world) | sd15 (docs/finetune.md)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Default: the preset's (tiny: 800 lora / 1000 full)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Default: the preset's (tiny: 2e-3 lora / 2e-4 full)."),
-    rank: Optional[int] = typer.Option(None, "--rank", help="LoRA rank (tiny: 16, sd15: 4)."),
-    seed: int = typer.Option(0, "--seed"),
-    lora_targets: Optional[str] = typer.Option(None, "--lora-targets",
-                                               help="broad | attn | comma-separated module names (tiny: broad)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the preset's (tiny: 32)."),
-    grad_accum: Optional[int] = typer.Option(None, "--gradient-accumulation-steps", help="Default: the preset's."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips (default off)."),
-    train_text_encoder: bool = typer.Option(False, "--train-text-encoder", help="Also train the text encoder."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
-    save_every: Optional[int] = typer.Option(None, "--save-every", help="Default 500."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
-    mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision",
-                                                  help="no | fp16 | bf16 | auto (default: the preset's)."),
-) -> None:
-    """Fine-tune a diffusers pipeline on an image-caption dataset (LoRA or full)."""
-    from tracemark.diffusion.training import LORA_TARGETS, SD15, finetune
-    from tracemark.sim.train import TINY
-
-    presets = {"tiny": TINY, "sd15": SD15}
-    if preset not in presets:
-        raise TracemarkError(f"--preset must be one of {', '.join(presets)}, got {preset!r}")
-    targets = lora_targets
-    if targets is not None and targets not in LORA_TARGETS:
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    path = finetune(data_dir, _base_or_default(base), out, method=method, preset=presets[preset], steps=steps, lr=lr,
-                    rank=rank, seed=seed, batch_size=batch_size, lora_targets=targets, flip=flip,
-                    train_text_encoder=train_text_encoder, resume=resume, save_every=save_every,
-                    num_threads=threads, mixed_precision=mixed_precision,
-                    gradient_accumulation_steps=grad_accum)  # fmt: skip
-    console.print(f"fine-tuned ({method}, preset {preset}) -> {path}")
 
 
 @app.command("probe")

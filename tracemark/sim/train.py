@@ -1,9 +1,10 @@
 """Training in the CPU world: pretraining the tiny base, and fine-tuning with the world's preset.
 
-The training loop itself is the product's (:mod:`tracemark.diffusion.training`); this module
-holds what only the tiny world needs: the :data:`TINY` preset (today's world values, so
-experiments stay comparable), :func:`pretrain` of a fresh tiny pipeline (UNet + text encoder,
-EMA), :func:`export_checkpoint`, and :func:`finetune` with the world's defaults and signature.
+The training loop and the world's :data:`TINY` preset are the product's
+(:mod:`tracemark.diffusion.training`, re-exported here; the values stay the world's so experiments
+stay comparable); this module holds what only the tiny world needs: :func:`pretrain` of a fresh
+tiny pipeline (UNet + text encoder, EMA), :func:`export_checkpoint`, and :func:`finetune` with the
+world's defaults and signature.
 
 The world caches VAE posteriors once (``cache_latents``: a CPU tensor of a few MB, as diffusers'
 ``--cache_latents``), because a 2-core budget cannot afford the encoder at every step; images are
@@ -20,6 +21,7 @@ from tracemark.diffusion.loading import LORA_WEIGHT_NAME  # noqa: F401  (re-expo
 from tracemark.diffusion.training import (  # noqa: F401  (re-exported for the world's callers)
     CHECKPOINT,
     LORA_TARGETS,
+    TINY,
     TRAINING_INFO,
     Preset,
     RunConfig,
@@ -30,18 +32,10 @@ from tracemark.diffusion.training import finetune as _finetune
 
 #: Default LoRA target set of this world (see docs/sim.md for the measurement behind it).
 DEFAULT_LORA_TARGETS = "broad"
-DEFAULT_RANK = 16
+DEFAULT_RANK = TINY.rank
 
-#: The tiny world's fine-tuning values: 800 LoRA steps (26 epochs of 1000 samples; the new base's
-#: UNet step with the broad LoRA is 0.63 s on 2 cores, so 1000 steps took 10.5 min, over the
-#: 10-minute budget, docs/sim.md) at lr 2e-3, 1000 full steps at 2e-4, batch 32, no accumulation.
-TINY = Preset(
-    name="tiny", lr=2e-3, full_lr=2e-4, steps=800, full_steps=1000, rank=DEFAULT_RANK,
-    lora_targets=tuple(LORA_TARGETS[DEFAULT_LORA_TARGETS]), resolution=None, center_crop=True, random_flip=False,
-    batch_size=32, gradient_accumulation_steps=1, gradient_checkpointing=False, mixed_precision="no",
-    snr_gamma=None, caption_dropout=0.1, lr_schedule="constant", warmup=0, ema=0.0, cache_latents=True,
-    save_every=500,
-)  # fmt: skip
+# The tiny world's fine-tuning values (:data:`TINY`) live with the product trainer, which the
+# product's ``tracemark finetune`` / ``tracemark shadow`` use on the bundled test model.
 
 #: Pretraining a fresh tiny base: steps, lr, batch size, warmup, schedule, EMA decay.
 PRETRAIN = dict(steps=5000, lr=1e-3, batch_size=32, warmup=200, lr_schedule="cosine", ema=0.999)
