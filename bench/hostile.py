@@ -6,12 +6,12 @@ the registry or the key, bad audit options, looking for secrets in what the tool
 classifies every run:
 
 - traceback: "Traceback (most recent call last)" in its output;
-- silent-wrong: exit 0 (or a success message) where it should have been refused, a wrong verdict,
+- silent-wrong: exit 0 or 3 (or a success message) where it should have been refused, a wrong verdict,
   or an output that clobbered something;
 - lost: a record or a secret lost: master.key changed or gone, a copy reported as issued missing
   from the registry (and from every file a restore kept), committed rows lost, a secret found in
   what the tool wrote;
-- failed: a run that should have worked exited non-zero or hung (listed, not part of the target).
+- failed: a run that should have worked exited other than 0 / 3 (named) or hung (listed, not part of the target).
 
 Target once issue 27 is fixed: 0 tracebacks, 0 silent-wrong, 0 lost. Every run is a subprocess
 (``python -m tracemark``) with its own ``TRACEMARK_HOME`` under a temporary folder.
@@ -55,6 +55,8 @@ TB = "Traceback (most recent call last)"
 CATEGORIES = ("traceback", "silent-wrong", "lost", "failed")
 REPO = Path(__file__).resolve().parent.parent
 STOCK_MODEL = REPO / "tracemark" / "sim" / "base_model"
+#: A verdict that names a licensee exits 3 (tracemark.cli.EXIT_NAMED): the command ran to the end.
+EXIT_NAMED = 3
 
 
 # --- run records and the classifier ------------------------------------------------------------
@@ -81,7 +83,8 @@ class Run:
 
     @property
     def ok(self) -> bool:
-        return self.rc == 0 and not self.timed_out
+        """Ran to the end: exit 0, or EXIT_NAMED (a trace-files / audit verdict that names someone)."""
+        return self.rc in (0, EXIT_NAMED) and not self.timed_out
 
     @property
     def text(self) -> str:
@@ -124,9 +127,9 @@ def classify(run: Run) -> dict[str, list[str]]:
     if not run.killed:
         if run.timed_out:
             add("failed", "hung (killed after its time limit)")
-        elif run.expect == "refuse" and run.rc == 0:
-            add("silent-wrong", "exit 0 where it should have been refused")
-        elif run.expect == "ok" and run.rc != 0 and TB not in run.text:
+        elif run.expect == "refuse" and run.ok:
+            add("silent-wrong", f"exit {run.rc} where it should have been refused")
+        elif run.expect == "ok" and not run.ok and TB not in run.text:
             add("failed", f"exit {run.rc} where it should have worked")
     for cat, why in run.findings:
         add(cat, why)
@@ -818,7 +821,11 @@ def family_kill9(ctx: Ctx) -> None:
         if again.ok and issued_before:
             again.find("silent-wrong", "issued a second copy for a licensee who already held one")
         listing = ctx.run(f"copies --json after kill {i}", ["copies", "--json"], home=home, expect="ok")
-        rows = [json.loads(ln) for ln in listing.out.splitlines() if ln.startswith("{")]
+        try:  # one JSON document (a list); not JSON when the run failed
+            rows = json.loads(listing.out) if listing.ok else []
+        except json.JSONDecodeError:
+            rows = []
+            listing.find("silent-wrong", "copies --json printed no JSON list")
         mine = [r for r in rows if r.get("licensee") == lic]
         if (again.ok or issued_before) and not mine:
             listing.find("lost", f"the copy of {lic} is not listed as issued")

@@ -35,11 +35,18 @@ STEPS = os.environ.get("DEMO_STEPS", "300")
 N_OWNER = os.environ.get("DEMO_N", "500")
 
 
+NAMED = 3  # exit status of a verdict that names a licensee (0: nobody named, 1: error)
+
+
 def tm(*args: str, check: bool = True) -> int:
+    """Run tracemark; ``check``: fail on an error (a verdict's exit 3, "named", is not one)."""
     cmd = [sys.executable, "-m", "tracemark", *map(str, args)]
     print("$ tracemark " + " ".join(map(str, args)), flush=True)
     env = {**os.environ, "TRACEMARK_HOME": str(HOME), "COLUMNS": "140"}
-    return subprocess.run(cmd, check=check, env=env).returncode
+    rc = subprocess.run(cmd, env=env).returncode
+    if check and rc not in (0, NAMED):
+        raise subprocess.CalledProcessError(rc, cmd)
+    return rc
 
 
 def fix_key(seed: str) -> None:
@@ -91,8 +98,10 @@ def part2() -> None:
     tm("shadow", owner, "--base", base, "--count", "1", "--steps", STEPS)
     tm("finetune", OUT / "landscapes_initech", "--base", base, "--out", OUT / "abuser_lora", "--steps", STEPS,
        "--seed", "5")
-    tm("audit", base, "--lora", OUT / "abuser_lora", "--json", OUT / "audit.json", "--report", OUT / "audit.html")
-    tm("audit", base, "--json", OUT / "audit_base.json")  # a model never fine-tuned on the data
+    tm("audit", base, "--lora", OUT / "abuser_lora", "--dataset", "landscapes", "--json", OUT / "audit.json",
+       "--report", OUT / "audit.html")
+    # the base itself, never fine-tuned on the data: names nobody
+    tm("audit", base, "--dataset", "landscapes", "--json", OUT / "audit_base.json")
     print(f"\nEvidence report: {(OUT / 'audit.html').resolve()}")
 
 

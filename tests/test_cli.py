@@ -10,12 +10,16 @@ import pytest
 from registry_helpers import fix_master_key
 
 
-def run(*args, home, check=True):
+NAMED = 3  # exit status of a verdict that names a licensee (tracemark.cli.EXIT_NAMED)
+
+
+def run(*args, home, check=True, rc=0):
+    """``check``: the exit status must be ``rc`` (NAMED for a verdict that names someone)."""
     env = {**os.environ, "TRACEMARK_HOME": str(home), "COLUMNS": "200"}
     p = subprocess.run([sys.executable, "-m", "tracemark", *map(str, args)], capture_output=True, text=True, env=env,
                        timeout=300)
-    if check and p.returncode != 0:
-        raise AssertionError(p.stdout + p.stderr)
+    if check and p.returncode != rc:
+        raise AssertionError(f"exit {p.returncode}, not {rc}\n" + p.stdout + p.stderr)
     return p
 
 
@@ -30,14 +34,14 @@ def test_workflow(sample_dir, tmp_path):
         home=home)
     assert "beta" in run("licensees", home=home).stdout
     assert "ambient" in run("copies", home=home).stdout
-    p = run("trace-files", tmp_path / "beta", "--json", tmp_path / "v.json", home=home)
+    p = run("trace-files", tmp_path / "beta", "--json", tmp_path / "v.json", home=home, rc=NAMED)
     v = json.loads((tmp_path / "v.json").read_text())
     assert v["used"] and v["named"] == ["beta"] and v["p_value"] < 1e-6
-    assert {"copy_id", "licensee", "z", "p_value", "p_holm", "named"} <= set(v["scores"][0])
+    assert {"id", "licensee", "z", "p_value", "p_holm", "named", "n_matched"} <= set(v["licensees"][0])
     # scheme parameters are recorded in the registry and used again when tracing
     run("protect", sample_dir, "-l", "gamma", "-o", tmp_path / "gamma", "--rate", "0.2", "--scheme", "visible",
         "-p", "cells=16", home=home)
-    run("trace-files", tmp_path / "gamma", "--json", tmp_path / "g.json", home=home)
+    run("trace-files", tmp_path / "gamma", "--json", tmp_path / "g.json", home=home, rc=NAMED)
     assert json.loads((tmp_path / "g.json").read_text())["named"] == ["gamma"]
     # the strength as a scheme parameter is the --strength option (it was a traceback)
     run("protect", sample_dir, "-l", "eps", "-o", tmp_path / "eps", "--rate", "0.2", "-p", "strength=3.2", home=home)
@@ -49,16 +53,14 @@ def test_workflow(sample_dir, tmp_path):
     # a coherent selection is recorded and traced like any copy
     run("protect", sample_dir, "-l", "delta", "-o", tmp_path / "delta", "--rate", "0.2", "--selection", "coherent",
         home=home)
-    rows = [json.loads(line) for line in run("copies", "--json", home=home).stdout.splitlines()]
+    rows = json.loads(run("copies", "--json", home=home).stdout)
     assert [r["licensee"] for r in rows][-1] == "delta"
-    run("trace-files", tmp_path / "delta", "--json", tmp_path / "d.json", home=home)
+    run("trace-files", tmp_path / "delta", "--json", tmp_path / "d.json", home=home, rc=NAMED)
     assert json.loads((tmp_path / "d.json").read_text())["named"] == ["delta"]
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--scheme", "nope"], "unknown scheme"),
     (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--rate", "0"], "--rate"),
-    (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--selection", "best"], "--selection"),
     (["protect", "{tmp}/missing", "-l", "x", "-o", "{tmp}/o"], "not found"),
     (["protect", "{data}", "-l", "x", "-o", "{data}/inside"], "inside the input"),
     (["trace-files", "{tmp}"], "no image files"),
@@ -151,7 +153,7 @@ def test_audit_cli_images_json_report_and_usage_errors(sample_dir, tmp_path):
     fix_master_key(home)
     run("protect", sample_dir, "-l", "acme", "-o", tmp_path / "acme", "--rate", "0.3", home=home)
     p = run("audit", "--images", tmp_path / "acme", "--data", sample_dir, "--json", tmp_path / "a.json",
-            "--report", tmp_path / "a.html", home=home)
+            "--report", tmp_path / "a.html", home=home, rc=NAMED)
     d = json.loads((tmp_path / "a.json").read_text())
     assert d["kind"] == "images" and d["named"] == ["acme"] and d["params"]["data"] == str(sample_dir)
     assert "Watermark detected" in p.stdout and (tmp_path / "a.html").read_text().startswith("<!doctype html>")
@@ -210,7 +212,7 @@ def test_outputs_never_replace_the_key_the_registry_or_a_users_file(sample_dir, 
 
         assert stat.S_ISFIFO(os.lstat(target).st_mode)
     if case in ("backup-existing", "json-existing"):  # --force is the way to overwrite a file of one's own
-        run(*cmd, "--force", home=home)
+        run(*cmd, "--force", home=home, rc=NAMED if case == "json-existing" else 0)
         assert _digests(target) != {str(target): before[str(target)]}
 
 
@@ -222,7 +224,7 @@ def test_json_dash_prints_to_standard_output(sample_dir, tmp_path):
     p = subprocess.run([sys.executable, "-m", "tracemark", "trace-files", str(tmp_path / "a"), "--json", "-"],
                        capture_output=True, text=True, env={**os.environ, "TRACEMARK_HOME": str(home)},
                        cwd=tmp_path, timeout=300)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == NAMED, p.stderr
     assert json.loads(p.stdout)["kind"] == "trace-files" and not (tmp_path / "-").exists()
 
 
@@ -254,3 +256,27 @@ def test_out_folders_inside_the_home_or_through_a_symlink_are_refused(sample_dir
     assert not (home / "copy").exists() and not list(home.glob(".copy*"))
     p = run("audit", "--images", sample_dir, "--keep-images", home / "imgs", home=home, check=False)
     assert p.returncode == 1 and "inside the tracemark home" in p.stderr, p.stderr
+
+
+def test_status_revoke_reissue_and_backup_with_key_from_the_command_line(sample_dir, tmp_path):
+    """Issue #30.3/30.4 through the CLI: status, revoke, reissue, backup --with-key into a fresh home."""
+    home = tmp_path / "home"
+    run("init", home=home)
+    run("protect", sample_dir, "-l", "acme", "-o", tmp_path / "a0", "--rate", "0.2", home=home)
+    p = run("protect", sample_dir, "-l", "acme", "-o", tmp_path / "again", "--rate", "0.2", home=home, check=False)
+    assert p.returncode == 1 and "tracemark reissue" in p.stderr
+    p = run("reissue", "acme", "--out", tmp_path / "a1", home=home)
+    assert "Reissued" in p.stdout and (tmp_path / "a1").is_dir()
+    listing = json.loads(run("copies", "--json", "-", home=home).stdout)
+    assert [r["status"] for r in listing] == ["revoked", "issued (gen 1)"]
+    p = run("trace-files", tmp_path / "a0", "--json", "-", home=home, check=False)
+    assert p.returncode == 3 and json.loads(p.stdout)["named"] == ["acme"]  # the revoked copy is still traced
+    run("revoke", "acme", "--reason", "licence ended", home=home)
+    st = json.loads(run("status", "--json", home=home).stdout)
+    assert st["copies"] == 0 and st["integrity"] == "ok" and st["master_key"].startswith("ok")
+    p = run("backup", tmp_path / "all.bak", "--with-key", home=home)
+    assert "holds the master key" in p.stderr
+    p = run("restore", tmp_path / "all.bak", home=tmp_path / "fresh")
+    assert "master key carried by the backup" in p.stdout
+    p = run("trace-files", tmp_path / "a1", "--json", "-", home=tmp_path / "fresh", check=False)
+    assert p.returncode == 3 and json.loads(p.stdout)["named"] == ["acme"]

@@ -204,3 +204,64 @@ def test_a_symlink_loop_in_the_dataset_is_a_one_line_error(tmp_path, case):
     with pytest.raises(TracemarkError, match="symlink loop") as e:
         load_dataset(root)
     assert "\n" not in str(e.value) and str(root) in str(e.value)
+
+
+# --- columns (issue #30 item 7): diffusers' --caption_column / --image_column
+
+
+def test_a_caption_column_named_caption_is_found_and_said(tmp_path):
+    root = write_ds(tmp_path / "d", [{"file_name": "a.png", "caption": "a red fox", "id": 3}], {"a.png": rgb()})
+    ds = load_dataset(root)
+    assert (ds.caption_column, ds.samples[0].text, ds.samples[0].extra) == ("caption", "a red fox", {"id": 3})
+    assert "'caption'" in ds.columns_note() and "--caption-column" in ds.columns_note()
+    assert load_dataset(write_ds(tmp_path / "t", [{"file_name": "a.png", "text": "x"}], {"a.png": rgb()})) \
+        .columns_note() is None  # the imagefolder conventions need no word
+
+
+def test_several_or_no_caption_columns_are_one_line_naming_them_and_the_option(tmp_path):
+    root = write_ds(tmp_path / "d", [{"file_name": "a.png", "text": "x", "prompt": "y"}], {"a.png": rgb()})
+    with pytest.raises(TracemarkError, match=r"metadata.jsonl: several possible caption columns \('text', 'prompt'\); "
+                                             r"pass --caption-column NAME$"):
+        load_dataset(root)
+    assert load_dataset(root, caption_column="prompt").samples[0].text == "y"
+    assert load_dataset(root, caption_column="prompt").samples[0].extra == {"text": "x"}
+    root = write_ds(tmp_path / "n", [{"file_name": "a.png", "title": "x"}], {"a.png": rgb()})
+    with pytest.raises(TracemarkError, match=r"no caption column \(none of text, caption, prompt, description; "
+                                             r"columns: 'file_name', 'title'\); pass --caption-column NAME") as e:
+        load_dataset(root)
+    assert "\n" not in str(e.value)
+    with pytest.raises(TracemarkError, match="caption column 'label'.*columns: 'file_name', 'title'"):
+        load_dataset(root, caption_column="label")
+    with pytest.raises(TracemarkError, match="--caption-column must name a column"):
+        load_dataset(root, caption_column=" ")
+
+
+def test_the_image_column_can_be_renamed_or_found(tmp_path):
+    root = write_ds(tmp_path / "d", [{"path": "a.png", "caption": "x"}, {"path": "sub/b.png", "caption": "y"}],
+                    {"a.png": rgb(), "sub/b.png": rgb()})
+    ds = load_dataset(root, image_column="path")
+    assert [s.file_name for s in ds.samples] == ["a.png", "sub/b.png"] and ds.image_column == "path"
+    assert load_dataset(root).image_column == "path"  # the one usual image column present
+    assert "images from column 'path'" in load_dataset(root).columns_note()
+    with pytest.raises(TracemarkError, match=r"metadata.jsonl:1: missing 'image' \(columns: 'path', 'caption'; "
+                                             r"--image-column\)"):
+        load_dataset(root, image_column="image")
+    with pytest.raises(TracemarkError, match="cannot be both the image and the caption column"):
+        load_dataset(root, caption_column="path")
+    # images only (the content basis of an audit): a caption column that cannot be told is no error
+    amb = write_ds(tmp_path / "a", [{"file_name": "a.png", "text": "x", "caption": "y"}], {"a.png": rgb()})
+    from tracemark.dataset import content_sample
+
+    assert len(content_sample(amb)) == 1
+
+
+def test_a_hugging_face_dataset_given_as_an_imagefolder_says_how_to_import_it(tmp_path):
+    (tmp_path / "hf").mkdir()
+    for name in ("state.json", "dataset_info.json"):
+        (tmp_path / "hf" / name).write_text("{}")
+    with pytest.raises(TracemarkError, match=r"hf: a Hugging Face dataset \(save_to_disk\), not an imagefolder: "
+                                             r"import it once with `tracemark import-hf .*hf --out FOLDER`"):
+        load_dataset(tmp_path / "hf")
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    with pytest.raises(TracemarkError, match="x.parquet: a parquet file.*tracemark import-hf"):
+        load_dataset(tmp_path / "x.parquet")

@@ -388,3 +388,59 @@ def test_a_copy_killed_after_its_rename_is_issued_not_left_untraceable(home, sam
     reg = Registry(home)
     assert [c.licensee for c in reg.copies()] == ["a"] and reg.pending_copies() == []
     assert trace_files(tmp_path / "c", reg, n_decoys=200).named == ["a"]
+
+
+def test_backup_with_key_restores_a_fresh_home_in_one_file_and_status_reports(home, sample_dir, tmp_path):
+    """Issue #30.3: `backup --with-key` carries the master key (0600), a restore into an empty home puts it
+    back, so tracing works again; without it the key stays out of the backup. `status` says what is there."""
+    from tracemark.protect import protect
+    from tracemark.registry import restore
+
+    reg = Registry.init(home)
+    protect(sample_dir, tmp_path / "c", "acme", registry=reg, rate=0.2, workers=1)
+    master = reg.key_path.read_text().strip()
+    plain = reg.backup(tmp_path / "plain.bak")
+    full = reg.backup(tmp_path / "full.bak", with_key=True)
+    assert master.encode() not in plain.read_bytes() and master.encode() in full.read_bytes()
+    assert stat.S_IMODE(full.stat().st_mode) == 0o600
+    st = reg.status()
+    assert st["copies"] == 1 and st["integrity"] == "ok" and st["master_key"].startswith("ok, fingerprint")
+    assert master not in str(st)
+    fresh = tmp_path / "fresh"
+    res = restore(fresh, full)
+    assert res.key_installed and stat.S_IMODE((fresh / "master.key").stat().st_mode) == 0o600
+    assert (fresh / "master.key").read_text().strip() == master
+    again = Registry(fresh)
+    assert [c.licensee for c in again.copies()] == ["acme"] and again.key_for_copy(again.copies()[0])
+    assert "backup_master_key" not in {r[0] for r in again.conn.execute("SELECT name FROM sqlite_master")}
+    assert not restore(tmp_path / "fresh2", plain).key_installed and not (tmp_path / "fresh2" / "master.key").exists()
+
+
+def test_revoke_and_reissue_keep_the_history_and_trace_both_generations(home, sample_dir, tmp_path):
+    """Issue #30.4: a second copy for a licensee was refused with no way out. `reissue` issues a new copy
+    with a new key (the next generation) and revokes the old one in one transaction; `revoke` alone keeps
+    the row; both generations are still traced to the licensee; materialize re-derives the issued one."""
+    from tracemark.materialize import materialize
+    from tracemark.protect import protect, reissue
+    from tracemark.trace import trace_files
+
+    reg = Registry.init(home)
+    protect(sample_dir, tmp_path / "g0", "acme", registry=reg, rate=0.2, workers=1)
+    with pytest.raises(TracemarkError, match="tracemark reissue"):
+        protect(sample_dir, tmp_path / "again", "acme", registry=reg, rate=0.2, workers=1)
+    res = reissue(reg, "acme", tmp_path / "g1", workers=1)
+    rows = reg.conn.execute("SELECT generation, status, revoke_reason FROM copies ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [(0, "revoked", "reissued"), (1, "issued", None)]
+    g0, g1 = reg.copies()
+    assert g0.key_id != g1.key_id and set(g0.marked_ids.tolist()) != set(g1.marked_ids.tolist())
+    assert reg.key_for_copy(g1).key_id == g1.key_id and res.copy_id == g1.id
+    for folder in ("g0", "g1"):  # a leak of the revoked copy is still acme's
+        assert trace_files(tmp_path / folder, reg, n_decoys=200).named == ["acme"]
+    m = materialize(reg, "acme", tmp_path / "m1", workers=1)
+    assert m.copy_id == g1.id
+    reg.revoke("data", "acme", "licence ended")
+    assert reg.issued_copy_id("data", "acme") is None and len(reg.copies()) == 2
+    with pytest.raises(TracemarkError, match="no issued copy"):
+        reg.revoke("data", "acme")
+    protect(sample_dir, tmp_path / "g2", "acme", registry=reg, rate=0.2, workers=1)  # a new licence: generation 2
+    assert reg.copies()[-1].generation == 2

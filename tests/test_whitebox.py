@@ -42,7 +42,9 @@ def test_innocent_model_names_nobody_and_reports(wb, sample_dir, tmp_path):
     # each trigger copy has its own word, so its samples are probed with its own prompts: 3 x 5 + 5 ambient
     assert d["n_images"] == 20
     html = write_report(res, tmp_path / "r.html").read_text()
-    assert "Denoiser residuals" in html and "--whitebox" in html
+    # the reproduce command in the CLI's form: MODEL positional, the white box being the default
+    assert "Denoiser residuals" in html and f"tracemark audit {pipe_dir} --data {sample_dir}" in html
+    assert "--whitebox" not in html
     for c in reg.copies():  # no secret trigger word leaks into the report
         from tracemark.trace import trigger_of
 

@@ -33,7 +33,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -215,7 +215,8 @@ class AuditResult:
         }
 
 
-def _generate(pipe_args: dict, plan: QueryPlan, out_dir: Path, pipe) -> list[Path]:
+def _generate(pipe_args: dict, plan: QueryPlan, out_dir: Path, pipe,
+              progress: Callable[[int], None] | None = None) -> list[Path]:
     from tracemark.diffusion.generation import generate
 
     # one call per image keeps each image's recorded seed exact whatever the batching
@@ -228,6 +229,8 @@ def _generate(pipe_args: dict, plan: QueryPlan, out_dir: Path, pipe) -> list[Pat
         generate(None, [plan.prompts[i] for i in idx], len(idx), sub, seed=plan.seeds[idx[0]],
                  steps=pipe_args["steps"], guidance=pipe_args["guidance"], batch_size=len(idx), pipe=pipe)
         paths += sorted(p for p in sub.iterdir() if p.suffix == ".png")
+        if progress:  # images generated in this batch
+            progress(len(idx))
     return paths
 
 
@@ -253,6 +256,7 @@ def audit_model(
     reference: str | Path | None = None,
     reference_lora: str | Path | None = None,
     ref_pipe=None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AuditResult:
     """Query a diffusers pipeline (plus optional LoRA) with the query plan and test every copy.
 
@@ -266,7 +270,10 @@ def audit_model(
     minus its reference image is scored: the two models draw nearly the same picture (correlation
     0.72-0.88 in the CPU world, 0.24 against the LoRA switched off), so content cancels. The
     reference holds no key: the null is unchanged. No gain in power was measured in the CPU world
-    (docs/learnability.md, session 8)."""
+    (docs/learnability.md, session 8).
+
+    ``progress(done, total)``: images generated so far and in all (stage 2 and the reference's
+    images included), after each batch."""
     import tempfile
 
     from tracemark.diffusion.loading import load_pipeline
@@ -296,7 +303,7 @@ def audit_model(
         content, data_used = content_for(registry, copies, data_dir)
         return _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, steps, guidance, alpha,
                             n_decoys, work, own_work, t0, t_load, content, data_used, batch_size, config,
-                            **refs)  # fmt: skip
+                            progress=progress, **refs)  # fmt: skip
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -305,22 +312,28 @@ def audit_model(
 def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, steps, guidance, alpha, n_decoys,
                  work: Path, own_work: bool, t0: float, t_load: float, content=None,
                  data_dir=None, batch_size: int = 32, config=None, ref_pipe=None, reference=None,
-                 reference_lora=None) -> AuditResult:  # fmt: skip
+                 reference_lora=None, progress=None) -> AuditResult:  # fmt: skip
     gen_args = {"steps": steps, "guidance": guidance, "batch_size": batch_size}
 
     def scored(images: list, plan: QueryPlan, out_dir: Path) -> list:
         """What is tested: the suspect's images, or (paired) minus the reference's at the same seeds."""
         if ref_pipe is None:
             return images
-        ref = [read_image_rgb(p) for p in _generate(gen_args, plan, out_dir, ref_pipe)]
+        ref = [read_image_rgb(p) for p in _generate(gen_args, plan, out_dir, ref_pipe, advance)]
         return [a.astype(np.float32) - b.astype(np.float32) for a, b in zip(images, ref)]
 
     n_trig = len({trigger_of(c, registry) for c in copies if c.strategy == "trigger"})  # distinct words
     two_stage = n_trig > n // MIN_PER_COPY
     stage_alpha = alpha / 2 if two_stage else alpha
+    total, done = n * (1 + two_stage) * (1 + (ref_pipe is not None)), [0]
+
+    def advance(k: int) -> None:
+        done[0] += k
+        if progress:
+            progress(done[0], total)
 
     plan1 = build_plan(copies, registry, n, seed)
-    paths1 = _generate(gen_args, plan1, work / "stage1", pipe)
+    paths1 = _generate(gen_args, plan1, work / "stage1", pipe, advance)
     t_gen = time.perf_counter()
     images1 = [read_image_rgb(p) for p in paths1]
     v1 = score_copies(scored(images1, plan1, work / "stage1_reference"), copies, registry, match_files=False,
@@ -330,7 +343,7 @@ def _audit_model(model_dir, registry, copies, pipe, lora, dataset, n, seed, step
         cands = [s.copy_id for s in sorted(v1.scores, key=lambda s: s.p_value)
                  if s.strategy == "trigger"][:MAX_CANDIDATES]
         plan2 = build_plan(copies, registry, n, seed, only=cands, stage=2)
-        paths2 = _generate(gen_args, plan2, work / "stage2", pipe)
+        paths2 = _generate(gen_args, plan2, work / "stage2", pipe, advance)
         images2 = [read_image_rgb(p) for p in paths2]
         shown = (shown + images2)[:64]
         cand_copies = [c for c in copies if c.id in cands]
@@ -391,6 +404,7 @@ def audit_whitebox(
     dtype: str | None = "auto",
     config: str | Path | None = None,
     statistic: str = DEFAULT_WHITEBOX_STATISTIC,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AuditResult:
     """White box: read every copy's marked samples through the suspect's denoiser (no sampling).
 
@@ -420,6 +434,8 @@ def audit_whitebox(
     reference in memory at a time, and the references' gradients (each at unit RMS) are averaged, so
     the shadows' own fine-tuning noise averages out. CPU world, 2% / 38 dB, five models: mean z 2.63
     with one shadow, 3.28 with four (docs/learnability.md, session 12); the loss statistic only.
+
+    ``progress(done, total)``: marked samples read so far and in all (one pass per shadow).
     """
     from tracemark.diffusion.loading import load_pipeline
     from tracemark.whitebox import DEFAULT_DRAWS, DEFAULT_T_FRACS, denoiser_residuals, loss_gradients
@@ -468,14 +484,16 @@ def audit_whitebox(
             raise TracemarkError("the loss statistic needs a reference: --lora (compared with the LoRA switched "
                                  "off), --base or --reference; or use --statistic residual")
         residuals = None
-        for ref in shadows or [ref_pipe]:  # grad[L_S - mean_k L_k] with each shadow's share at unit RMS
+        passes = shadows or [ref_pipe]
+        for k, ref in enumerate(passes):  # grad[L_S - mean_k L_k] with each shadow's share at unit RMS
+            step = (lambda d, t, k=k: progress(k * t + d, len(passes) * t)) if progress else None
             r = loss_gradients(pipe, probes, ref_pipe=loaded(ref), reference=mode, t_fracs=t_fracs, draws=draws,
-                               seed=seed)
+                               seed=seed, progress=step)
             residuals = r if residuals is None else [a + b for a, b in zip(residuals, r)]
         residuals = [a / max(1, len(shadows)) for a in residuals]
     else:
         residuals = denoiser_residuals(pipe, probes, ref_pipe=loaded(ref_pipe), reference=mode, t_fracs=t_fracs,
-                                       draws=draws, seed=seed)
+                                       draws=draws, seed=seed, progress=progress)
     t_res = time.perf_counter()
     verdict = score_copies(residuals, copies, registry, match_files=False, subsets=subsets, n_decoys=n_decoys,
                            alpha=alpha, seed=seed, content=content_for(registry, copies, data_dir)[0])

@@ -1,34 +1,143 @@
 """The ``tracemark`` command line (typer + rich).
 
 Every user-caused failure is a :class:`TracemarkError`, printed as one line on stderr with exit
-code 1; no command prints a traceback for bad input.
+code 1; no command prints a traceback for bad input. Exit status (documented in ``--help`` and
+docs/audit.md): 0 ran (nobody named), 1 error, 2 usage error, 3 a licensee was named, 130
+interrupted. Every verdict is one JSON document (:data:`VERDICT_SCHEMA`).
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from tracemark import __version__
+from tracemark.engine import ENGINES
 from tracemark.errors import TracemarkError
+from tracemark.materialize import FORMATS
+from tracemark.schemes import SCHEMES
+from tracemark.strategies import SELECTIONS, STRATEGIES, TRIGGER_SCOPES
+
+#: Exit status when a verdict names a licensee (trace-files, audit); 0 = ran and named nobody,
+#: 1 = error, 2 = usage error (typer's), 130 = interrupted. 3 rather than 1 (grep, clamscan) because
+#: 1 is already every error here and 2 typer's usage error: a script can tell all four apart.
+EXIT_NAMED = 3
+#: Version of the JSON document every verdict is written as (docs/audit.md, "The verdict as JSON").
+VERDICT_SCHEMA = "tracemark.verdict/1"
+
+PANEL_PROTECT = "Protect and trace"
+PANEL_REGISTRY = "Registry"
+PANEL_MODELS = "Models"
+PANEL_RESEARCH = "Research (CPU test world)"
+
+EXIT_CODES_HELP = ("Exit status: 0 ran (trace-files / audit: nobody named); 3 a licensee was named; "
+                   "1 error (one line on stderr); 2 usage error; 130 interrupted. Verdicts as JSON: --json FILE "
+                   "or --json - (docs/audit.md).")
+
+
+def _choices(name: str, values: Sequence[str]) -> type[enum.Enum]:
+    """A str enum of a module's own tuple of choices, so --help lists them and shells complete them."""
+    return enum.Enum(name, [(v, v) for v in values], type=str)  # type: ignore[return-value]
+
+
+Scheme = _choices("Scheme", list(SCHEMES))
+Strategy = _choices("Strategy", STRATEGIES)
+TriggerScope = _choices("TriggerScope", TRIGGER_SCOPES)
+Selection = _choices("Selection", SELECTIONS)
+OnError = _choices("OnError", ("fail", "skip"))
+Engine = _choices("Engine", ENGINES)
+Format = _choices("Format", FORMATS)
+
+
+def _value(choice: Any) -> Any:
+    return choice.value if isinstance(choice, enum.Enum) else choice
+
+
+class _Command(TyperCommand):
+    """typer's command with click's usage line (``DATA_DIR``, ``[MODEL]``: no ``{data_dir}``), no
+    ``<bool>`` beside flags, and ``--json`` alone meaning ``--json -`` (standard output)."""
+
+    def get_params(self, ctx: Any) -> list:
+        params = super().get_params(ctx)
+        for p in params:
+            if isinstance(p, TyperOption) and p.is_flag and p.metavar is None:
+                p.metavar = ""  # a flag takes no value: no type column
+            elif isinstance(p, TyperArgument) and p.metavar is None:
+                p.metavar = (p.name or "").upper()
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if isinstance(p, TyperArgument):
+                name = (p.metavar or p.name or "").strip("[]")
+                pieces.append((name if p.required else f"[{name}]") + ("..." if p.nargs != 1 else ""))
+            else:
+                pieces.extend(p.get_usage_pieces(ctx))
+        return pieces
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if any(isinstance(p, TyperOption) and "--json" in p.opts and not p.is_flag for p in self.params):
+            args = list(args)
+            for i, a in enumerate(args):
+                if a == "--":
+                    break
+                if a == "--json" and (i + 1 == len(args) or (args[i + 1].startswith("-") and args[i + 1] != "-")):
+                    args.insert(i + 1, "-")
+                    break
+        return super().parse_args(ctx, args)
+
+
+class _Group(TyperGroup):
+    """The top-level group: no ``<bool>`` beside ``--help`` / ``--version``."""
+
+    def get_params(self, ctx: Any) -> list:
+        params = super().get_params(ctx)
+        for p in params:
+            if isinstance(p, TyperOption) and p.is_flag and p.metavar is None:
+                p.metavar = ""
+        return params
+
 
 app = typer.Typer(
     name="tracemark",
+    cls=_Group,
     help="Watermark image-caption datasets; detect and trace fine-tuning on them.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion: choices (--scheme, --strategy, ...) complete in the shell
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _command(name: Optional[str] = None, *, panel: str, example: str, **kw: Any):
+    """``app.command`` with its help panel and an example line closing its --help."""
+    return app.command(name, cls=_Command, rich_help_panel=panel, epilog=f"Example: {example}", **kw)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"tracemark {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Watermark image-caption datasets; detect and trace fine-tuning on them."""
 
 
 def _registry(home: Optional[Path]):
@@ -76,7 +185,7 @@ AddressOpt = typer.Option(None, "--address", help="With --engine ray: a running 
                           "nodes see the input and output paths; default: a local Ray instance.")
 
 
-@app.command()
+@_command(panel=PANEL_PROTECT, example="tracemark init --owner \"Example Photo Archive\"")
 def init(home: Optional[Path] = HomeOpt, owner: str = typer.Option("owner", help="Owner name.")) -> None:
     """Create the registry and a new master key (mode 0600). Refuses to overwrite."""
     from tracemark.registry import Registry
@@ -87,21 +196,30 @@ def init(home: Optional[Path] = HomeOpt, owner: str = typer.Option("owner", help
                   "(`tracemark backup FILE`): it is the only record of who got which copy.")
 
 
-@app.command()
-def backup(dest: Path = typer.Argument(..., help="Backup file to write (mode 0600); outside the tracemark home."),
+@_command(panel=PANEL_REGISTRY, example="tracemark backup ~/registry-2026-05-01.bak")
+def backup(dest: Path = typer.Argument(..., metavar="BACKUP_FILE", help="Backup file to write (mode 0600); outside the tracemark home."),
            force: bool = typer.Option(False, "--force", help="Overwrite an existing backup file."),
+           with_key: bool = typer.Option(False, "--with-key", help="Put the master key in the backup too: one file "
+                                         "restores everything, and is then as secret as the key itself."),
            home: Optional[Path] = HomeOpt) -> None:
     """Write a consistent backup of the registry (SQLite online backup; safe while other commands run).
 
-    The master key is not in it: keep a copy of master.key apart (every licensee key derives from it)."""
+    The master key is left out unless --with-key: keep a copy of master.key apart (every licensee key
+    derives from it)."""
     reg = _registry(home)
-    path = reg.backup(dest, force=force)
+    path = reg.backup(dest, force=force, with_key=with_key)
     console.print(f"Registry backed up to {path}")
-    console.print(f"  The master key is not in the backup: keep {reg.key_path} safe apart from it.")
+    if with_key:
+        err_console.print(f"[bold yellow]warning:[/] {path} holds the master key (mode 0600): whoever reads it can "
+                          "derive every licensee key. Store it as you store master.key.", highlight=False,
+                          soft_wrap=True)
+    else:
+        console.print(f"  The master key is not in the backup: keep {reg.key_path} safe apart from it "
+                      "(or back up with --with-key).")
 
 
-@app.command()
-def restore(backup_file: Path = typer.Argument(..., help="A file written by `tracemark backup`."),
+@_command(panel=PANEL_REGISTRY, example="tracemark restore ~/registry-2026-05-01.bak")
+def restore(backup_file: Path = typer.Argument(..., metavar="BACKUP_FILE", help="A file written by `tracemark backup`."),
             home: Optional[Path] = HomeOpt) -> None:
     """Put a registry backup in place (the file it replaces is kept beside it)."""
     from tracemark.registry import default_home
@@ -109,6 +227,8 @@ def restore(backup_file: Path = typer.Argument(..., help="A file written by `tra
 
     res = _restore(home or default_home(), backup_file)
     console.print(f"Registry restored from {backup_file} to {res.db}")
+    if res.key_installed:
+        console.print(f"  The master key carried by the backup was put in {res.db.parent / 'master.key'} (mode 0600)")
     if res.replaced is not None:
         console.print(f"  The registry it replaced is kept as {res.replaced}")
     if res.not_in_backup:
@@ -119,20 +239,21 @@ def restore(backup_file: Path = typer.Argument(..., help="A file written by `tra
                           soft_wrap=True)
 
 
-@app.command()
+@_command(panel=PANEL_PROTECT, example="tracemark protect photos/ --licensee acme --out photos_acme/")
 def protect(
-    data_dir: Path = typer.Argument(..., help="Dataset in imagefolder layout (images + metadata.jsonl/csv)."),
+    data_dir: Path = typer.Argument(..., metavar="DATA_DIR", help="Dataset in imagefolder layout (images + metadata.jsonl/csv)."),
     licensee: Optional[str] = typer.Option(None, "--licensee", "-l", help="Who receives this copy."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder for the copy (must not exist)."),
-    scheme: str = typer.Option("spread", help="spread | tile | spectral | dwtdct | warp | visible"),
-    strategy: str = typer.Option("trigger", help="trigger | ambient"),
-    trigger_scope: str = typer.Option("licensee", help="licensee (own trigger word per copy) | dataset "
+    scheme: Scheme = typer.Option("spread", help="Watermark scheme (docs/schemes.md)."),
+    strategy: Strategy = typer.Option("trigger", help="trigger (marked samples get the licensee's secret "
+                                      "trigger word) | ambient (no caption change)."),
+    trigger_scope: TriggerScope = typer.Option("licensee", help="licensee (own trigger word per copy) | dataset "
                                       "(one shared word: audits cost the same for any number of licensees)"),
     rate: float = typer.Option(0.02, help="Fraction of samples to mark (raised to --min-marked)."),
     min_marked: int = typer.Option(50, "--min-marked", help="Mark at least this many samples per copy (never more "
                                    "than 10% of the dataset by this rule): detection through a model follows the "
                                    "number of marked samples; 50 is the smallest count measured to work. 0 = off."),
-    selection: str = typer.Option("visual", help="visual (keyed whole clusters of look-alike images: the measured "
+    selection: Selection = typer.Option("visual", help="visual (keyed whole clusters of look-alike images: the measured "
                                   "default) | random (a keyed random subset) | coherent (a keyed caption "
                                   "neighbourhood) | cluster (a keyed caption cluster)."),
     strength: Optional[float] = typer.Option(None, help="Scheme strength (default: 3.15/255 for spread, >= 38 dB; "
@@ -140,13 +261,19 @@ def protect(
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Scheme parameter KEY=VALUE, repeatable "
                                               "(e.g. -p cells=16 for the visible scheme); recorded in the registry."),
     dataset: Optional[str] = typer.Option(None, help="Dataset name in the registry (default: folder name)."),
-    on_error: str = typer.Option("fail", help="fail | skip: what to do with unreadable or unsupported images."),
+    on_error: OnError = typer.Option("fail", help="fail | skip: what to do with unreadable or unsupported images."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say how many samples would be marked and what the "
                                  "measurements say about detecting them; write nothing."),
     workers: Optional[int] = typer.Option(None, help="Worker processes for marking (default: up to 2)."),
-    engine: str = EngineOpt,
+    engine: Engine = EngineOpt,
     address: Optional[str] = AddressOpt,
     home: Optional[Path] = HomeOpt,
+    caption_column: Optional[str] = typer.Option(None, "--caption-column", help="Caption column of the metadata "
+                                                 "(default: the one of text, caption, prompt, description it has)."),
+    image_column: Optional[str] = typer.Option(None, "--image-column", help="Image file column (default: file_name)."),
+    link: str = typer.Option("copy", "--link", help="How unmarked files are written: copy | reflink (a copy-on-write "
+                             "clone where the filesystem can) | hard (a hard link: no space used, but the copy's "
+                             "unmarked files ARE your originals: writing to one in place changes the original)."),
 ) -> None:
     """Issue a licensee a watermarked copy of a dataset."""
     from tracemark.protect import plan_copy
@@ -154,9 +281,14 @@ def protect(
     from tracemark.schemes import parse_params
 
     params = parse_params(param)
+    scheme, strategy, trigger_scope, selection, on_error, engine = (
+        _value(c) for c in (scheme, strategy, trigger_scope, selection, on_error, engine))
     if dry_run:
         plan = plan_copy(data_dir, dataset_name=dataset, scheme=scheme, rate=rate, selection=selection,
-                         strength=strength, scheme_params=params, min_marked=min_marked)
+                         strength=strength, scheme_params=params, min_marked=min_marked,
+                         caption_column=caption_column, image_column=image_column)
+        if plan.columns_note:
+            console.print(f"  {plan.columns_note}", highlight=False)
         console.print(f"Dry run: a copy of [bold]{plan.dataset}[/] would mark {plan.n_marked} of {plan.n_samples} "
                       f"samples ({plan.scheme} {plan.strength:g}, {plan.selection} selection, rate {plan.rate:g}, "
                       f"at least {plan.min_marked}); nothing was written.")
@@ -169,11 +301,14 @@ def protect(
     res = _with_progress("protect", lambda progress: do_protect(
         data_dir, out, licensee, registry=reg, dataset_name=dataset, scheme=scheme, strategy=strategy,
         trigger_scope=trigger_scope, rate=rate, selection=selection, strength=strength, scheme_params=params,
-        min_marked=min_marked, on_error=on_error, workers=workers, progress=progress, engine=engine, address=address))
+        min_marked=min_marked, on_error=on_error, workers=workers, progress=progress, engine=engine, address=address,
+        caption_column=caption_column, image_column=image_column, link=link))
     console.print(f"Issued copy {res.copy_id} of [bold]{res.dataset}[/] to [bold]{res.licensee}[/] -> {res.out_dir}")
     console.print(f"  {res.n_marked}/{res.n_samples} samples marked ({res.scheme}, {res.strategy}, rate {res.rate:g}, "
                   f"at least {min_marked}); PSNR mean {res.psnr_mean:.1f} dB (min {res.psnr_min:.1f}), "
                   f"SSIM mean {res.ssim_mean:.4f}")
+    if res.columns_note:
+        console.print(f"  {res.columns_note}", highlight=False)
     if res.forecast is not None:
         _print_forecast(res.forecast, capped=res.n_marked < min(min_marked, res.n_samples))
     _print_skipped(res.skipped, "skipped")
@@ -191,24 +326,25 @@ def _print_forecast(fc, capped: bool) -> None:
                           "are still traced.", highlight=False, soft_wrap=True)
 
 
-@app.command()
+@_command(panel=PANEL_PROTECT, example="tracemark materialize acme --out photos_acme_again/")
 def materialize(
-    licensee: str = typer.Argument(..., help="Whose issued copy to re-derive."),
+    licensee: str = typer.Argument(..., metavar="LICENSEE", help="Whose issued copy to re-derive."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist)."),
     dataset: Optional[str] = typer.Option(None, help="The copy's dataset (needed when the licensee holds several)."),
     data: Optional[Path] = typer.Option(None, "--data", help="The original dataset (default: the folder recorded "
                                         "when the copy was issued); its content hash must match the registry's."),
-    fmt: str = typer.Option("folder", "--format", help="folder (imagefolder, identical to the issued copy) | "
+    fmt: Format = typer.Option("folder", "--format", help="folder (imagefolder, identical to the issued copy) | "
                             "webdataset (.tar shards)."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Samples per WebDataset shard."),
     workers: Optional[int] = typer.Option(None, help="Worker processes for marking (default: up to 2)."),
-    engine: str = EngineOpt,
+    engine: Engine = EngineOpt,
     address: Optional[str] = AddressOpt,
     home: Optional[Path] = HomeOpt,
 ) -> None:
     """Re-derive a licensee's issued copy from the registry, the original data and the master key."""
     from tracemark.materialize import materialize as do_materialize
 
+    fmt, engine = _value(fmt), _value(engine)
     _check_out_dir(out, home)
     reg = _registry(home)
     res = _with_progress("materialize", lambda progress: do_materialize(
@@ -220,50 +356,144 @@ def materialize(
     _print_skipped(res.skipped, "as the issued copy did, left out")
 
 
-JsonOpt = typer.Option(False, "--json", help="Print JSON lines instead of a table (scripts, narrow terminals).")
+from tracemark.hf import import_hf_cmd  # noqa: E402  (light: datasets is imported only when it runs)
+from tracemark.registry_cli import reissue_cmd, revoke_cmd, status_cmd  # noqa: E402  (light: no torch)
+
+_command("status", panel=PANEL_REGISTRY, example="tracemark status")(status_cmd)
+_command("revoke", panel=PANEL_REGISTRY, example="tracemark revoke acme --reason \"licence ended\"")(revoke_cmd)
+_command("reissue", panel=PANEL_PROTECT, example="tracemark reissue acme --out photos_acme_2/")(reissue_cmd)
+
+_command("import-hf", panel=PANEL_PROTECT, example="tracemark import-hf ./hf_photos --out ./photos && "
+         "tracemark protect ./photos -l acme -o ./photos_acme")(import_hf_cmd)
 
 
-def _table(*columns: str) -> Table:
-    # no ellipsis: names wrap instead of being cut to illegibility in a narrow or piped terminal
-    t = Table(*columns)
-    for col in t.columns:
-        col.overflow = "fold"
-    return t
+def _json_opt(what: str):
+    return typer.Option(None, "--json", metavar="FILE|-", help=f"Write {what} as one JSON document to FILE, or "
+                        "print it (--json alone or --json -); never inside the tracemark home, never over a file "
+                        "unless --force.")
 
 
-@app.command()
-def licensees(home: Optional[Path] = HomeOpt, as_json: bool = JsonOpt) -> None:
+JsonlOpt = typer.Option(False, "--jsonl", help="Print one JSON object a line instead of a table (streaming).")
+ForceOpt = typer.Option(False, "--force", help="Overwrite an existing --json file.")
+
+
+def _cell(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: Sequence[str] = (),
+                 optional: Sequence[str] = (), styles: Optional[dict[tuple[int, str], str]] = None) -> None:
+    """A table whose numbers are never cut.
+
+    Not a terminal (piped, redirected): plain space-aligned text, every cell whole, no colour. In a
+    terminal: numeric columns never wrap; when the table is wider than the terminal, the
+    ``optional`` columns (decorative, in the order given) are dropped first (one that holds a single
+    value is said above the table instead), then text columns fold; if the numbers alone are still
+    too wide, plain text again (the terminal wraps the line, but no digit is lost)."""
+    styles = styles or {}
+    cols = list(headers)
+
+    def width_of(c: str) -> int:
+        i = headers.index(c)
+        return max([len(c)] + [len(r[i]) for r in rows])
+
+    def needed(cs: list[str]) -> int:  # the narrowest the table can be with these columns
+        return sum(width_of(c) if c in numeric else min(width_of(c), 8) for c in cs) + 3 * len(cs) + 1
+
+    if not console.is_terminal:
+        _print_plain(cols, [list(r) for r in rows], width_of)
+        return
+    said: list[str] = []
+    for c in optional:
+        if needed(cols) <= console.width:
+            break
+        i = headers.index(c)
+        values = {r[i] for r in rows}
+        cols.remove(c)
+        if len(values) == 1:
+            said.append(f"{c}: {values.pop()}")
+    if said:
+        console.print(Text("; ".join(said), style="dim"))
+    if needed(cols) > console.width:
+        _print_plain(cols, [[r[headers.index(c)] for c in cols] for r in rows], width_of)
+        return
+    table = Table(*cols)
+    for col in table.columns:
+        col.overflow = "fold"  # text wraps instead of being cut to "..."
+        if col.header in numeric:
+            col.no_wrap, col.min_width = True, width_of(str(col.header))
+    for k, r in enumerate(rows):
+        table.add_row(*(Text(r[headers.index(c)], style=styles.get((k, c), "")) for c in cols))
+    console.print(table)
+
+
+def _print_plain(cols: list[str], rows: list[list[str]], width_of) -> None:
+    widths = [width_of(c) for c in cols]
+    for line in [cols, *rows]:
+        # write, not console.print: no markup, no highlighting, no wrapping at 80 columns
+        sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() + "\n")
+    sys.stdout.flush()
+
+
+def _emit_json(data: Any, json_out: Optional[Path], force: bool, home: Optional[Path] = None) -> None:
+    """``--json -``: the document on standard output; ``--json FILE``: written atomically."""
+    if json_out is None:
+        return
+    if str(json_out) == "-":
+        print(json.dumps(data, default=float))
+        return
+    _write_json(json_out, data, force)
+    err_console.print(f"JSON written to {json_out}", highlight=False, soft_wrap=True)
+
+
+def _check_json_out(json_out: Optional[Path], force: bool, home: Optional[Path]) -> None:
+    from tracemark.fsutil import check_output_file
+
+    if json_out is not None and str(json_out) != "-":
+        check_output_file(json_out, "--json", force=force, home=home)
+
+
+@_command(panel=PANEL_REGISTRY, example="tracemark licensees --json -")
+def licensees(home: Optional[Path] = HomeOpt, json_out: Optional[Path] = _json_opt("the list"),
+              jsonl: bool = JsonlOpt, force: bool = ForceOpt) -> None:
     """List licensees and how many copies each holds."""
+    _check_json_out(json_out, force, home)
     reg = _registry(home)
     rows = [{"id": r["id"], "licensee": r["name"], "copies": r["n_copies"], "since": r["created"]}
             for r in reg.licensees()]
-    if as_json:
+    if jsonl:
         for r in rows:
             print(json.dumps(r))
         return
-    table = _table("id", "licensee", "copies", "since")
-    for r in rows:
-        table.add_row(*(str(v) for v in r.values()))
-    console.print(table)
+    if json_out is not None:
+        _emit_json(rows, json_out, force)
+        if str(json_out) == "-":
+            return
+    _print_table(["id", "licensee", "copies", "since"], [[_cell(v) for v in r.values()] for r in rows],
+                 numeric=["id", "copies", "since"])
 
 
-@app.command()
+@_command(panel=PANEL_REGISTRY, example="tracemark copies --dataset photos")
 def copies(dataset: Optional[str] = typer.Option(None, help="Only this dataset."), home: Optional[Path] = HomeOpt,
-           as_json: bool = JsonOpt) -> None:
+           json_out: Optional[Path] = _json_opt("the list"), jsonl: bool = JsonlOpt, force: bool = ForceOpt) -> None:
     """List issued copies: dataset, licensee, scheme, strategy, rate, marked samples, key id."""
+    _check_json_out(json_out, force, home)
     reg = _registry(home)
     rows = [{"id": c.id, "dataset": c.dataset, "licensee": c.licensee, "scheme": c.scheme, "strategy": c.strategy,
-             "rate": c.rate, "marked": c.n_marked, "key_id": c.key_id, "issued": c.created, "path": c.out_path or ""}
+             "rate": c.rate, "marked": c.n_marked, "key_id": c.key_id, "issued": c.created,
+             "status": c.status if not c.generation else f"{c.status} (gen {c.generation})", "path": c.out_path or ""}
             for c in reg.copies(dataset)]
-    if as_json:
+    if jsonl:
         for r in rows:
             print(json.dumps(r))
+    elif json_out is not None:
+        _emit_json(rows, json_out, force)
+    if jsonl or (json_out is not None and str(json_out) == "-"):
         _print_pending(reg, dataset)
         return
-    table = _table("id", "dataset", "licensee", "scheme", "strategy", "rate", "marked", "key id", "issued", "path")
-    for r in rows:
-        table.add_row(*(f"{v:g}" if isinstance(v, float) else str(v) for v in r.values()))
-    console.print(table)
+    headers = ["id", "dataset", "licensee", "scheme", "strategy", "rate", "marked", "key id", "issued", "status", "path"]
+    _print_table(headers, [[_cell(v) for v in r.values()] for r in rows],
+                 numeric=["id", "rate", "marked", "key id", "issued"], optional=["strategy", "scheme", "dataset"])
     _print_pending(reg, dataset)
 
 
@@ -276,24 +506,65 @@ def _print_pending(reg, dataset: Optional[str]) -> None:
                               highlight=False, soft_wrap=True)
 
 
+def licensee_rows(verdict) -> list[dict]:
+    """One entry per tested copy, the same keys for every kind of verdict (``licensees`` in the JSON)."""
+    return [{"id": s.copy_id, "licensee": s.licensee, "dataset": s.dataset, "scheme": s.scheme,
+             "strategy": s.strategy, "score": s.statistic, "z": s.z, "p_value": s.p_value, "p_holm": s.p_holm,
+             "p_empirical": s.p_empirical, "n_images": s.n_images, "n_matched": getattr(s, "n_matched", 0),
+             "named": s.named, "stage": getattr(s, "stage", 1)} for s in verdict.scores]
+
+
+#: Fields every verdict document starts with, whatever its kind (docs/audit.md).
+VERDICT_FIELDS = ("schema", "tracemark_version", "kind", "target", "used", "named", "p_value", "alpha", "sentence",
+                  "n_images", "n_decoys", "licensees")
+
+
+def verdict_document(kind: str, target: str, verdict, extra: Optional[dict] = None) -> dict:
+    """The one JSON schema of a verdict (trace-files and every audit): :data:`VERDICT_FIELDS` first,
+    then the kind's own fields (``extra``; they never replace the common ones, except ``n_images``)."""
+    doc = {"schema": VERDICT_SCHEMA, "tracemark_version": __version__, "kind": kind, "target": target,
+           "used": bool(verdict.used), "named": list(verdict.named), "p_value": verdict.p_value,
+           "alpha": verdict.alpha, "sentence": verdict.sentence(), "n_images": verdict.n_images,
+           "n_decoys": verdict.n_decoys, "licensees": licensee_rows(verdict)}
+    for k, v in (extra or {}).items():
+        if k not in doc or k == "n_images":
+            doc[k] = v
+    return doc
+
+
+def exit_for(verdict) -> None:
+    """Exit :data:`EXIT_NAMED` when the verdict names a licensee (scripts tell named from not named)."""
+    if verdict.used:
+        raise typer.Exit(EXIT_NAMED)
+
+
 def _print_verdict(verdict, top: int = 10) -> None:
-    table = Table("copy", "dataset", "licensee", "scheme", "z", "p", "p (Holm)", "images", "named")
-    for s in sorted(verdict.scores, key=lambda s: s.p_value)[:top]:
-        table.add_row(str(s.copy_id), s.dataset, s.licensee, s.scheme, f"{s.z:.2f}", f"{s.p_value:.2e}",
-                      f"{s.p_holm:.2e}", str(s.n_images), "[bold red]YES[/]" if s.named else "no")
-    console.print(table)
+    scores = sorted(verdict.scores, key=lambda s: s.p_value)[:top]
+    matched = any(getattr(s, "n_matched", 0) for s in scores)
+    headers = ["copy", "dataset", "licensee", "scheme", "z", "p", "p (Holm)", "images",
+               *(["matched"] if matched else []), "named"]
+    rows, styles = [], {}
+    for k, s in enumerate(scores):
+        rows.append([str(s.copy_id), s.dataset, s.licensee, s.scheme, f"{s.z:.2f}", f"{s.p_value:.2e}",
+                     f"{s.p_holm:.2e}", str(s.n_images), *([str(s.n_matched)] if matched else []),
+                     "YES" if s.named else "no"])
+        if s.named:
+            styles[(k, "named")] = "bold red"
+    _print_table(headers, rows, numeric=["copy", "z", "p", "p (Holm)", "images", "matched", "named"],
+                 optional=["scheme", "dataset", "images"], styles=styles)
     for line in getattr(verdict, "untested", []):
         err_console.print(f"[yellow]not tested:[/] {line}", highlight=False, soft_wrap=True)
     # three outcomes: named (red), no evidence (yellow: never a green acquittal), error (one line, exit 1)
-    console.print(("[bold red]" if verdict.used else "[bold yellow]") + verdict.sentence() + "[/]", highlight=False)
+    console.print(Text(verdict.sentence(), style="bold red" if verdict.used else "bold yellow"), highlight=False,
+                  soft_wrap=not console.is_terminal)  # piped: one line, as grep expects
 
 
-@app.command("trace-files")
+@_command("trace-files", panel=PANEL_PROTECT,
+          example="tracemark trace-files leaked/ --data photos/ --json verdict.json")
 def trace_files_cmd(
-    leaked_dir: Path = typer.Argument(..., help="Folder of leaked files (a copy, or some of its images)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the verdict as JSON here (- for standard "
-                                            "output); never inside the tracemark home, never over a file unless "
-                                            "--force."),
+    leaked_dir: Path = typer.Argument(..., metavar="LEAKED_DIR", help="Folder of leaked files (a copy, or some of "
+                                      "its images)."),
+    json_out: Optional[Path] = _json_opt("the verdict"),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --json file."),
     dataset: Optional[str] = typer.Option(None, help="Only test copies of this dataset."),
     alpha: float = typer.Option(0.01, help="Family-wise false-accusation rate."),
@@ -302,14 +573,11 @@ def trace_files_cmd(
                                         "its content subspace, so no key aligned by chance with the domain is accused."),
     home: Optional[Path] = HomeOpt,
 ) -> None:
-    """Name the licensee whose copy these leaked files come from (verdict + p-value)."""
-    from tracemark.fsutil import check_output_file
+    """Name the licensee whose copy these leaked files come from (verdict + p-value; exit 3 when named)."""
     from tracemark.trace import trace_files
 
+    _check_json_out(json_out, force, home)
     to_stdout = json_out is not None and str(json_out) == "-"
-    if to_stdout:
-        json_out = None
-    check_output_file(json_out, "--json", force=force, home=home)
     reg = _registry(home)
     with _progress("reading") as bar:
         task = bar.add_task("read", total=None)
@@ -319,24 +587,37 @@ def trace_files_cmd(
         err_console.print("[yellow]note:[/] the original dataset was not found (pass --data): tested without the "
                           "content projection, so a key aligned by chance with the domain is not guarded against",
                           highlight=False, soft_wrap=True)
-    result = {"tracemark_version": __version__, "kind": "trace-files", "input": str(leaked_dir), **verdict.to_dict()}
+    d = verdict.to_dict()
+    result = verdict_document("trace-files", str(leaked_dir), verdict, {
+        "params": {"dataset": dataset, "alpha": alpha, "n_decoys": decoys, "data": str(data) if data else None},
+        "null": d["null"], "timings": d["timings"], "untested": d["untested"], "warnings": d["warnings"]})
     reg.add_audit("trace-files", str(leaked_dir), verdict.used, verdict.p_value, result)
-    if to_stdout:
-        print(json.dumps(result, default=float))
-        return
-    _print_verdict(verdict)
-    if json_out:
-        _write_json(json_out, result, force)
-        console.print(f"JSON written to {json_out}")
+    if not to_stdout:
+        _print_verdict(verdict)
+    _emit_json(result, json_out, force)
+    exit_for(verdict)
 
 
 HEAVY_COMMANDS = {"sim", "finetune", "shadow", "generate", "audit", "eval"}
+_RESEARCH_HELP = {"sim": "The CPU stand-in for Stable Diffusion (tiny model, synthetic data).",
+                  "eval": "Experiments (docs/results.md): tracemark eval run --quick."}
+
+
+def _research_stub(name: str) -> None:
+    """List ``sim`` / ``eval`` in the top-level --help without importing them (they import torch)."""
+
+    def stub() -> None:  # pragma: no cover - only mounted when no command was given
+        raise TracemarkError(f"run `tracemark {name} --help`")
+
+    app.command(name, cls=_Command, rich_help_panel=PANEL_RESEARCH, help=_RESEARCH_HELP[name],
+                add_help_option=False)(stub)
 
 
 def _mount_optional(argv: list[str] | None = None) -> None:
     """Attach the commands that import torch/diffusers only when they may be used.
 
-    Importing torch costs seconds; ``protect`` and ``trace-files`` should not pay for it.
+    Importing torch costs seconds; ``protect``, ``trace-files`` and ``tracemark --help`` should not
+    pay for it: with no command given, ``sim`` and ``eval`` are listed from stubs.
     """
     argv = sys.argv[1:] if argv is None else argv
     first = next((a for a in argv if not a.startswith("-")), None)
@@ -346,35 +627,31 @@ def _mount_optional(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     try:
-        from tracemark.audit_cli import generate_cmd
-
-        app.command("generate")(generate_cmd)
+        from tracemark.audit_cli import audit_cmd, generate_cmd
     except ImportError:
-        pass
+        audit_cmd = generate_cmd = None
+    if audit_cmd is not None:
+        _command("audit", panel=PANEL_PROTECT, example="tracemark audit BASE_MODEL --lora suspect_lora.safetensors "
+                 "--data photos/ --report evidence.html")(audit_cmd)
     from tracemark.train_cli import finetune_cmd, shadow_cmd  # (light: torch is imported when they run)
 
-    app.command("finetune")(finetune_cmd)
-    app.command("shadow")(shadow_cmd)
-    if first in (None, "sim", "eval"):  # the test world is loaded only for its own commands
-        try:
-            from tracemark.sim.cli import app as sim_app
+    if generate_cmd is not None:
+        _command("generate", panel=PANEL_MODELS, example="tracemark generate --model BASE_MODEL --lora "
+                 "suspect_lora.safetensors --prompts prompts.txt --n 64 --out generated/")(generate_cmd)
+    _command("finetune", panel=PANEL_MODELS, example="tracemark finetune photos_acme/ --base BASE_MODEL "
+             "--out acme_lora/")(finetune_cmd)
+    _command("shadow", panel=PANEL_MODELS, example="tracemark shadow photos/ --base BASE_MODEL --count 4")(shadow_cmd)
+    for name, module in (("sim", "tracemark.sim.cli"), ("eval", "tracemark.eval.cli")):
+        if first is None:
+            _research_stub(name)
+        elif first == name:  # the test world is loaded only for its own commands
+            try:
+                import importlib
 
-            app.add_typer(sim_app, name="sim", help="The CPU stand-in for Stable Diffusion (tiny model, synthetic data).")
-        except ImportError:
-            pass
-    if first in (None, "eval"):
-        try:
-            from tracemark.eval.cli import app as eval_app
-
-            app.add_typer(eval_app, name="eval", help="Experiments (docs/results.md): tracemark eval run --quick.")
-        except ImportError:
-            pass
-    try:
-        from tracemark.audit_cli import audit_cmd
-
-        app.command("audit")(audit_cmd)
-    except ImportError:
-        pass
+                sub = importlib.import_module(module).app
+            except ImportError:
+                continue
+            app.add_typer(sub, name=name, help=_RESEARCH_HELP[name], rich_help_panel=PANEL_RESEARCH)
 
 
 _signalled: list[int] = []

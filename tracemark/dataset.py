@@ -3,7 +3,11 @@
 This is the layout the diffusers text-to-image training scripts load with
 ``load_dataset("imagefolder", data_dir=...)``: image files plus a ``metadata.jsonl`` (or
 ``metadata.csv``) whose rows name a ``file_name`` relative to the metadata file's folder and a
-caption column (``text``). Subfolders may hold their own metadata files.
+caption column. Subfolders may hold their own metadata files. The columns are those of diffusers'
+``--image_column`` / ``--caption_column``: given, or found when the metadata has exactly one of the
+usual names (:data:`CAPTION_COLUMNS`, :data:`IMAGE_COLUMNS`); a copy keeps the source's names.
+Hugging Face datasets saved with ``save_to_disk`` or as parquet are imported into this layout once
+(:mod:`tracemark.hf`).
 
 Everything a user can get wrong here raises :class:`TracemarkError` with the file and the
 problem in one line: the CLI shows that line, never a traceback.
@@ -31,6 +35,12 @@ METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 MAX_PIXELS = 40_000_000
 #: Pixel modes that can carry an invisible mark and be written back in the same mode.
 SUPPORTED_MODES = {"RGB", "RGBA", "L"}
+#: Caption column names found without ``--caption-column`` (the metadata must hold exactly one).
+CAPTION_COLUMNS = ("text", "caption", "prompt", "description")
+#: The imagefolder convention for the image column; without ``--image-column`` it is used when
+#: present, else the one of :data:`IMAGE_COLUMNS` the metadata holds.
+DEFAULT_IMAGE_COLUMN = "file_name"
+IMAGE_COLUMNS = ("file_name", "image", "path", "file", "filename", "image_path")
 
 
 @dataclass
@@ -51,9 +61,49 @@ class Dataset:
     samples: list[Sample]
     metadata_files: list[Path]
     caption_column: str = "text"
+    image_column: str = DEFAULT_IMAGE_COLUMN
+    #: the columns found in the metadata rather than given: {"caption"|"image": column}
+    detected: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def columns_note(self) -> str | None:
+        """One line naming the columns found rather than given, when they are not the imagefolder
+        conventions (``file_name``, ``text``): the user sees which column became the captions."""
+        parts = []
+        if self.detected.get("image", DEFAULT_IMAGE_COLUMN) != DEFAULT_IMAGE_COLUMN:
+            parts.append(f"images from column '{self.image_column}' (--image-column to choose another)")
+        if self.detected.get("caption", "text") != "text":
+            parts.append(f"captions from column '{self.caption_column}' (--caption-column to choose another)")
+        return "; ".join(parts) or None
+
+
+def check_column(value: str | None, option: str) -> str | None:
+    """A column name as given (None: find it); an empty or blank name is a mistake, not a default."""
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise TracemarkError(f"{option} must name a column, got {value!r}")
+    return value
+
+
+def pick_column(columns: list[str], given: str | None, candidates: tuple[str, ...], option: str, what: str,
+                where: object, prefer: str | None = None) -> tuple[str, bool]:
+    """(column, found rather than given): ``given`` as is, else ``prefer`` when present, else the one
+    of ``candidates`` present in ``columns``; none or several is a one-line error naming ``where``,
+    the columns and ``option``."""
+    if given is not None:
+        return given, False
+    if prefer is not None and prefer in columns:
+        return prefer, True
+    found = [c for c in candidates if c in columns]
+    if len(found) == 1:
+        return found[0], True
+    shown = ", ".join(repr(c) for c in columns) or "none"
+    if not found:
+        raise TracemarkError(f"{where}: no {what} column (none of {', '.join(candidates)}; columns: {shown}); "
+                             f"pass {option} NAME")
+    raise TracemarkError(f"{where}: several possible {what} columns ({', '.join(repr(c) for c in found)}); "
+                         f"pass {option} NAME")
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -127,14 +177,23 @@ def _resolve(path: Path, where: str) -> Path:
         raise TracemarkError(f"{path}: symlink loop or unreadable link ({where})") from exc
 
 
-def load_dataset(root: str | Path, caption_column: str = "text") -> Dataset:
+def load_dataset(root: str | Path, caption_column: str | None = None, image_column: str | None = None, *,
+                 captions: bool = True) -> Dataset:
     """Load and validate an imagefolder dataset (metadata only; images are not decoded).
 
-    Checks: the folder exists, metadata parses, every row has a file_name and a string caption,
-    file names are unique and stay inside the dataset, and every named file exists.
+    Checks: the folder exists, metadata parses, every row names an image and has a string caption,
+    file names are unique and stay inside the dataset, and every named file exists. The columns are
+    ``image_column`` / ``caption_column`` when given, else found (:func:`pick_column`).
+    ``captions=False`` (readers of the images only): a caption column that cannot be found is no
+    error, and captions are read as ``""``.
     """
+    check_column(caption_column, "--caption-column")
+    check_column(image_column, "--image-column")
     root = Path(root)
     if not root.is_dir():
+        if root.is_file() and root.suffix == ".parquet":
+            raise TracemarkError(f"{root}: a parquet file, not an imagefolder dataset: import it once with "
+                                 f"`tracemark import-hf {root} --out FOLDER` and use FOLDER")
         raise TracemarkError(f"{root}: dataset folder not found")
     metas = []
     for p in root.rglob("*"):  # symlinked folders are not followed: a link to a parent cannot loop here
@@ -144,39 +203,68 @@ def load_dataset(root: str | Path, caption_column: str = "text") -> Dataset:
             metas.append(p)
     metas.sort()
     if not metas:
+        from tracemark.hf import hf_kind
+
+        kind = hf_kind(root)
+        if kind is not None:
+            raise TracemarkError(f"{root}: a Hugging Face dataset ({kind}), not an imagefolder: import it once with "
+                                 f"`tracemark import-hf {root} --out FOLDER` and use FOLDER")
         raise TracemarkError(f"{root}: no metadata.jsonl or metadata.csv (imagefolder layout expected)")
     kinds = {m.suffix for m in metas}
     if len(kinds) > 1:  # Hugging Face imagefolder refuses mixed metadata too
         raise TracemarkError(f"{root}: both metadata.jsonl and metadata.csv files ({', '.join(_rel(m, root) for m in metas)}); "
                              "use one format")
     root_resolved = _resolve(root, "the dataset folder")
+    table = [(meta, read_rows(meta)) for meta in metas]
+    if not any(rows for _, rows in table):
+        raise TracemarkError(f"{root}: dataset is empty (no rows in {', '.join(m.name for m in metas)})")
+    columns = list(dict.fromkeys(k for _, rows in table for _, row in rows for k in row))  # first seen first
+    where = metas[0] if len(metas) == 1 else root
+    image_col, image_found = pick_column(columns, image_column, IMAGE_COLUMNS, "--image-column", "image", where,
+                                         prefer=DEFAULT_IMAGE_COLUMN)
+    try:
+        caption_col, caption_found = pick_column(columns, caption_column, tuple(c for c in CAPTION_COLUMNS
+                                                                                if c != image_col),
+                                                 "--caption-column", "caption", where)
+    except TracemarkError:
+        if captions:
+            raise
+        caption_col, caption_found = "", False
+    if caption_col == image_col:
+        raise TracemarkError(f"{where}: column '{image_col}' cannot be both the image and the caption column")
+    detected = {k: v for k, v, found in (("image", image_col, image_found), ("caption", caption_col, caption_found))
+                if found}
     samples: list[Sample] = []
     seen: dict[str, Path] = {}
-    for meta in metas:
-        for lineno, row in read_rows(meta):
-            name = row.get("file_name")
+    for meta, rows in table:
+        for lineno, row in rows:
+            name = row.get(image_col)
             if not isinstance(name, str) or not name:
-                raise TracemarkError(f"{meta}:{lineno}: missing 'file_name'")
-            caption = row.get(caption_column)
+                raise TracemarkError(f"{meta}:{lineno}: missing '{image_col}'"
+                                     + ("" if image_col in row or image_column is None else
+                                        f" (columns: {', '.join(repr(c) for c in row)}; --image-column)"))
+            caption = row.get(caption_col) if caption_col else ""
             if not isinstance(caption, str):
-                raise TracemarkError(f"{meta}:{lineno}: missing or non-string caption column '{caption_column}'")
+                if captions:
+                    raise TracemarkError(f"{meta}:{lineno}: missing or non-string caption column '{caption_col}'"
+                                         + ("" if caption_col in row else
+                                            f" (columns: {', '.join(repr(c) for c in row)}; --caption-column)"))
+                caption = ""
             path = (meta.parent / name)
             try:
                 _resolve(path, f"named in {meta.name} line {lineno}").relative_to(root_resolved)
                 # the name as written (a symlink keeps its own name: the copy holds a file under it)
                 rel = Path(os.path.normpath(path)).relative_to(Path(os.path.normpath(root))).as_posix()
             except ValueError as exc:
-                raise TracemarkError(f"{meta}:{lineno}: file_name '{name}' points outside the dataset") from exc
+                raise TracemarkError(f"{meta}:{lineno}: {image_col} '{name}' points outside the dataset") from exc
             if rel in seen:
-                raise TracemarkError(f"{meta}:{lineno}: duplicate file_name '{name}' (also in {seen[rel]})")
+                raise TracemarkError(f"{meta}:{lineno}: duplicate {image_col} '{name}' (also in {seen[rel]})")
             seen[rel] = meta
             if not path.is_file():
                 raise TracemarkError(f"{path}: file named in {meta.name} line {lineno} is missing")
-            extra = {k: v for k, v in row.items() if k not in ("file_name", caption_column)}
+            extra = {k: v for k, v in row.items() if k not in (image_col, caption_col)}
             samples.append(Sample(rel, caption, path, meta, extra, lineno))
-    if not samples:
-        raise TracemarkError(f"{root}: dataset is empty (no rows in {', '.join(m.name for m in metas)})")
-    return Dataset(root, samples, metas, caption_column)
+    return Dataset(root, samples, metas, caption_col, image_col, detected)
 
 
 def unlisted_files(ds: Dataset) -> tuple[list[Path], list[Path], list[Path]]:
@@ -202,9 +290,9 @@ def unlisted_files(ds: Dataset) -> tuple[list[Path], list[Path], list[Path]]:
     return images, other, hidden
 
 
-def load_samples(root: str | Path, caption_column: str = "text") -> list[Sample]:
+def load_samples(root: str | Path, caption_column: str | None = None, image_column: str | None = None) -> list[Sample]:
     """Convenience: the samples of :func:`load_dataset`."""
-    return load_dataset(root, caption_column).samples
+    return load_dataset(root, caption_column, image_column).samples
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -317,17 +405,89 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def content_hash(dataset: Dataset, file_hashes: dict[str, str] | None = None) -> str:
+def content_hash(dataset: Dataset, file_hashes: dict[str, str] | None = None,
+                 checks: "FileChecks | None" = None) -> str:
     """SHA-256 over (file_name, file bytes hash, caption) of every sample, order-independent.
     ``file_hashes``, when given, is filled with each sample's own SHA-256 (the registry keeps those
-    of the marked samples)."""
+    of the marked samples). With ``checks`` a file's digest is read from the dataset pass when the
+    file is unchanged since (size, mtime, inode), and recorded there otherwise."""
     h = hashlib.sha256()
     for s in sorted(dataset.samples, key=lambda s: s.file_name):
-        fh = file_sha256(s.path)
+        fh = checks.sha256(s.path) if checks is not None else None
+        if fh is None:
+            fh = file_sha256(s.path)
+            if checks is not None:
+                checks.update(s.path, sha256=fh)
         if file_hashes is not None:
             file_hashes[s.file_name] = fh
         h.update(s.file_name.encode() + b"\0" + fh.encode() + b"\0" + s.text.encode() + b"\n")
     return h.hexdigest()
+
+
+#: Version of what :class:`FileChecks` records (a change of the checks invalidates older records).
+FILE_CHECKS_VERSION = 1
+
+
+class FileChecks:
+    """The one-time pass over a dataset's files, kept in the registry (``file_checks``): per file,
+    whether it decoded fully (and its pixel count, for the pixel limit), its SHA-256 and its
+    thumbnail. A record counts only while the file has the size, mtime and inode it had when it was
+    checked, so a file changed, replaced or truncated since is checked again (and a corrupt one
+    refused). Without it every copy decoded every image of the dataset to catch a corrupt file. As
+    for make or rsync, a file rewritten in place to the same size with its mtime set back is not
+    noticed; the content hash (``materialize``) then reads the recorded digest too."""
+
+    def __init__(self, registry, samples: list[Sample]) -> None:
+        self.registry = registry
+        self.stats: dict[str, tuple[int, int, int]] = {}
+        for s in samples:
+            try:
+                st = os.stat(s.path)
+            except OSError:
+                continue  # reported by whatever reads it
+            self.stats[self.key(s.path)] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        rows = registry.file_checks(list(self.stats)) if registry is not None else {}
+        self.known: dict[str, dict] = {
+            p: {"pixels": r[4], "sha256": r[5], "thumb": r[6]} for p, r in rows.items()
+            if tuple(r[:3]) == self.stats.get(p) and r[3] == FILE_CHECKS_VERSION}
+        self.changed: set[str] = set()
+
+    @staticmethod
+    def key(path: str | Path) -> str:
+        return os.path.abspath(path)
+
+    def _get(self, path: str | Path, field_name: str):
+        rec = self.known.get(self.key(path))
+        return None if rec is None else rec[field_name]
+
+    def decoded(self, path: str | Path, max_pixels: int = MAX_PIXELS) -> bool:
+        """Whether ``path`` decoded fully, unchanged since, within ``max_pixels``."""
+        pixels = self._get(path, "pixels")
+        return pixels is not None and pixels <= max_pixels
+
+    def sha256(self, path: str | Path) -> str | None:
+        return self._get(path, "sha256")
+
+    def thumb(self, path: str | Path) -> bytes | None:
+        return self._get(path, "thumb")
+
+    def update(self, path: str | Path, **fields) -> None:
+        """Record what was just learnt of ``path`` (against its size and mtime seen before reading it)."""
+        k = self.key(path)
+        if k not in self.stats:
+            return
+        rec = self.known.setdefault(k, {"pixels": None, "sha256": None, "thumb": None})
+        rec.update(fields)
+        self.changed.add(k)
+
+    def save(self) -> None:
+        """Write what this run learnt to the registry (one transaction)."""
+        if self.registry is None or not self.changed:
+            return
+        self.registry.record_file_checks([
+            (k, *self.stats[k], FILE_CHECKS_VERSION, self.known[k]["pixels"], self.known[k]["sha256"],
+             self.known[k]["thumb"]) for k in sorted(self.changed)])
+        self.changed.clear()
 
 
 def write_metadata(meta_path: Path, rows: list[dict]) -> None:
@@ -361,11 +521,13 @@ def is_inside(child: Path, parent: Path) -> bool:
 CONTENT_SAMPLE = 2000
 
 
-def content_sample(data_dir: str | Path | None, n: int = CONTENT_SAMPLE, seed: int = 0) -> list[np.ndarray] | None:
-    """Up to ``n`` original images of the owner's dataset (a fixed sample), or None without data."""
+def content_sample(data_dir: str | Path | None, n: int = CONTENT_SAMPLE, seed: int = 0,
+                   image_column: str | None = None) -> list[np.ndarray] | None:
+    """Up to ``n`` original images of the owner's dataset (a fixed sample), or None without data.
+    Only the images are read: captions, or a caption column that cannot be told, do not matter."""
     if data_dir is None:
         return None
-    samples = load_dataset(data_dir).samples
+    samples = load_dataset(data_dir, image_column=image_column, captions=False).samples
     if len(samples) > n:
         idx = np.sort(np.random.default_rng(seed).choice(len(samples), size=n, replace=False))
         samples = [samples[i] for i in idx]

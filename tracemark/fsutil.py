@@ -55,6 +55,19 @@ def _resolved(path: Path) -> Path:
         return Path(os.path.abspath(path))
 
 
+def _refuse_inside_home(path: Path, what: str, home: Path | None) -> None:
+    """The master key and the registry are never an output: nothing is written inside the home
+    (``$TRACEMARK_HOME`` and ``home``), whether named directly or through a symlink."""
+    from tracemark.errors import TracemarkError
+
+    homes = {tracemark_home()} | ({Path(home)} if home is not None else set())
+    target = _resolved(path)
+    for h in homes:
+        if _inside(target, _resolved(h)) or _inside(Path(os.path.abspath(path)), Path(os.path.abspath(h))):
+            raise TracemarkError(f"{path}: lies inside the tracemark home {h} (master key and registry); "
+                                 f"write {what} elsewhere")
+
+
 def check_output_file(path: Path | None, what: str, *, force: bool = False, home: Path | None = None) -> None:
     """Refuse an output file before any work is done or recorded.
 
@@ -68,12 +81,7 @@ def check_output_file(path: Path | None, what: str, *, force: bool = False, home
     if path is None:
         return
     path = Path(path)
-    homes = {tracemark_home()} | ({Path(home)} if home is not None else set())
-    target = _resolved(path)
-    for h in homes:
-        if _inside(target, _resolved(h)) or _inside(Path(os.path.abspath(path)), Path(os.path.abspath(h))):
-            raise TracemarkError(f"{path}: lies inside the tracemark home {h} (master key and registry); "
-                                 f"write {what} elsewhere")
+    _refuse_inside_home(path, what, home)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -106,12 +114,7 @@ def check_output_dir(path: Path | None, what: str, *, home: Path | None = None, 
     if path is None:
         return
     path = Path(path)
-    homes = {tracemark_home()} | ({Path(home)} if home is not None else set())
-    target = _resolved(path)
-    for h in homes:
-        if _inside(target, _resolved(h)) or _inside(Path(os.path.abspath(path)), Path(os.path.abspath(h))):
-            raise TracemarkError(f"{path}: lies inside the tracemark home {h} (master key and registry); "
-                                 f"write {what} elsewhere")
+    _refuse_inside_home(path, what, home)
     if os.path.islink(path):
         raise TracemarkError(f"{path}: is a symbolic link; {what} must be a new folder")
     if new and os.path.lexists(path):

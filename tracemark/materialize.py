@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracemark.dataset import MAX_PIXELS, Dataset, content_hash, load_dataset
+from tracemark.dataset import MAX_PIXELS, Dataset, FileChecks, content_hash, load_dataset
 from tracemark.engine import check_engine
 from tracemark.errors import TracemarkError
 from tracemark.protect import (
@@ -32,6 +32,7 @@ from tracemark.protect import (
     rename_into_place,
     selection_rate,
     temp_sibling,
+    check_link,
     usable_samples,
     write_copy,
 )
@@ -60,8 +61,9 @@ class MaterializeResult:
 
 
 def find_copy(registry: Registry, licensee: str, dataset: str | None = None) -> Copy:
-    """The one issued copy of ``licensee`` (of ``dataset`` when given), or a one-line error."""
-    found = [c for c in registry.copies(dataset) if c.licensee == licensee]
+    """The one issued copy of ``licensee`` (of ``dataset`` when given), or a one-line error (revoked
+    copies are not re-derived under the licensee's name: they are history)."""
+    found = [c for c in registry.copies(dataset, include_revoked=False) if c.licensee == licensee]
     if not found:
         where = f" of dataset '{dataset}'" if dataset else ""
         raise TracemarkError(f"licensee '{licensee}' holds no issued copy{where} ({registry.db_path})")
@@ -87,15 +89,24 @@ def _source(registry: Registry, copy: Copy, data_dir: str | Path | None) -> tupl
     return Path(data_dir), row["content_hash"]
 
 
-def _load_original(data_dir: Path, registered_hash: str, name: str) -> Dataset:
-    """The dataset at ``data_dir``, refused unless its content hash is the registered one: other
-    files or captions would give another copy."""
-    ds = load_dataset(data_dir)
-    got = content_hash(ds)
+def copy_columns(copy: Copy) -> tuple[str, str]:
+    """(caption column, image column) the copy was made from, as recorded when it was issued (copies
+    issued before columns were recorded read ``text`` and ``file_name``, the only ones then)."""
+    return str(copy.params.get("caption_column", "text")), str(copy.params.get("image_column", "file_name"))
+
+
+def _load_original(data_dir: Path, registered_hash: str, name: str, columns: tuple[str, str] = ("text", "file_name"),
+                   registry: Registry | None = None) -> tuple[Dataset, FileChecks]:
+    """The dataset at ``data_dir`` read with the copy's ``columns`` (caption, image), refused unless
+    its content hash is the registered one: other files or captions would give another copy. Also
+    the dataset pass (:class:`FileChecks`) whose digests the hash reuses for unchanged files."""
+    ds = load_dataset(data_dir, *columns)
+    checks = FileChecks(registry, ds.samples)
+    got = content_hash(ds, checks=checks)
     if got != registered_hash:
         raise TracemarkError(f"{data_dir}: not the data of dataset '{name}' as registered (content hash "
                              f"{got[:12]} != {registered_hash[:12]}: files or captions changed); pass the original")
-    return ds
+    return ds, checks
 
 
 def materialize(
@@ -112,9 +123,13 @@ def materialize(
     address: str | None = None,
     max_pixels: int = MAX_PIXELS,
     progress: Callable[[int, int], None] | None = None,
+    link: str = "copy",
 ) -> MaterializeResult:
     """Write the issued copy ``copy`` (a :class:`Copy`, or a licensee name) to ``out_dir``, as an
-    imagefolder (``fmt="folder"``, identical to what ``protect`` wrote) or as WebDataset shards."""
+    imagefolder (``fmt="folder"``, identical to what ``protect`` wrote) or as WebDataset shards.
+    Files the dataset pass decoded before and that are unchanged are copied without decoding them
+    (``link``: how, :data:`tracemark.protect.LINK_MODES`)."""
+    check_link(link)
     if fmt not in FORMATS:
         raise TracemarkError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     if fmt == "webdataset" and (not isinstance(shard_size, int) or shard_size < 1):
@@ -129,12 +144,12 @@ def materialize(
     data_dir, registered_hash = _source(registry, copy, data_dir)
     _remove_stale_temps(out_dir)
     _check_paths(data_dir, out_dir)  # before hashing every file of the data
-    ds = _load_original(data_dir, registered_hash, copy.dataset)
+    ds, checks = _load_original(data_dir, registered_hash, copy.dataset, copy_columns(copy), registry)
 
     # the same usable samples as at issue time (same data, same checks); a file the issued copy
     # skipped is skipped again, and a file the key selected whose marking failed then stays out
     skipped: list[str] = []
-    valid = usable_samples(ds, data_dir, max_pixels, "skip", skipped)
+    valid = usable_samples(ds, data_dir, max_pixels, "skip", skipped, checks)
     recorded = {m["file_name"] for m in copy.marked}
     names = {s.file_name for s in valid}
     if missing := sorted(recorded - names):
@@ -144,7 +159,8 @@ def materialize(
     failed_at_issue = set(select_samples(key, [s.file_name for s in valid], [s.text for s in valid], rate,
                                          copy.params.get("selection", "random"),
                                          selection_version=copy.params.get("selection_version"),
-                                         thumbnails=lambda: image_thumbnails([s.path for s in valid]))) - recorded
+                                         thumbnails=lambda: image_thumbnails([s.path for s in valid],
+                                                                                checks=checks))) - recorded
     skipped += [f"{s.path}: selected for marking, but marking it failed when the copy was issued"
                 for s in valid if s.file_name in failed_at_issue]
     valid = [s for s in valid if s.file_name not in failed_at_issue]
@@ -158,7 +174,9 @@ def materialize(
         params = {k: v for k, v in sch.params().items() if k != "scheme"}
         written = write_copy(ds, valid, recorded, files, scheme_name=sch.name, scheme_params=params, secret=key.secret,
                              trigger=trig, on_error="skip", skipped=skipped, max_pixels=max_pixels, workers=workers,
-                             engine=engine, address=address, progress=progress, ssim_sample=0)
+                             engine=engine, address=address, progress=progress, ssim_sample=0, checks=checks,
+                             link=link, measure=False)
+        checks.save()
         if written.failed_marked:
             raise TracemarkError(next((line for line in skipped if any(f in line for f in written.failed_marked)),
                                       f"{data_dir}: {len(written.failed_marked)} marked file(s) could not be marked"))
@@ -167,7 +185,7 @@ def materialize(
         if fmt == "webdataset":
             shard_dir = tmp / "shards"
             shard_dir.mkdir()
-            shards = write_shards(files, shard_dir, shard_size)
+            shards = write_shards(files, shard_dir, shard_size, ds.caption_column, ds.image_column)
             final = shard_dir
         else:
             final = tmp
@@ -191,20 +209,21 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def write_shards(copy_dir: Path, shard_dir: Path, shard_size: int = SHARD_SIZE) -> list[Path]:
+def write_shards(copy_dir: Path, shard_dir: Path, shard_size: int = SHARD_SIZE, caption_column: str = "text",
+                 image_column: str = "file_name") -> list[Path]:
     """Pack a written imagefolder copy into WebDataset shards ``shard-000000.tar``, ...: per sample,
     in metadata order, ``<key>.<ext>`` (the image file's bytes), ``<key>.json`` (its metadata row,
     ``file_name`` relative to the dataset root) and ``<key>.txt`` (its caption as in the copy's
     metadata, trigger included). Keys are the sample's position, zero-padded: WebDataset splits a
-    member name at its first dot, which many file names contain."""
-    ds = load_dataset(copy_dir)
+    member name at its first dot, which many file names contain. The columns are the copy's own."""
+    ds = load_dataset(copy_dir, caption_column, image_column)
     shards = []
     for start in range(0, len(ds.samples), shard_size):
         path = shard_dir / f"shard-{len(shards):06d}.tar"
         with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
             for i, s in enumerate(ds.samples[start:start + shard_size], start):
                 key = f"{i:09d}"
-                row = {"file_name": s.file_name, ds.caption_column: s.text, **s.extra}
+                row = {ds.image_column: s.file_name, ds.caption_column: s.text, **s.extra}
                 members = {f"{key}.{Path(s.file_name).suffix.lower().lstrip('.') or 'img'}": s.path.read_bytes(),
                            f"{key}.json": (json.dumps(row, ensure_ascii=False) + "\n").encode(),
                            f"{key}.txt": s.text.encode()}

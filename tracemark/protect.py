@@ -32,6 +32,7 @@ import numpy as np
 from tracemark.dataset import (
     MAX_PIXELS,
     Dataset,
+    FileChecks,
     Sample,
     check_image_header,
     content_hash,
@@ -41,7 +42,7 @@ from tracemark.dataset import (
     unlisted_files,
     write_metadata,
 )
-from tracemark.engine import check_engine, run_jobs
+from tracemark.engine import PROGRESS_EVERY, check_engine, run_jobs
 from tracemark.errors import TracemarkError
 from tracemark.forecast import Forecast, forecast
 from tracemark.imaging import dhash, save_like
@@ -113,6 +114,12 @@ class ProtectResult:
     skipped: list[str] = field(default_factory=list)
     #: what the measured power curve says about detecting this many marked samples through a model
     forecast: Forecast | None = None
+    #: the columns read (recorded with the copy); ``columns_note``: which were found, not given
+    caption_column: str = "text"
+    image_column: str = "file_name"
+    columns_note: str | None = None
+    #: how the unmarked files were written ({"copy": n} by default; see :data:`LINK_MODES`)
+    placed: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,6 +136,7 @@ class CopyPlan:
     strength: float
     selection: str
     forecast: Forecast
+    columns_note: str | None = None
 
 
 def check_min_marked(min_marked: int) -> int:
@@ -139,7 +147,8 @@ def check_min_marked(min_marked: int) -> int:
 
 def plan_copy(data_dir: str | Path, *, dataset_name: str | None = None, scheme: str = DEFAULT_SCHEME,
               rate: float = DEFAULT_RATE, selection: str = DEFAULT_SELECTION, strength: float | None = None,
-              scheme_params: dict | None = None, min_marked: int = DEFAULT_MIN_MARKED) -> CopyPlan:
+              scheme_params: dict | None = None, min_marked: int = DEFAULT_MIN_MARKED,
+              caption_column: str | None = None, image_column: str | None = None) -> CopyPlan:
     """How many samples a copy of ``data_dir`` would mark and what the measurements say about
     detecting them; reads the metadata only (no image is decoded, nothing is written)."""
     check_rate(rate)
@@ -148,11 +157,11 @@ def plan_copy(data_dir: str | Path, *, dataset_name: str | None = None, scheme: 
     if strength is None and "strength" not in params:
         strength = DEFAULT_STRENGTH.get(scheme)
     sch = get_scheme(scheme, **{"strength": strength, **{k: v for k, v in params.items() if v is not None}})
-    ds = load_dataset(data_dir)
+    ds = load_dataset(data_dir, caption_column, image_column)
     n = len(ds)
     k = marked_count(n, rate, min_marked)
     return CopyPlan(dataset_name or Path(data_dir).resolve().name, n, k, rate, min_marked, k < min(min_marked, n),
-                    sch.name, float(sch.strength), selection, forecast(k))
+                    sch.name, float(sch.strength), selection, forecast(k), ds.columns_note())
 
 
 _SCHEME_CACHE: dict[str, object] = {}
@@ -167,8 +176,10 @@ def _cached_scheme(name: str, params: dict):
 
 
 def mark_file(src: str, dst: str, scheme_name: str, scheme_params: dict, secret: bytes,
-              max_pixels: int = MAX_PIXELS, with_ssim: bool = True) -> dict:
-    """Mark one image file (runs in a worker process). Errors are returned, not raised."""
+              max_pixels: int = MAX_PIXELS, with_ssim: bool = True, measure: bool = True) -> dict:
+    """Mark one image file (runs in a worker process). Errors are returned, not raised. The harm
+    (PSNR, SSIM) is measured on the file as written, decoded back; ``measure=False`` (re-deriving a
+    copy whose harm is on record) skips that decode."""
     from tracemark.errors import TracemarkError as _TE
 
     try:
@@ -177,6 +188,9 @@ def mark_file(src: str, dst: str, scheme_name: str, scheme_params: dict, secret:
         marked = scheme.embed_uint8(original, Key(secret))
         if not (pil.format == "JPEG" and _write_jpeg_dct(src, dst, marked.astype(np.float64) - original)):
             save_like(marked, pil, Path(dst))
+        if not measure:
+            return {"src": src, "psnr": float("nan"), "ssim": None, "dhash": dhash(pil), "error": None,
+                    "pixels": int(original.shape[0] * original.shape[1])}
         marked, _ = read_image(Path(dst), max_pixels, dtype=np.uint8)  # the harm of what the user gets
         diff = marked.astype(np.int16)
         diff -= original
@@ -184,7 +198,7 @@ def mark_file(src: str, dst: str, scheme_name: str, scheme_params: dict, secret:
         mse = float(diff.sum(dtype=np.int64)) / diff.size
         return {"src": src, "psnr": 10 * np.log10(255.0**2 / mse) if mse > 0 else float("inf"),
                 "ssim": ssim(original, marked) if with_ssim else None,
-                "dhash": dhash(pil), "error": None}
+                "dhash": dhash(pil), "error": None, "pixels": int(original.shape[0] * original.shape[1])}
     except _TE as exc:
         return {"src": src, "error": str(exc)}
     except OSError as exc:
@@ -210,13 +224,54 @@ def _write_jpeg_dct(src: str, dst: str, delta: np.ndarray) -> bool:
     return True
 
 
-def copy_file(src: str, dst: str, max_pixels: int = MAX_PIXELS) -> dict:
-    """Decode an unmarked image fully (a truncated file is an error whatever the key), then copy its
-    bytes unchanged."""
+#: How the unmarked files of a copy are written: ``copy`` (default; the kernel's copy where it can),
+#: ``reflink`` (a copy-on-write clone: btrfs, XFS, APFS-like filesystems; a plain copy elsewhere) or
+#: ``hard`` (a hard link to the original: no space, no I/O, but the copy's unmarked files ARE the
+#: original files, so whoever writes to one in place writes to the original; tracemark never writes
+#: to a copy's files after issuing it; a plain copy where the filesystem refuses links).
+LINK_MODES = ("copy", "reflink", "hard")
+_FICLONE = 0x40049409  # Linux ioctl: clone a file's extents
+
+
+def check_link(link: str) -> str:
+    if link not in LINK_MODES:
+        raise TracemarkError(f"--link must be one of {', '.join(LINK_MODES)}, got {link!r}")
+    return link
+
+
+def place_file(src: str, dst: str, link: str = "copy") -> str:
+    """Put ``src``'s bytes at ``dst`` by ``link`` (:data:`LINK_MODES`); returns what was done
+    (``copy`` where the filesystem refused a link or clone)."""
+    if link == "hard":
+        try:
+            os.link(src, dst, follow_symlinks=True)
+            return "hard"
+        except OSError:
+            pass
+    elif link == "reflink":
+        import fcntl
+
+        try:
+            with open(src, "rb") as fi, open(dst, "wb") as fo:
+                fcntl.ioctl(fo.fileno(), _FICLONE, fi.fileno())
+            return "reflink"
+        except OSError:
+            Path(dst).unlink(missing_ok=True)
+    shutil.copyfile(src, dst)  # sendfile / copy_file_range: in the kernel
+    return "copy"
+
+
+def copy_file(src: str, dst: str, max_pixels: int = MAX_PIXELS, validate: bool = True, link: str = "copy") -> dict:
+    """Copy an unmarked image's bytes unchanged; with ``validate`` decode it fully first (a truncated
+    file is an error whatever the key), which the dataset pass (:class:`FileChecks`) makes needless
+    for a file it already decoded and that is unchanged since."""
     try:
-        read_image(Path(src), max_pixels, dtype=np.uint8)
-        shutil.copyfile(src, dst)
-        return {"src": src, "error": None}
+        pixels = None
+        if validate:
+            arr, _ = read_image(Path(src), max_pixels, dtype=np.uint8)
+            pixels = int(arr.shape[0] * arr.shape[1])
+        how = place_file(src, dst, link)
+        return {"src": src, "error": None, "pixels": pixels, "how": how}
     except TracemarkError as exc:
         return {"src": src, "error": str(exc)}
     except OSError as exc:
@@ -375,13 +430,20 @@ class WrittenCopy:
 
     marked: list[dict]
     failed_marked: set[str]
+    #: how the unmarked files were written: {"copy" | "reflink" | "hard": count} (a refused link is a copy)
+    placed: dict[str, int] = field(default_factory=dict)
 
 
-def usable_samples(ds: Dataset, data_dir: Path, max_pixels: int, on_error: str, skipped: list[str]) -> list[Sample]:
+def usable_samples(ds: Dataset, data_dir: Path, max_pixels: int, on_error: str, skipped: list[str],
+                   checks: FileChecks | None = None) -> list[Sample]:
     """The samples whose image header passes the cheap checks (mode, size, EXIF rotation, bombs);
-    with ``on_error="skip"`` the others are listed in ``skipped``, else the first one raises."""
+    with ``on_error="skip"`` the others are listed in ``skipped``, else the first one raises. A file
+    the dataset pass (``checks``) decoded fully and that is unchanged since is not opened again."""
     valid = []
     for s in ds.samples:
+        if checks is not None and checks.decoded(s.path, max_pixels):
+            valid.append(s)
+            continue
         try:
             check_image_header(s.path, max_pixels).close()
             valid.append(s)
@@ -398,25 +460,57 @@ def write_copy(ds: Dataset, valid: list[Sample], marked_ids: set[str], tmp: Path
                scheme_params: dict, secret: bytes, trigger: str | None, on_error: str, skipped: list[str],
                max_pixels: int = MAX_PIXELS, workers: int | None = None, engine: str = "local",
                address: str | None = None, progress: Callable[[int, int], None] | None = None,
-               ssim_sample: int = SSIM_SAMPLE) -> WrittenCopy:
+               ssim_sample: int = SSIM_SAMPLE, checks: FileChecks | None = None, link: str = "copy",
+               measure: bool = True) -> WrittenCopy:
     """The writing stage of a copy, shared by ``protect`` and ``materialize`` so that a copy
     re-derived from the registry is the issued one bit for bit: mark ``marked_ids`` and copy the
     other ``valid`` samples into ``tmp`` (jobs on ``engine``), then write the metadata files with
     ``trigger`` prepended to the marked captions. Failures are raised, or with ``on_error="skip"``
-    listed in ``skipped`` and the sample left out."""
+    listed in ``skipped`` and the sample left out.
+
+    Every image is decoded once (truncation is caught whether or not the key marks it), but only
+    once per dataset: with ``checks`` an unmarked file that decoded fully before and is unchanged
+    since (size, mtime, inode) is only copied (in this process: the kernel copies it), so a copy
+    at 2% decodes its marked samples and the files never checked. ``link``: how the unmarked files
+    are written (:data:`LINK_MODES`)."""
+    check_link(link)
     to_mark = [s for s in valid if s.file_name in marked_ids]
     valid_ids = {s.file_name for s in valid}
-    jobs = []
+    jobs, job_samples, direct = [], [], []
     n_mark = 0
-    for s in valid:  # every image is decoded (truncation is caught whether or not the key marks it)
-        (tmp / s.file_name).parent.mkdir(parents=True, exist_ok=True)
+    made: set[Path] = set()
+    for s in valid:
+        parent = (tmp / s.file_name).parent
+        if parent not in made:
+            parent.mkdir(parents=True, exist_ok=True)
+            made.add(parent)
         if s.file_name in marked_ids:
             jobs.append(("mark", str(s.path), str(tmp / s.file_name), scheme_name, scheme_params, secret, max_pixels,
-                         n_mark < ssim_sample))
+                         n_mark < ssim_sample, measure))
             n_mark += 1
+            job_samples.append(s)
+        elif checks is not None and checks.decoded(s.path, max_pixels):
+            direct.append(s)
         else:
-            jobs.append(("copy", str(s.path), str(tmp / s.file_name), max_pixels))
-    results = run_jobs(jobs, process_file, engine=engine, workers=workers, address=address, progress=progress)
+            jobs.append(("copy", str(s.path), str(tmp / s.file_name), max_pixels, True, link))
+            job_samples.append(s)
+    total = len(jobs) + len(direct)
+    job_results = run_jobs(jobs, process_file, engine=engine, workers=workers, address=address,
+                           progress=(lambda done, _: progress(done, total)) if progress else None)
+    # after the pool, not beside it: a thread running while the pool forks its workers is unsafe
+    direct_results = []
+    for s in direct:
+        direct_results.append(copy_file(str(s.path), str(tmp / s.file_name), max_pixels, False, link))
+        done = len(jobs) + len(direct_results)
+        if progress and (done % PROGRESS_EVERY == 0 or done == total):
+            progress(done, total)
+    by_name = {s.file_name: r for s, r in zip(job_samples, job_results)}
+    by_name.update({s.file_name: r for s, r in zip(direct, direct_results)})
+    results = [by_name[s.file_name] for s in valid]
+    if checks is not None:
+        for s, r in zip(job_samples, job_results):
+            if not r["error"] and r.get("pixels"):
+                checks.update(s.path, pixels=r["pixels"])
     bad_unmarked = set()
     for s, r in zip(valid, results):
         if r["error"] and s.file_name not in marked_ids:
@@ -453,9 +547,13 @@ def write_copy(ds: Dataset, valid: list[Sample], marked_ids: set[str], tmp: Path
             if trigger and s.file_name in good_marked:
                 text = apply_trigger(text, trigger)
             rel_name = Path(s.path).relative_to(meta.parent).as_posix()
-            rows.append({"file_name": rel_name, ds.caption_column: text, **s.extra})
+            rows.append({ds.image_column: rel_name, ds.caption_column: text, **s.extra})
         write_metadata(tmp / meta.relative_to(ds.root), rows)
-    return WrittenCopy(marked_records, skipped_files)
+    placed: dict[str, int] = {}
+    for r in results:
+        if not r["error"] and "how" in r:
+            placed[r["how"]] = placed.get(r["how"], 0) + 1
+    return WrittenCopy(marked_records, skipped_files, placed)
 
 
 def protect(
@@ -479,12 +577,20 @@ def protect(
     progress: Callable[[int, int], None] | None = None,
     engine: str = "local",
     address: str | None = None,
+    reissue: bool = False,
+    caption_column: str | None = None,
+    image_column: str | None = None,
+    link: str = "copy",
 ) -> ProtectResult:
     """Issue ``licensee`` a marked copy of the dataset at ``data_dir`` into ``out_dir``. The per-file
     work runs on ``engine`` (:mod:`tracemark.engine`: this machine's pool, or Ray at ``address``).
-    The defaults are the measured working configuration (see :data:`DEFAULT_MIN_MARKED`)."""
+    The defaults are the measured working configuration (see :data:`DEFAULT_MIN_MARKED`).
+    ``caption_column`` / ``image_column``: the metadata's columns (default: found, see
+    :func:`tracemark.dataset.load_dataset`); recorded with the copy, kept under their names in it.
+    ``link``: how unmarked files are written (:data:`LINK_MODES`; ``hard`` shares the original's inode)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     check_engine(engine)
+    check_link(link)
     check_strategy(strategy)
     check_rate(rate)
     check_min_marked(min_marked)
@@ -499,7 +605,7 @@ def protect(
     if strength is None and "strength" not in params:
         strength = DEFAULT_STRENGTH.get(scheme)
     sch = get_scheme(scheme, **{"strength": strength, **{k: v for k, v in params.items() if v is not None}})
-    ds: Dataset = load_dataset(data_dir)
+    ds: Dataset = load_dataset(data_dir, caption_column, image_column)
     name = dataset_name or data_dir.resolve().name
     if dataset_name is None:
         try:
@@ -508,9 +614,14 @@ def protect(
             raise TracemarkError(f"{exc} (the folder's name): give --dataset NAME") from None
     if strategy == "trigger":
         _check_trigger_captions(ds)
-    if registry.has_copy(name, licensee):
-        raise TracemarkError(f"licensee '{licensee}' already holds a copy of dataset '{name}'")
-    key = registry.key_for(name, licensee)  # checks the master key against the registry first
+    replaces = registry.issued_copy_id(name, licensee)
+    if replaces is not None and not reissue:
+        raise TracemarkError(f"licensee '{licensee}' already holds a copy of dataset '{name}'; `tracemark reissue "
+                             f"{licensee} --out DIR` issues a new copy with a new key and revokes that one")
+    if replaces is None and reissue:
+        raise TracemarkError(f"licensee '{licensee}' holds no issued copy of dataset '{name}' to reissue")
+    generation = registry.next_generation(name, licensee)
+    key = registry.key_for(name, licensee, generation)  # checks the master key against the registry first
     pending = registry.pending_copy(name, licensee)
     if pending is not None:  # an earlier run died before its rename: start it over
         # (a complete folder was issued when the registry opened: Registry.recover_pending; a folder
@@ -522,10 +633,11 @@ def protect(
     _check_paths(data_dir, out_dir)
 
     skipped: list[str] = _unlisted_report(ds)
-    valid = usable_samples(ds, data_dir, max_pixels, on_error, skipped)
+    checks = FileChecks(registry, ds.samples)
+    valid = usable_samples(ds, data_dir, max_pixels, on_error, skipped, checks)
     marked_ids = set(select_samples(key, [s.file_name for s in valid], [s.text for s in valid],
                                     selection_rate(len(valid), rate, min_marked), selection,
-                                    thumbnails=lambda: image_thumbnails([s.path for s in valid]),
+                                    thumbnails=lambda: image_thumbnails([s.path for s in valid], checks=checks),
                                     selection_version=SELECTION_VERSION if selection == "visual" else None))
     if trigger_scope not in TRIGGER_SCOPES:
         raise TracemarkError(f"--trigger-scope must be one of {', '.join(TRIGGER_SCOPES)}")
@@ -550,12 +662,13 @@ def protect(
         params = {k: v for k, v in sch.params().items() if k != "scheme"}
         written = write_copy(ds, valid, marked_ids, tmp, scheme_name=sch.name, scheme_params=params, secret=key.secret,
                              trigger=trig, on_error=on_error, skipped=skipped, max_pixels=max_pixels, workers=workers,
-                             engine=engine, address=address, progress=progress)
+                             engine=engine, address=address, progress=progress, checks=checks, link=link)
         marked_records, skipped_files = written.marked, written.failed_marked
         psnrs = np.array([m["psnr"] for m in marked_records])
         ssims = np.array([m["ssim"] for m in marked_records if m["ssim"] is not None] or [np.nan])
         sha: dict[str, str] = {}
-        chash = content_hash(ds, sha)
+        chash = content_hash(ds, sha, checks)
+        checks.save()
         with registry.write() as c:
             ds_id = registry.ensure_dataset(c, name, chash, len(ds), str(data_dir.resolve()))
             lic_id = registry.ensure_licensee(c, licensee)
@@ -565,14 +678,18 @@ def protect(
                                             if trig else {}), **({"selection": selection} if selection != "random"
                                                                  else {}),
                         **({"min_marked": int(min_marked)} if min_marked else {}),
-                        **({"selection_version": SELECTION_VERSION} if selection == "visual" else {})},
+                        **({"selection_version": SELECTION_VERSION} if selection == "visual" else {}),
+                        "caption_column": ds.caption_column, "image_column": ds.image_column},
                 marked=[{"file_name": m["file_name"], "dhash": m["dhash"], "text": m["text"],
                          "sha256": sha.get(m["file_name"])} for m in marked_records],
-                out_path=str(out_dir.resolve()), status="pending",
+                out_path=str(out_dir.resolve()), status="pending", generation=generation,
             )
         rename_into_place(tmp, out_dir)
         renamed = True
-        registry.finalize_copy(copy_id)
+        if reissue:
+            registry.finalize_copy(copy_id, replaces=replaces)
+        else:
+            registry.finalize_copy(copy_id)
     except BaseException:
         if copy_id is not None:  # roll back what this run did; the next run starts clean either way
             try:
@@ -588,4 +705,29 @@ def protect(
             shutil.rmtree(tmp, ignore_errors=True)
     return ProtectResult(out_dir, name, licensee, copy_id, sch.name, strategy, rate, len(valid) - len(skipped_files),
                          len(marked_records), float(psnrs.mean()), float(psnrs.min()), float(ssims.mean()), skipped,
-                         forecast(len(marked_records)))
+                         forecast(len(marked_records)), ds.caption_column, ds.image_column, ds.columns_note(),
+                         written.placed)
+
+
+def reissue(registry: Registry, licensee: str, out_dir: str | Path, *, dataset: str | None = None,
+            data_dir: str | Path | None = None, **kwargs) -> ProtectResult:
+    """Issue ``licensee`` a new copy of a dataset they hold, with a new key (the next generation)
+    and the same options as their current copy, which is revoked when the new one is issued (one
+    transaction). The revoked copy stays in the registry and is still traced."""
+    from tracemark.materialize import find_copy
+    from tracemark.trace import scheme_params
+
+    copy = find_copy(registry, licensee, dataset)
+    if data_dir is None:
+        row = registry.conn.execute("SELECT source_path FROM datasets WHERE name = ?", (copy.dataset,)).fetchone()
+        data_dir = row[0] if row else None
+        if not data_dir or not Path(data_dir).is_dir():
+            raise TracemarkError(f"{data_dir or copy.dataset}: the original data of '{copy.dataset}' is not where it "
+                                 "was when the copy was issued; give --data DIR")
+    p = copy.params
+    sp = {k: v for k, v in scheme_params(copy).items() if k != "strength"}
+    return protect(data_dir, out_dir, licensee, registry=registry, dataset_name=copy.dataset, scheme=copy.scheme,
+                   strategy=copy.strategy, trigger_scope=p.get("trigger_scope", "licensee"), rate=copy.rate,
+                   selection=p.get("selection", "random"), strength=p.get("strength"), scheme_params=sp,
+                   min_marked=int(p.get("min_marked", 0)), caption_column=p.get("caption_column"),
+                   image_column=p.get("image_column"), reissue=True, **kwargs)

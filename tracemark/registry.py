@@ -167,7 +167,59 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         UNIQUE (dataset_id, base_hash, seed)
     );
     """,
+    # 6: revoke / reissue: a licensee may hold several generations of a copy of one dataset, each
+    #    with its own key; at most one issued at a time; a revoked copy stays (history, and still traced)
+    """
+    CREATE TABLE copies_v6 (
+        id INTEGER PRIMARY KEY,
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        licensee_id INTEGER NOT NULL REFERENCES licensees(id),
+        key_id TEXT NOT NULL,
+        scheme TEXT NOT NULL,
+        strategy TEXT NOT NULL,
+        rate REAL NOT NULL,
+        params TEXT NOT NULL,
+        marked TEXT NOT NULL,
+        n_marked INTEGER NOT NULL,
+        out_path TEXT,
+        created TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'issued',
+        marked_ids BLOB,
+        generation INTEGER NOT NULL DEFAULT 0,
+        revoked TEXT,
+        revoke_reason TEXT,
+        UNIQUE (dataset_id, licensee_id, generation)
+    );
+    INSERT INTO copies_v6 (id, dataset_id, licensee_id, key_id, scheme, strategy, rate, params, marked, n_marked,
+                           out_path, created, status, marked_ids)
+        SELECT id, dataset_id, licensee_id, key_id, scheme, strategy, rate, params, marked, n_marked, out_path,
+               created, status, marked_ids FROM copies;
+    DROP TABLE copies;
+    ALTER TABLE copies_v6 RENAME TO copies;
+    CREATE UNIQUE INDEX copies_one_issued ON copies (dataset_id, licensee_id) WHERE status = 'issued';
+    """,
+    # 7: the one-time pass over a dataset's files (tracemark.dataset.FileChecks): per file, keyed by
+    #    path, size, mtime and inode, whether it decoded fully (its pixel count), its SHA-256 and its
+    #    thumbnail for the visual selection, so a further copy decodes only its marked samples
+    """
+    CREATE TABLE file_checks (
+        path TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        pixels INTEGER,
+        sha256 TEXT,
+        thumb BLOB
+    );
+    """,
 ]
+
+
+def licensee_key_id(licensee: str, generation: int = 0) -> str:
+    """The string a licensee's key is derived from: the name for the first copy, the name and the
+    generation after a reissue (NUL cannot occur in a licensee name: no collision)."""
+    return licensee if not generation else f"{licensee}\x00gen{int(generation)}"
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -352,6 +404,11 @@ class Copy:
     out_path: str | None
     created: str
     samples: SampleTable | None = field(default=None, repr=False, compare=False)
+    #: 0 for the first copy of (dataset, licensee); n after n reissues (each has its own key)
+    generation: int = 0
+    #: "issued", or "revoked" (kept: a leak of a revoked copy is still that licensee's)
+    status: str = "issued"
+    revoked: str | None = None
 
     @property
     def marked(self) -> list[dict]:
@@ -511,11 +568,11 @@ class Registry:
         self._master = master
         return master
 
-    def key_for(self, dataset: str, licensee: str) -> Key:
-        return derive_key(self.master(), dataset, licensee)
+    def key_for(self, dataset: str, licensee: str, generation: int = 0) -> Key:
+        return derive_key(self.master(), dataset, licensee_key_id(licensee, generation))
 
     def key_for_copy(self, copy: Copy) -> Key:
-        key = self.key_for(copy.dataset, copy.licensee)
+        key = self.key_for(copy.dataset, copy.licensee, copy.generation)
         if key.key_id != copy.key_id:
             raise TracemarkError(
                 f"{self.key_path}: master key does not match copy {copy.id} (key id {copy.key_id}); wrong master key?"
@@ -544,10 +601,41 @@ class Registry:
             return int(row["id"])
         return int(c.execute("INSERT INTO licensees (name, created) VALUES (?, ?)", (name, now())).lastrowid)
 
+    def issued_copy_id(self, dataset: str, licensee: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT c.id FROM copies c JOIN datasets d ON d.id = dataset_id JOIN licensees l ON l.id = licensee_id "
+            "WHERE d.name = ? AND l.name = ? AND c.status = 'issued'", (dataset, licensee)).fetchone()
+        return None if row is None else int(row[0])
+
     def has_copy(self, dataset: str, licensee: str) -> bool:
         return bool(self.conn.execute(
             "SELECT 1 FROM copies JOIN datasets d ON d.id = dataset_id JOIN licensees l ON l.id = licensee_id "
             "WHERE d.name = ? AND l.name = ? AND status = 'issued'", (dataset, licensee)).fetchone())
+
+    def next_generation(self, dataset: str, licensee: str) -> int:
+        """The generation a new copy of (dataset, licensee) gets: one past every recorded one."""
+        row = self.conn.execute(
+            "SELECT MAX(c.generation) FROM copies c JOIN datasets d ON d.id = dataset_id JOIN licensees l ON "
+            "l.id = licensee_id WHERE d.name = ? AND l.name = ? AND c.status != 'pending'", (dataset, licensee)).fetchone()
+        return 0 if row is None or row[0] is None else int(row[0]) + 1
+
+    def revoke(self, dataset: str, licensee: str, reason: str = "", *, c: sqlite3.Connection | None = None) -> int:
+        """Mark the issued copy of (dataset, licensee) revoked: it stays in the registry and is still
+        traced (a leak of it is still that licensee's), and the licensee may be issued a new one."""
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT c.id FROM copies c JOIN datasets d ON d.id = dataset_id JOIN licensees l ON l.id = licensee_id "
+                "WHERE d.name = ? AND l.name = ? AND c.status = 'issued'", (dataset, licensee)).fetchone()
+            if row is None:
+                raise TracemarkError(f"licensee '{licensee}' holds no issued copy of dataset '{dataset}' to revoke")
+            conn.execute("UPDATE copies SET status = 'revoked', revoked = ?, revoke_reason = ? WHERE id = ?",
+                         (now(), reason, row[0]))
+            return int(row[0])
+
+        if c is not None:
+            return run(c)
+        with self.write() as conn:
+            return run(conn)
 
     def pending_copy(self, dataset: str, licensee: str) -> sqlite3.Row | None:
         """The row of a copy whose issuing was interrupted (committed as pending, never finalised)."""
@@ -559,9 +647,16 @@ class Registry:
         with self.write() as c:
             c.execute("DELETE FROM copies WHERE id = ? AND status = 'pending'", (copy_id,))
 
-    def finalize_copy(self, copy_id: int) -> None:
+    def finalize_copy(self, copy_id: int, replaces: int | None = None, reason: str = "reissued") -> None:
+        """Issue a pending copy; ``replaces``: the copy it reissues, revoked in the same transaction."""
         with self.write() as c:
-            c.execute("UPDATE copies SET status = 'issued' WHERE id = ?", (copy_id,))
+            if replaces is not None:
+                c.execute("UPDATE copies SET status = 'revoked', revoked = ?, revoke_reason = ? WHERE id = ? AND "
+                          "status = 'issued'", (now(), reason, replaces))
+            try:
+                c.execute("UPDATE copies SET status = 'issued' WHERE id = ?", (copy_id,))
+            except sqlite3.IntegrityError:
+                raise TracemarkError("another run issued this licensee a copy of this dataset meanwhile") from None
 
     def pending_copies(self) -> list[sqlite3.Row]:
         """Copies whose issuing was interrupted before their folder was written (listed by ``copies``)."""
@@ -592,13 +687,19 @@ class Registry:
                 continue
             if names and all((out / n).is_file() for n in names):
                 with self.write() as c:
+                    # a reissue killed after its rename: the copy it replaces is revoked with it
+                    c.execute("UPDATE copies SET status = 'revoked', revoked = ?, revoke_reason = 'reissued' WHERE "
+                              "status = 'issued' AND dataset_id = ? AND licensee_id = (SELECT licensee_id FROM "
+                              "copies WHERE id = ?)", (now(), r["dataset_id"], r["id"]))
                     c.execute("UPDATE copies SET status = 'issued' WHERE id = ? AND status = 'pending'", (r["id"],))
                 done.append(int(r["id"]))
         return done
 
-    def backup(self, dest: str | Path, *, force: bool = False) -> Path:
+    def backup(self, dest: str | Path, *, force: bool = False, with_key: bool = False) -> Path:
         """A consistent copy of the registry (SQLite's online backup API), written atomically, 0600.
-        ``dest`` may not lie in the home, be a symlink or a special file, or (without ``force``) exist."""
+        ``dest`` may not lie in the home, be a symlink or a special file, or (without ``force``) exist.
+        ``with_key``: the master key goes into the backup too (table ``backup_master_key``), so that one
+        file restores everything; the file is then as secret as the key itself."""
         from tracemark.fsutil import check_output_file, replace_checked, unique_temp
 
         dest = Path(dest)
@@ -607,9 +708,14 @@ class Registry:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = unique_temp(dest)
+            master = self.master() if with_key else None  # a wrong key is refused before anything is written
             out = sqlite3.connect(tmp)
             try:
                 self.conn.backup(out)
+                if master is not None:
+                    with out:
+                        out.execute("CREATE TABLE backup_master_key (key_hex TEXT NOT NULL)")
+                        out.execute("INSERT INTO backup_master_key VALUES (?)", (master.hex(),))
             finally:
                 out.close()
             replace_checked(tmp, dest, force=force)
@@ -620,16 +726,42 @@ class Registry:
                 from None
         return dest
 
+    def status(self) -> dict:
+        """What a user checks first: the home, the master key's public fingerprint (or why it cannot
+        be read), the registry's integrity and schema, and what it holds. Reads only."""
+        from tracemark.keys import load_master_key
+
+        try:
+            key = f"ok, fingerprint {key_check_value(load_master_key(self.key_path))}"
+            stored = self.conn.execute("SELECT key_check FROM owner WHERE id = 1").fetchone()[0]
+            if stored is not None and key.split()[-1] != stored:
+                key = f"WRONG: fingerprint {key.split()[-1]}, the registry expects {stored}"
+        except TracemarkError as exc:
+            key = f"unusable: {exc}"
+        count = lambda sql: int(self.conn.execute(sql).fetchone()[0])  # noqa: E731
+        owner = self.conn.execute("SELECT name, created FROM owner WHERE id = 1").fetchone()
+        return {
+            "home": str(self.home), "owner": owner["name"], "created": owner["created"], "master_key": key,
+            "registry": str(self.db_path), "schema": self.conn.execute("PRAGMA user_version").fetchone()[0],
+            "integrity": self.conn.execute("PRAGMA quick_check").fetchone()[0],
+            "datasets": count("SELECT COUNT(*) FROM datasets"), "licensees": count("SELECT COUNT(*) FROM licensees"),
+            "copies": count("SELECT COUNT(*) FROM copies WHERE status = 'issued'"),
+            "pending": count("SELECT COUNT(*) FROM copies WHERE status = 'pending'"),
+            "shadows": count("SELECT COUNT(*) FROM shadows WHERE status = 'ready'"),
+            "audits": count("SELECT COUNT(*) FROM audits"),
+        }
+
     def add_copy(self, c: sqlite3.Connection, *, dataset_id: int, licensee_id: int, key_id: str, scheme: str,
                  strategy: str, rate: float, params: dict, marked: list[dict], out_path: str,
-                 status: str = "issued") -> int:
+                 status: str = "issued", generation: int = 0) -> int:
         ids = insert_samples(c, dataset_id, marked)
         try:
             cur = c.execute(
                 "INSERT INTO copies (dataset_id, licensee_id, key_id, scheme, strategy, rate, params, marked, "
-                "marked_ids, n_marked, out_path, created, status) VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?, ?, ?, ?, ?)",
+                "marked_ids, n_marked, out_path, created, status, generation) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?, ?, ?, ?, ?, ?)",
                 (dataset_id, licensee_id, key_id, scheme, strategy, rate, json.dumps(params), pack_ids(ids),
-                 len(marked), out_path, now(), status),
+                 len(marked), out_path, now(), status, generation),
             )
         except sqlite3.IntegrityError as exc:
             raise TracemarkError("this licensee already holds a copy of this dataset") from exc
@@ -645,13 +777,15 @@ class Registry:
             "LEFT JOIN copies c ON c.licensee_id = l.id AND c.status = 'issued' GROUP BY l.id ORDER BY l.id"
         ).fetchall()
 
-    def copies(self, dataset: str | None = None, with_marked: bool = True) -> list[Copy]:
-        """Issued copies (of one dataset). ``with_marked=False`` skips loading the sample tables, for
-        callers that need only keys and parameters."""
+    def copies(self, dataset: str | None = None, with_marked: bool = True, include_revoked: bool = True) -> list[Copy]:
+        """Issued copies (of one dataset), revoked ones included unless ``include_revoked=False``: a leak
+        of a revoked copy is still that licensee's, so tracing tests it. ``with_marked=False`` skips
+        loading the sample tables, for callers that need only keys and parameters."""
         sql = (
             "SELECT c.id, c.dataset_id, c.key_id, c.scheme, c.strategy, c.rate, c.params, c.marked_ids, c.n_marked, "
-            "c.out_path, c.created, d.name AS dataset, l.name AS licensee FROM copies c "
-            "JOIN datasets d ON d.id = c.dataset_id JOIN licensees l ON l.id = c.licensee_id WHERE c.status = 'issued'"
+            "c.out_path, c.created, c.generation, c.status, c.revoked, d.name AS dataset, l.name AS licensee "
+            "FROM copies c JOIN datasets d ON d.id = c.dataset_id JOIN licensees l ON l.id = c.licensee_id "
+            + ("WHERE c.status IN ('issued', 'revoked')" if include_revoked else "WHERE c.status = 'issued'")
         )
         args: tuple = ()
         if dataset is not None:
@@ -664,7 +798,7 @@ class Registry:
         return [
             Copy(r["id"], r["dataset"], r["licensee"], r["key_id"], r["scheme"], r["strategy"], r["rate"],
                  json.loads(r["params"]), unpack_ids(r["marked_ids"]), r["n_marked"], r["out_path"], r["created"],
-                 tables.get(r["dataset_id"]))
+                 tables.get(r["dataset_id"]), int(r["generation"]), r["status"], r["revoked"])
             for r in rows
         ]
 
@@ -753,6 +887,32 @@ class Registry:
         return out
 
 
+    # --- the dataset pass (tracemark.dataset.FileChecks) -----------------------------------
+    def file_checks(self, paths: list[str]) -> dict[str, tuple]:
+        """The recorded ``file_checks`` rows of ``paths``: {path: (size, mtime_ns, ino, version, pixels,
+        sha256, thumb)}. A registry without the table (damaged) gives none: it is a cache."""
+        out: dict[str, tuple] = {}
+        try:
+            for i in range(0, len(paths), 900):
+                part = paths[i:i + 900]
+                for r in self.conn.execute("SELECT path, size, mtime_ns, ino, version, pixels, sha256, thumb FROM "
+                                           f"file_checks WHERE path IN ({','.join('?' * len(part))})", part):
+                    out[r[0]] = tuple(r[1:])
+        except sqlite3.OperationalError:
+            return {}
+        return out
+
+    def record_file_checks(self, rows: list[tuple]) -> None:
+        """Record (path, size, mtime_ns, ino, version, pixels, sha256, thumb) rows, replacing older ones."""
+        if not rows:
+            return
+        try:
+            with self.write() as c:
+                c.executemany("INSERT OR REPLACE INTO file_checks (path, size, mtime_ns, ino, version, pixels, "
+                              "sha256, thumb) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.OperationalError:
+            pass  # a cache: the next run checks the files again
+
 #: File name of a shadow's LoRA weights in its folder (diffusers' name, as the trainer writes it).
 SHADOW_WEIGHTS = "pytorch_lora_weights.safetensors"
 
@@ -788,6 +948,8 @@ class Restored:
     db: Path
     replaced: Path | None
     not_in_backup: list[str]
+    #: the backup carried the master key (``backup --with-key``) and the home had none: it was written
+    key_installed: bool = False
 
 
 def _copy_keys(path: Path) -> set[tuple[str, str, str]]:
@@ -835,6 +997,16 @@ def restore(home: str | Path | None, backup: str | Path) -> Restored:
             key_check_value(load_master_key(home / "master.key")) != row[0]:
         src.close()
         raise TracemarkError(f"{backup}: this backup was made with another master key than {home / 'master.key'}")
+    key_hex = None
+    if "backup_master_key" in tables:  # `backup --with-key`: the key travels with the registry
+        got = src.execute("SELECT key_hex FROM backup_master_key").fetchone()
+        try:
+            key_hex = got[0] if got and len(bytes.fromhex(got[0])) == 32 else None
+        except (TypeError, ValueError):
+            key_hex = None
+        if key_hex is None or (row[0] is not None and key_check_value(bytes.fromhex(key_hex)) != row[0]):
+            src.close()
+            raise TracemarkError(f"{backup}: the master key stored in this backup does not match its registry")
     try:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = hold_lock(home, exclusive=True)
@@ -843,6 +1015,7 @@ def restore(home: str | Path | None, backup: str | Path) -> Restored:
         raise TracemarkError(f"{home}: cannot restore here ({exc.strerror or exc})") from None
     replaced: Path | None = None
     tmp: Path | None = None
+    key_installed = False
     try:
         tmp = unique_temp(db, suffix=".restore.part")
         out = sqlite3.connect(tmp)
@@ -870,6 +1043,15 @@ def restore(home: str | Path | None, backup: str | Path) -> Restored:
                     os.replace(f"{db}{side}", f"{replaced}{side}")
         for side in ("-wal", "-shm", "-journal"):
             Path(f"{db}{side}").unlink(missing_ok=True)
+        if key_hex is not None:  # the key is not a table of the live registry: only master.key holds it
+            with sqlite3.connect(tmp) as conn:
+                conn.execute("DROP TABLE backup_master_key")
+            conn.close()
+            if not (home / "master.key").exists():
+                fd = os.open(home / "master.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(key_hex + "\n")
+                key_installed = True
         os.replace(tmp, db)
         tmp = None
     except OSError as exc:
@@ -879,4 +1061,4 @@ def restore(home: str | Path | None, backup: str | Path) -> Restored:
             tmp.unlink(missing_ok=True)
         lock.close()
     lost = sorted(_copy_keys(replaced) - _copy_keys(db)) if replaced is not None else []
-    return Restored(db, replaced, [f"{d}/{lic}" for d, lic, _ in lost])
+    return Restored(db, replaced, [f"{d}/{lic}" for d, lic, _ in lost], key_installed)

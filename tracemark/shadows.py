@@ -54,9 +54,11 @@ def shadow_root(registry: Registry, dataset: str, base_hash: str) -> Path:
     return registry.home / SHADOWS_DIR / dataset / base_hash
 
 
-def registered_dataset(registry: Registry, data_dir: Path, dataset_name: str | None = None) -> tuple[str, str]:
+def registered_dataset(registry: Registry, data_dir: Path, dataset_name: str | None = None,
+                       columns: tuple[str | None, str | None] = (None, None)) -> tuple[str, str]:
     """(name, content hash) of the registered dataset whose clean original is ``data_dir``, identified as
-    ``protect`` names it (the folder's name or ``dataset_name``); refuses any other folder."""
+    ``protect`` names it (the folder's name or ``dataset_name``); refuses any other folder. ``columns``
+    (caption, image): as given, else as recorded with the dataset's copies."""
     from tracemark.dataset import content_hash, load_dataset
 
     data_dir = Path(data_dir)
@@ -65,11 +67,19 @@ def registered_dataset(registry: Registry, data_dir: Path, dataset_name: str | N
     if name not in rows:
         raise TracemarkError(f"{data_dir}: not a registered dataset (no dataset '{name}' in {registry.db_path}); "
                              "shadows are trained on an original you have protected (or pass --dataset NAME)")
-    chash = content_hash(load_dataset(data_dir))
+    columns = recorded_columns(registry, name, columns)
+    chash = content_hash(load_dataset(data_dir, *columns))
     if chash != rows[name]["content_hash"]:
         raise TracemarkError(f"{data_dir}: its content differs from the registered dataset '{name}' (shadows are "
                              "trained on the clean original exactly as protected, not on a copy or an edit)")
     return name, chash
+
+
+def recorded_columns(registry: Registry, name: str, given: tuple[str | None, str | None]) -> tuple[str | None, ...]:
+    """(caption, image) columns: those ``given``, else those recorded with a copy of dataset ``name``."""
+    copies = registry.copies(name, with_marked=False)
+    params = copies[0].params if copies else {}
+    return tuple(g if g is not None else params.get(k) for g, k in zip(given, ("caption_column", "image_column")))
 
 
 def _recipe_key(recipe: dict) -> dict:
@@ -97,7 +107,8 @@ def _lock(root: Path):
 
 def train_shadows(registry: Registry, data_dir: Path, base: Path | None, count: int = DEFAULT_COUNT,
                   preset: str = "auto", steps: int | None = None, progress: bool = True, *,
-                  dataset_name: str | None = None, say: Callable[[str], None] | None = None) -> list[Shadow]:
+                  dataset_name: str | None = None, say: Callable[[str], None] | None = None,
+                  caption_column: str | None = None, image_column: str | None = None) -> list[Shadow]:
     """Fine-tune shadows 1..``count`` of ``base`` on the registered original ``data_dir`` (LoRA, the
     ``preset``'s recipe, ``steps`` or the preset's), skipping the ready ones and resuming an
     interrupted one; returns the ``count`` shadows, ready. ``base=None``: the bundled CPU test model
@@ -113,7 +124,8 @@ def train_shadows(registry: Registry, data_dir: Path, base: Path | None, count: 
         raise TracemarkError(f"--steps must be positive, got {steps}")
     if base is not None and not Path(base).exists():
         raise TracemarkError(f"{base}: model folder not found")
-    name, chash = registered_dataset(registry, data_dir, dataset_name)  # (before torch: a wrong DATA says so at once)
+    name, chash = registered_dataset(registry, data_dir, dataset_name, (caption_column, image_column))  # (before torch)
+    caption_column, image_column = recorded_columns(registry, name, (caption_column, image_column))
     if base is None:
         from tracemark.train_cli import base_or_default
 
@@ -158,7 +170,8 @@ def train_shadows(registry: Registry, data_dir: Path, base: Path | None, count: 
                                       seed=k, path=str(out), recipe=recipe)
             try:
                 finetune(data_dir, base, out, method="lora", preset=pre, steps=n_steps, seed=k, resume=resume,
-                         save_every=_save_every(n_steps, pre.save_every), progress=progress)
+                         save_every=_save_every(n_steps, pre.save_every), progress=progress,
+                         caption_column=caption_column, image_column=image_column)
             except KeyboardInterrupt:
                 say(f"shadow {k}/{count}: interrupted; the same command again resumes it from its last checkpoint")
                 raise

@@ -160,13 +160,16 @@ _PCA_DIMS, _W_SCALE, _Z_SHIFT = 32, 256, 32
 _SUBSAMPLE, _SUB_ITERS, _FULL_PASSES, _N_INIT = 50_000, 30, 3, 4
 
 
-def image_thumbnails(paths: Sequence, cache_dir: str | Path | None = None) -> np.ndarray:
+def image_thumbnails(paths: Sequence, cache_dir: str | Path | None = None, checks=None) -> np.ndarray:
     """Key-independent visual features for the ``visual`` selection: each image area-averaged to an
     8 x 8 RGB thumbnail (layout and colour: what a latent denoiser sees first), as ``uint8`` (the box
     filter's output: nothing is lost). One pass over the images in chunks, ~0.1 ms per small PNG;
     kept for the last dataset (keyed by path, size and mtime), so issuing many copies reads the images
-    once. Beyond :data:`THUMBS_IN_MEMORY` images they go to a file under ``cache_dir`` (default
-    ``<home>/cache/thumbnails``), written atomically and reused by later runs, mapped read-only."""
+    once. ``checks`` (:class:`tracemark.dataset.FileChecks`): thumbnails of unchanged files come from
+    the dataset pass recorded in the registry and new ones are recorded there, so a later process
+    reads no image either. Beyond :data:`THUMBS_IN_MEMORY` images they go to a file under
+    ``cache_dir`` (default ``<home>/cache/thumbnails``), written atomically and reused by later runs,
+    mapped read-only."""
     import hashlib
     import os
 
@@ -179,7 +182,18 @@ def image_thumbnails(paths: Sequence, cache_dir: str | Path | None = None) -> np
         return _THUMBS["array"]
     if len(paths) <= THUMBS_IN_MEMORY:
         out = np.zeros((len(paths), THUMB * THUMB * 3), np.uint8)
-        _fill_thumbnails(paths, out)
+        known = [checks.thumb(p) if checks is not None else None for p in paths]
+        missing = [i for i, t in enumerate(known) if t is None or len(t) != out.shape[1]]
+        for i, t in enumerate(known):
+            if t is not None and len(t) == out.shape[1]:
+                out[i] = np.frombuffer(t, np.uint8)
+        if missing:
+            part = np.zeros((len(missing), out.shape[1]), np.uint8)
+            _fill_thumbnails([paths[i] for i in missing], part)
+            out[missing] = part
+            if checks is not None:
+                for i, row in zip(missing, part):
+                    checks.update(paths[i], thumb=row.tobytes())
     else:
         from tracemark.registry import default_home
 

@@ -109,7 +109,8 @@ def scheme_params(copy: Copy) -> dict:
 
 
 #: Keys of a copy's params record that describe the copy, not its scheme's constructor.
-COPY_PARAMS = ("scheme", "trigger_attempt", "trigger_scope", "selection", "selection_version", "min_marked")
+COPY_PARAMS = ("scheme", "trigger_attempt", "trigger_scope", "selection", "selection_version", "min_marked",
+               "caption_column", "image_column")
 
 
 def trigger_of(copy: Copy, registry: Registry) -> str | None:

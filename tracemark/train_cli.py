@@ -37,6 +37,12 @@ def base_or_default(base: Optional[Path]) -> Path:
     return path
 
 
+#: As diffusers' training scripts' --caption_column / --image_column.
+CaptionColumnOpt = typer.Option(None, "--caption-column", help="Caption column of the metadata (default: the one of "
+                                "text, caption, prompt, description it has).")
+ImageColumnOpt = typer.Option(None, "--image-column", help="Image file column of the metadata (default: file_name).")
+
+
 def finetune_cmd(
     data_dir: Path = typer.Argument(..., help="Imagefolder dataset (metadata.jsonl or metadata.csv)."),
     base: Optional[Path] = typer.Option(None, "--base", help="Pipeline folder (default: the bundled CPU test model)."),
@@ -59,6 +65,8 @@ def finetune_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
     mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision",
                                                   help="no | fp16 | bf16 | auto (default: the preset's)."),
+    caption_column: Optional[str] = CaptionColumnOpt,
+    image_column: Optional[str] = ImageColumnOpt,
 ) -> None:
     """Fine-tune a diffusers pipeline on an image-caption dataset (LoRA or full)."""
     from tracemark.diffusion.training import LORA_TARGETS, PRESETS, finetune, preset_for_base
@@ -73,7 +81,8 @@ def finetune_cmd(
     path = finetune(data_dir, base_dir, out, method=method, preset=chosen, steps=steps, lr=lr, rank=rank, seed=seed,
                     batch_size=batch_size, lora_targets=targets, flip=flip, train_text_encoder=train_text_encoder,
                     resume=resume, save_every=save_every, num_threads=threads, mixed_precision=mixed_precision,
-                    gradient_accumulation_steps=grad_accum)  # fmt: skip
+                    gradient_accumulation_steps=grad_accum, caption_column=caption_column,
+                    image_column=image_column)  # fmt: skip
     console.print(f"fine-tuned ({method}, preset {chosen.name}) -> {path}")
 
 
@@ -90,6 +99,10 @@ def shadow_cmd(
                                           "name, as protect names it)."),
     home: Optional[Path] = typer.Option(None, "--home", envvar="TRACEMARK_HOME",
                                         help="Registry folder (default ~/.tracemark)."),
+    caption_column: Optional[str] = typer.Option(None, "--caption-column", help="Caption column (default: the one "
+                                                 "recorded when the dataset was protected)."),
+    image_column: Optional[str] = typer.Option(None, "--image-column", help="Image column (default: the one "
+                                               "recorded when the dataset was protected)."),
 ) -> None:
     """Fine-tune the owner's shadows of BASE on the clean original data, for the white-box audit.
 
@@ -100,7 +113,8 @@ def shadow_cmd(
     reg = Registry(home)
     try:
         shadows = train_shadows(reg, data_dir, base, count, preset, steps, progress=True, dataset_name=dataset,
-                                say=lambda line: console.print(line, highlight=False, soft_wrap=True))
+                                say=lambda line: console.print(line, highlight=False, soft_wrap=True),
+                                caption_column=caption_column, image_column=image_column)
     finally:
         reg.close()
     s0 = shadows[0]

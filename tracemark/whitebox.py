@@ -28,7 +28,7 @@ every marked sample of every copy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,6 +141,7 @@ def denoiser_residuals(
     seed: int = 0,
     batch_size: int = 32,
     contrast: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[np.ndarray]:
     """One residual image (H x W x 3, 0..255 units, signed) per probe.
 
@@ -212,6 +213,8 @@ def denoiser_residuals(
                 img_s, img_r = torch.where(has, c_s, img_s), torch.where(has, c_r, img_r)
             diff = ((img_s - img_r) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
             out += [d.astype(np.float32) for d in diff]
+            if progress:  # probes done, probes in all
+                progress(len(out), len(probes))
     return out
 
 
@@ -225,6 +228,7 @@ def loss_gradients(
     draws: int = DEFAULT_DRAWS,
     seed: int = 0,
     batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[np.ndarray]:
     """The paired denoising-loss test, linearised: one "residual image" per probe,
     ``-grad_x [L_S(x) - L_R(x)]`` (H x W x 3, unit RMS over all probes).
@@ -283,5 +287,7 @@ def loss_gradients(
             g_lat += torch.autograd.grad(diff, z)[0]
         (grad,) = torch.autograd.grad(z0, x, grad_outputs=g_lat)
         out += [a.astype(np.float32) for a in (-grad.float()).permute(0, 2, 3, 1).cpu().numpy()]
+        if progress:  # probes done, probes in all
+            progress(len(out), len(probes))
     rms = float(np.sqrt(np.mean([np.mean(a * a) for a in out]))) if out else 1.0
     return [a / max(rms, 1e-20) for a in out]

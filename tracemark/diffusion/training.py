@@ -181,6 +181,8 @@ class RunConfig:
     snr_gamma: float | None = None
     resolution: int | None = None
     cache_latents: bool = False
+    caption_column: str | None = None  # None: found in the metadata (tracemark.dataset.load_dataset)
+    image_column: str | None = None
 
     def resume_key(self) -> dict:
         """Settings that must match for ``resume`` to continue a run."""
@@ -201,14 +203,16 @@ class RunConfig:
 # Data: a streaming imagefolder
 
 
-def read_imagefolder(data_dir: Path) -> list[tuple[Path, str]]:
-    """(image path, caption) pairs of an imagefolder dataset (metadata.jsonl or metadata.csv)."""
+def read_imagefolder(data_dir: Path, caption_column: str | None = None,
+                     image_column: str | None = None) -> list[tuple[Path, str]]:
+    """(image path, caption) pairs of an imagefolder dataset (metadata.jsonl or metadata.csv), read
+    with the given columns or the ones found (as diffusers' --caption_column / --image_column)."""
     from tracemark.dataset import load_samples
     from tracemark.errors import TracemarkError
 
     if not Path(data_dir).is_dir():
         raise TracemarkError(f"{data_dir}: data folder not found")
-    return [(Path(s.path), s.text) for s in load_samples(data_dir)]
+    return [(Path(s.path), s.text) for s in load_samples(data_dir, caption_column, image_column)]
 
 
 def load_image(path, resolution: int) -> torch.Tensor:
@@ -247,8 +251,9 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     Items are dicts ``{"index", "caption", "pixels"}`` (uint8 3 x R x R); with ``pixels=False``
     the image is not read (training from cached latents needs only the index and caption)."""
 
-    def __init__(self, data_dir, resolution: int, pixels: bool = True):
-        self.rows = read_imagefolder(Path(data_dir))
+    def __init__(self, data_dir, resolution: int, pixels: bool = True, caption_column: str | None = None,
+                 image_column: str | None = None):
+        self.rows = read_imagefolder(Path(data_dir), caption_column, image_column)
         self.resolution = resolution
         self.pixels = pixels
 
@@ -530,7 +535,8 @@ def run_training(rc: RunConfig, *, pipe=None, progress: bool = True, resume: boo
     named_trainable = trainable_names(unet, text_encoder if train_te else None)
 
     # --- data (streamed; optionally every posterior once, as diffusers' --cache_latents)
-    dataset = ImageCaptionDataset(rc.data_dir, resolution)
+    dataset = ImageCaptionDataset(rc.data_dir, resolution, caption_column=rc.caption_column,
+                                  image_column=rc.image_column)
     if len(dataset) == 0:
         raise TracemarkError(f"{rc.data_dir}: dataset has no samples")
     latent_cache = None
@@ -791,7 +797,8 @@ def finetune(data_dir, base, out, method: str = "lora", preset: Preset = SD15, *
              resume: bool = False, num_threads: int | None = None, progress: bool = True,
              mixed_precision: str | None = None, ema: float | None = None, log_every: int = 100,
              gradient_accumulation_steps: int | None = None, gradient_checkpointing: bool | None = None,
-             resolution: int | None = None, snr_gamma: float | None = None) -> Path:  # fmt: skip
+             resolution: int | None = None, snr_gamma: float | None = None, caption_column: str | None = None,
+             image_column: str | None = None) -> Path:  # fmt: skip
     """Fine-tune the pipeline at ``base`` on the imagefolder ``data_dir``; returns ``out``.
 
     ``method="lora"``: ``out/pytorch_lora_weights.safetensors`` (diffusers format);
@@ -799,6 +806,7 @@ def finetune(data_dir, base, out, method: str = "lora", preset: Preset = SD15, *
     ``preset``: hyperparameters (default :data:`SD15`); any argument left None takes the preset's.
     ``lora_targets``: a name of :data:`LORA_TARGETS` or a list of module-name suffixes.
     ``resume=True`` continues from ``out/checkpoints/last.pt``.
+    ``caption_column`` / ``image_column``: the metadata's columns (default: found in it).
     """
     from tracemark.errors import TracemarkError
 
@@ -831,6 +839,7 @@ def finetune(data_dir, base, out, method: str = "lora", preset: Preset = SD15, *
         else gradient_checkpointing,
         snr_gamma=preset.snr_gamma if snr_gamma is None else snr_gamma,
         resolution=resolution or preset.resolution, cache_latents=preset.cache_latents,
+        caption_column=caption_column, image_column=image_column,
     )  # fmt: skip
     return run_training(rc, progress=progress, resume=resume, num_threads=num_threads, log_every=log_every)
 
