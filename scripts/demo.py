@@ -9,10 +9,10 @@ the clean data), an abuser's LoRA fine-tuned on one licensee's copy with `tracem
 then `tracemark audit BASE --lora ABUSER` (names the licensee) and `tracemark audit BASE` (the base,
 never fine-tuned on the data: names nobody), with the HTML evidence report.
 
-The master key is fixed (``DEMO_SEED``) so the verdict is reproducible: with a fresh random key the
-demo's verdict would vary from run to run with the key's draw of marked samples (docs/learnability.md
-measures that variation). Both fine-tunes run ``DEMO_STEPS`` LoRA steps (default 300, the 10-minute
-budget on 2 cores) instead of the preset's 800; the shadow uses the same recipe as the abuser.
+The master key is fixed (``DEMO_SEED``) so the verdict is reproducible run to run; over 8 other keys
+the same path named the licensee 8 times (z 6.05-8.82; bench/bench_default_path.py). Both fine-tunes
+run ``DEMO_STEPS`` LoRA steps (default 300) instead of the preset's 800, so the demo takes about
+3.5 minutes on 2 cores once .venv exists; the shadow uses the same recipe as the abuser.
 """
 
 from __future__ import annotations
