@@ -139,6 +139,13 @@ class CopyPlan:
     columns_note: str | None = None
 
 
+def default_scheme(scheme: str, strength: float | None, params: dict):
+    """The scheme a copy uses: ``strength`` or ``-p strength=``, else the product's default for it."""
+    if strength is None and "strength" not in params:
+        strength = DEFAULT_STRENGTH.get(scheme)
+    return get_scheme(scheme, **{"strength": strength, **{k: v for k, v in params.items() if v is not None}})
+
+
 def check_min_marked(min_marked: int) -> int:
     if isinstance(min_marked, bool) or not isinstance(min_marked, int) or min_marked < 0:
         raise TracemarkError(f"--min-marked must be a whole number >= 0, got {min_marked!r}")
@@ -154,9 +161,7 @@ def plan_copy(data_dir: str | Path, *, dataset_name: str | None = None, scheme: 
     check_rate(rate)
     check_min_marked(min_marked)
     params = dict(scheme_params or {})
-    if strength is None and "strength" not in params:
-        strength = DEFAULT_STRENGTH.get(scheme)
-    sch = get_scheme(scheme, **{"strength": strength, **{k: v for k, v in params.items() if v is not None}})
+    sch = default_scheme(scheme, strength, params)
     ds = load_dataset(data_dir, caption_column, image_column)
     n = len(ds)
     k = marked_count(n, rate, min_marked)
@@ -602,9 +607,7 @@ def protect(
     params = dict(scheme_params or {})
     if "strength" in params and strength is not None and params["strength"] != strength:
         raise TracemarkError(f"give the strength once: --strength {strength:g} and -p strength={params['strength']}")
-    if strength is None and "strength" not in params:
-        strength = DEFAULT_STRENGTH.get(scheme)
-    sch = get_scheme(scheme, **{"strength": strength, **{k: v for k, v in params.items() if v is not None}})
+    sch = default_scheme(scheme, strength, params)
     ds: Dataset = load_dataset(data_dir, caption_column, image_column)
     name = dataset_name or data_dir.resolve().name
     if dataset_name is None:

@@ -608,9 +608,7 @@ class Registry:
         return None if row is None else int(row[0])
 
     def has_copy(self, dataset: str, licensee: str) -> bool:
-        return bool(self.conn.execute(
-            "SELECT 1 FROM copies JOIN datasets d ON d.id = dataset_id JOIN licensees l ON l.id = licensee_id "
-            "WHERE d.name = ? AND l.name = ? AND status = 'issued'", (dataset, licensee)).fetchone())
+        return self.issued_copy_id(dataset, licensee) is not None
 
     def next_generation(self, dataset: str, licensee: str) -> int:
         """The generation a new copy of (dataset, licensee) gets: one past every recorded one."""
@@ -619,23 +617,16 @@ class Registry:
             "l.id = licensee_id WHERE d.name = ? AND l.name = ? AND c.status != 'pending'", (dataset, licensee)).fetchone()
         return 0 if row is None or row[0] is None else int(row[0]) + 1
 
-    def revoke(self, dataset: str, licensee: str, reason: str = "", *, c: sqlite3.Connection | None = None) -> int:
+    def revoke(self, dataset: str, licensee: str, reason: str = "") -> int:
         """Mark the issued copy of (dataset, licensee) revoked: it stays in the registry and is still
         traced (a leak of it is still that licensee's), and the licensee may be issued a new one."""
-        def run(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT c.id FROM copies c JOIN datasets d ON d.id = dataset_id JOIN licensees l ON l.id = licensee_id "
-                "WHERE d.name = ? AND l.name = ? AND c.status = 'issued'", (dataset, licensee)).fetchone()
-            if row is None:
+        with self.write() as c:
+            copy_id = self.issued_copy_id(dataset, licensee)  # read inside the write transaction
+            if copy_id is None:
                 raise TracemarkError(f"licensee '{licensee}' holds no issued copy of dataset '{dataset}' to revoke")
-            conn.execute("UPDATE copies SET status = 'revoked', revoked = ?, revoke_reason = ? WHERE id = ?",
-                         (now(), reason, row[0]))
-            return int(row[0])
-
-        if c is not None:
-            return run(c)
-        with self.write() as conn:
-            return run(conn)
+            c.execute("UPDATE copies SET status = 'revoked', revoked = ?, revoke_reason = ? WHERE id = ?",
+                      (now(), reason, copy_id))
+            return copy_id
 
     def pending_copy(self, dataset: str, licensee: str) -> sqlite3.Row | None:
         """The row of a copy whose issuing was interrupted (committed as pending, never finalised)."""
