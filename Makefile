@@ -1,5 +1,6 @@
 # Two commands a user needs: `make demo` and `make test`. Each creates .venv if missing and
-# installs the pinned dependencies (torch 2.13.0 CPU wheel), so a fresh clone needs nothing else.
+# installs the pinned dependencies (requirements.txt: torch 2.13.0, the CPU wheel where pip is configured with
+# one; elsewhere install torch from https://download.pytorch.org/whl/cpu first, as the README says).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -20,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/python scripts/demo.py
+	$(VENV)/bin/python examples/demo.py
 
 bench: $(STAMP)
 	$(PY) bench/bench_protect.py
@@ -29,10 +30,10 @@ bench-learn: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
 
 eval-quick: $(STAMP)
-	$(VENV)/bin/tracemark eval run --quick
+	$(PY) -m research.eval run --quick
 
 eval: $(STAMP)
-	$(VENV)/bin/tracemark eval run
+	$(PY) -m research.eval run
 
 clean:
 	rm -rf demo_out bench_out .pytest_cache

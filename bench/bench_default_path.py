@@ -1,13 +1,19 @@
 """The product's default path, end to end, over several master keys (issue #28's reliability check).
 
-One owner dataset (CPU world, `--domain`, never tuned on), one shadow fine-tune of the bundled base
-on the clean data, and one innocent LoRA (the clean data, another seed) are made once; then for each
-master key: 3 licensees protected with the DEFAULT options, an abuser's LoRA on the third one's copy
-(`tracemark finetune`), and two white-box audits against the shadow: the abuser's LoRA (must name
-that licensee) and the innocent LoRA (must name nobody). One JSON line per key, appended to --out
+Exactly what an owner runs, with default options throughout: one owner dataset (`--data DIR`, any
+imagefolder, e.g. the real photos or scans of bench/real_data.py; or a CPU-world `--domain`), and
+per master key: `tracemark init`, 3 licensees protected (`protect DATA -l X -o C`, only
+`--strategy` varied), `tracemark shadow DATA` (default: 2 shadows, the preset's steps), one
+licensee's copy fine-tuned by `tracemark finetune` (default recipe), then `tracemark audit BASE --lora L`
+with no other flag (the audit plans itself from the registry) for that LoRA (must name that
+licensee) and for an innocent LoRA fine-tuned on the clean original (must name nobody). The shadows
+and the innocent LoRA are trained once (first key) and registered in the later keys' registries
+as `tracemark shadow` would (same files, same digests). One JSON line per key, appended to --out
 (resumable: keys already there are skipped).
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_default_path.py --keys 8 --out results/default_path.jsonl
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_default_path.py --data results/tmp/real/photos \
+        --strategy ambient --keys 5 --out results/default_path_real.jsonl
 """
 
 from __future__ import annotations
@@ -42,49 +48,90 @@ def fix_key(home: Path, seed: int) -> None:
         conn.execute("UPDATE owner SET key_check = ? WHERE id = 1", (key_check_value(bytes.fromhex(master)),))
 
 
+def copy_shadows(src: Path, dst: Path) -> None:
+    """Register the shadows of ``src``'s registry in ``dst``'s (same dataset, same files and digests)."""
+    from tracemark.registry import Registry
+
+    a, b = Registry(src), Registry(dst)
+    try:
+        for d in a.datasets():
+            for sh in a.shadows(d["name"]):
+                sid = b.add_shadow(dataset=sh.dataset, base_path=sh.base_path, base_hash=sh.base_hash,
+                                   preset=sh.preset, seed=sh.seed, path=sh.path, recipe=sh.recipe)
+                b.finish_shadow(sid, sh.sha256)
+    finally:
+        a.close()
+        b.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--keys", type=int, default=8)
+    ap.add_argument("--data", type=Path, help="an imagefolder dataset (default: a CPU-world --domain)")
     ap.add_argument("--domain", default="landscapes")
     ap.add_argument("--n", type=int, default=500)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--work", default="results/tmp/default_path")
+    ap.add_argument("--strategy", default="trigger", choices=["trigger", "ambient"])
+    ap.add_argument("--steps", type=int, default=None, help="fine-tune steps (default: the product's preset)")
+    ap.add_argument("--work", default=None, help="default: results/tmp/default_path/<dataset>")
     ap.add_argument("--out", default="results/default_path.jsonl")
     args = ap.parse_args()
-    work, out = Path(args.work), Path(args.out)
+    name = args.data.name if args.data else args.domain
+    work = Path(args.work or f"results/tmp/default_path/{name}")
+    out = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    done = {json.loads(line)["key"] for line in out.read_text().splitlines()} if out.exists() else set()
-    data = work / args.domain
+    tag = f"{name}|{args.strategy}|{args.steps}"
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((f"{r['domain']}|{r.get('strategy', 'trigger')}|{r['steps']}", r["key"]))
+    data = args.data.resolve() if args.data else work / name
     if not data.exists():
         tm(work / "h0", "sim", "make-data", data, "--n", args.n, "--domain", args.domain, "--seed", 11)
-    shadow, innocent = work / "shadow", work / "innocent"
-    if not (shadow / "pytorch_lora_weights.safetensors").exists():
-        tm(work / "h0", "finetune", data, "--base", BASE, "--out", shadow, "--steps", args.steps, "--seed", 1)
+    steps = ("--steps", args.steps) if args.steps else ()
+    innocent = work / f"innocent{args.steps or ''}"
     if not (innocent / "pytorch_lora_weights.safetensors").exists():
-        tm(work / "h0", "finetune", data, "--base", BASE, "--out", innocent, "--steps", args.steps, "--seed", 99)
+        tm(work / "h0", "finetune", data, "--base", BASE, "--out", innocent, *steps, "--seed", 99)
+    shadow_home = work / f"shadows{args.steps or ''}"  # `tracemark shadow` once, registered in every key's home
+    if not (shadow_home / "master.key").exists():
+        tm(shadow_home, "init")
+        tm(shadow_home, "protect", data, "-l", "owner", "-o", work / f"shadow_copy{args.steps or ''}")
+    tm(shadow_home, "shadow", data, "--base", BASE, *steps)
     for k in range(args.keys):
-        if k in done:
+        if (tag, k) in done:
             continue
         t0 = time.time()
-        home = work / f"home{k}"
-        tm(home, "init")
-        fix_key(home, k)
+        home = work / f"home_{args.strategy}{args.steps or ''}_{k}"
+        if not (home / "master.key").exists():
+            tm(home, "init")
+            fix_key(home, k)
         for lic in ("acme", "globex", "initech"):
-            tm(home, "protect", data, "-l", lic, "-o", work / f"k{k}_{lic}")
-        abuser = work / f"k{k}_abuser"
-        tm(home, "finetune", work / f"k{k}_initech", "--base", BASE, "--out", abuser, "--steps", args.steps,
-           "--seed", 100 + k)
-        row = {"key": k, "domain": args.domain, "n": args.n, "steps": args.steps}
+            if not (work / f"k{k}{args.strategy}_{lic}").exists():
+                tm(home, "protect", data, "-l", lic, "-o", work / f"k{k}{args.strategy}_{lic}",
+                   "--strategy", args.strategy)
+        copy_shadows(shadow_home, home)
+        t_tr = time.time()
+        abuser = work / f"k{k}{args.strategy}{args.steps or ''}_abuser"
+        if not (abuser / "pytorch_lora_weights.safetensors").exists():
+            tm(home, "finetune", work / f"k{k}{args.strategy}_initech", "--base", BASE, "--out", abuser, *steps,
+               "--seed", 100 + k)
+        t_tr = time.time() - t_tr
+        row = {"key": k, "domain": name, "strategy": args.strategy, "n": len(read_rows(data)),
+               "steps": args.steps, "finetune_s": round(t_tr, 1)}
         for what, lora in (("abuser", abuser), ("innocent", innocent)):
-            p = tm(home, "audit", BASE, "--lora", lora, "--dataset", args.domain, "--reference", BASE,
-                   "--reference-lora", shadow, "--json", "-")
+            t1 = time.time()
+            p = tm(home, "audit", BASE, "--lora", lora, "--json", "-")
             v = json.loads(p.stdout)
             z = {c["licensee"]: round(c["z"], 2) for c in v["licensees"]}
-            row[what] = {"named": v["named"], "p_value": v["p_value"], "z": z}
+            row[what] = {"named": v["named"], "p_value": v["p_value"], "z": z, "seconds": round(time.time() - t1, 1)}
         row["seconds"] = round(time.time() - t0, 1)
         with out.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
+
+
+def read_rows(data: Path) -> list[str]:
+    return [line for line in (data / "metadata.jsonl").read_text().splitlines() if line.strip()]
 
 
 if __name__ == "__main__":

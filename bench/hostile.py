@@ -55,7 +55,7 @@ TB = "Traceback (most recent call last)"
 CATEGORIES = ("traceback", "silent-wrong", "lost", "failed")
 REPO = Path(__file__).resolve().parent.parent
 STOCK_MODEL = REPO / "tracemark" / "sim" / "base_model"
-#: A verdict that names a licensee exits 3 (tracemark.cli.EXIT_NAMED): the command ran to the end.
+#: A verdict that names a licensee exits 3 (tracemark.cli.errors.EXIT_NAMED): the command ran to the end.
 EXIT_NAMED = 3
 
 

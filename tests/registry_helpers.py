@@ -12,7 +12,7 @@ def seeded_registry(home, seed: int = 0) -> Registry:
     null) on a handful of models must not depend on a fresh random master key: for a given set of
     images an innocent key's z is a fixed draw, so with random keys such a test fails by design in
     ~alpha of CI runs. Calibration over many key draws is measured by the experiments instead
-    (docs/results.md), not by these regression tests.
+    (docs/research/results.md), not by these regression tests.
     """
     reg = Registry.init(home)
     fix_master_key(home, seed)

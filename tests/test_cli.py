@@ -10,7 +10,7 @@ import pytest
 from registry_helpers import fix_master_key
 
 
-NAMED = 3  # exit status of a verdict that names a licensee (tracemark.cli.EXIT_NAMED)
+NAMED = 3  # exit status of a verdict that names a licensee (tracemark.cli.errors.EXIT_NAMED)
 
 
 def run(*args, home, check=True, rc=0):
@@ -73,7 +73,7 @@ def test_bad_input_is_one_line_no_traceback(sample_dir, tmp_path, args, needle):
     run("init", home=home)
     args = [a.format(data=sample_dir, tmp=tmp_path) for a in args]
     p = run(*args, home=home, check=False)
-    assert p.returncode != 0
+    assert p.returncode == 1, (p.returncode, p.stderr)  # exit 1 = error (the README's promise)
     assert needle in p.stderr and "Traceback" not in p.stderr + p.stdout
     assert len([line for line in p.stderr.splitlines() if line.strip()]) == 1
 
@@ -147,7 +147,7 @@ def test_out_under_a_file_is_one_line(sample_dir, tmp_path):
 
 
 def test_audit_cli_images_json_report_and_usage_errors(sample_dir, tmp_path):
-    """audit_cli had no test: the black-box path end to end, and its one-line usage errors."""
+    """The audit command on images: the black-box path end to end, and its one-line usage errors."""
     home = tmp_path / "home"
     run("init", home=home)
     fix_master_key(home)

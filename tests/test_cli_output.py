@@ -106,7 +106,8 @@ def test_every_verdict_is_one_json_document_with_exit_codes(world, sample_dir):
     help_text = run("audit", "--help", home=home).stdout
     assert "--json-only" not in help_text and "--json" in help_text
     assert "3 a licensee was named" in run("--help", home=home).stdout
-    from tracemark.cli import EXIT_NAMED, VERDICT_FIELDS, VERDICT_SCHEMA
+    from tracemark.cli.errors import EXIT_NAMED
+    from tracemark.cli.verdict import VERDICT_FIELDS, VERDICT_SCHEMA
 
     assert (VERDICT_SCHEMA, VERDICT_FIELDS, EXIT_NAMED) == (SCHEMA, FIELDS, NAMED)
 
@@ -121,19 +122,19 @@ def test_help_texts_usage_choices_version_panels_examples(tmp_path):
     p = run("--version", home=home)
     assert p.returncode == 0 and p.stdout.strip() == f"tracemark {__version__}"
     top = run("--help", home=home).stdout
-    for panel in ("Protect and trace", "Registry", "Models", "Research (CPU test world)"):
+    for panel in ("Protect and trace", "Registry", "Models", "CPU test world"):
         assert panel in top, top
-    research = top.index("Research (CPU test world)")
-    assert top.index(" sim ") > research and top.index(" eval ") > research and "<bool>" not in top
+    assert top.index(" sim ") > top.index("CPU test world") and " eval " not in top and "<bool>" not in top
     commands = ["init", "backup", "restore", "protect", "materialize", "licensees", "copies", "trace-files", "audit",
-                "generate", "finetune", "shadow"]
+                "generate", "finetune", "shadow", "status", "revoke", "reissue", "import-hf"]
     for cmd in commands:
         text = run(cmd, "--help", home=home).stdout
         usage = next(line for line in text.splitlines() if "Usage:" in line)
         assert "{" not in usage and "[[" not in usage, usage
         assert "<bool>" not in text, (cmd, text)
-        assert text.rstrip().splitlines()[-1].strip().startswith("Example: tracemark") or \
-            "Example: tracemark" in text.split("╰")[-1], (cmd, text)
+        closing = [line.strip() for line in text.split("╯")[-1].strip().splitlines()]
+        assert closing[0] in ("Example:", "Examples:") and all(e.startswith("tracemark ") for e in closing[1:]), \
+            (cmd, text)
     protect = run("protect", "--help", home=home).stdout
     assert "protect [OPTIONS] DATA_DIR" in protect
     assert "spread|tile" in protect and "trigger|ambient" in protect and "visual" in protect
@@ -146,7 +147,8 @@ def test_help_texts_usage_choices_version_panels_examples(tmp_path):
     p = run("protect", "x", "-l", "a", "-o", tmp_path / "o", "--scheme", "nope", home=home)
     assert p.returncode == 2 and "--scheme" in p.stderr and "Traceback" not in p.stderr, p.stderr
     code = ("import sys\nfrom tracemark.cli import main\nsys.argv = ['tracemark', '--help']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)\n")
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules or 'diffusers' in sys.modules, file=sys.stderr)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "COLUMNS": "200"})
     assert p.stderr.strip().endswith("False") and "sim" in p.stdout, p.stderr

@@ -84,7 +84,7 @@ def test_explicit_columns_are_recorded_and_materialize_rederives_the_copy_bit_fo
 
 
 def test_shadow_and_whitebox_read_the_original_with_the_recorded_columns(base_data, registry, tmp_path):
-    from tracemark.audit import _whitebox_probes
+    from tracemark.audit import whitebox_probes
     from tracemark.shadows import registered_dataset
 
     data = relabel(base_data, tmp_path / "photos", image="image", caption="caption", also=lambda i: {"text": "x"})
@@ -94,7 +94,7 @@ def test_shadow_and_whitebox_read_the_original_with_the_recorded_columns(base_da
     assert name == "photos" and chash == registry.datasets()[0]["content_hash"]
     with pytest.raises(TracemarkError, match="content differs"):
         registered_dataset(registry, data, columns=("text", None))  # other captions: another dataset
-    probes, subsets = _whitebox_probes(registry.copies(), registry, data)
+    probes, subsets = whitebox_probes(registry.copies(), registry, data)
     assert len(probes) == registry.copies()[0].n_marked and all(p.prompt.split()[-1] != "x" for p in probes)
 
 
@@ -111,7 +111,7 @@ def test_finetune_reads_the_caption_column_it_is_given(base_data, tmp_path):
 
     from tracemark.diffusion.training import finetune
     from tracemark.shadows import train_shadows
-    from tracemark.train_cli import finetune_cmd, shadow_cmd
+    from tracemark.cli.models import finetune_cmd, shadow_cmd
 
     for fn in (finetune_cmd, shadow_cmd, finetune, train_shadows):  # the options reach the trainer
         assert {"caption_column", "image_column"} <= set(inspect.signature(fn).parameters), fn.__name__

@@ -121,7 +121,7 @@ def test_splits_ids_and_bad_input_are_one_line_errors(hf_dirs, tmp_path):
 
 
 def test_an_imported_dataset_is_protected_materialized_and_audited_like_any_original(hf_dirs, registry, tmp_path):
-    from tracemark.audit import _whitebox_probes
+    from tracemark.audit import whitebox_probes
     from tracemark.hf import import_hf
     from tracemark.materialize import materialize
     from tracemark.protect import protect
@@ -135,7 +135,7 @@ def test_an_imported_dataset_is_protected_materialized_and_audited_like_any_orig
     issued = tree(tmp_path / "copy")
     materialize(registry, "acme", tmp_path / "again")
     assert tree(tmp_path / "again") == issued
-    probes, _ = _whitebox_probes(registry.copies(), registry, tmp_path / "photos")
+    probes, _ = whitebox_probes(registry.copies(), registry, tmp_path / "photos")
     assert len(probes) == res.n_marked
     # what diffusers' train_text_to_image.py loads: the copy, with --caption_column caption
     hf = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "copy"), split="train")

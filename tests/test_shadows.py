@@ -16,7 +16,7 @@ pytest.importorskip("diffusers")
 
 from tracemark.dataset import content_hash, file_sha256, load_dataset  # noqa: E402
 from tracemark.errors import TracemarkError  # noqa: E402
-from tracemark.train_cli import BUNDLED_TEST_MODEL as BASE  # noqa: E402
+from tracemark.diffusion.training import BUNDLED_TEST_MODEL as BASE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_finetune_is_a_product_command_on_the_bundled_model(data, tmp_path):
         "'--batch-size', '4']\n"
         "from tracemark.cli import main\n"
         "try:\n    main()\n    rc = 0\nexcept SystemExit as e:\n    rc = e.code or 0\n"
-        "bad = sorted(m for m in sys.modules if m.startswith(('tracemark.sim', 'tracemark.eval')))\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('tracemark.sim', 'research')))\n"
         "print('TEST-WORLD', bad)\n"
         "sys.exit(rc or (3 if bad else 0))\n"
     )

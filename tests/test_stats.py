@@ -61,7 +61,7 @@ def test_binomial_ci_contains_rate():
 def test_content_projection_removes_a_key_aligned_with_the_domain_and_keeps_the_null():
     """A key that happens to align with the content every image of a domain shares is accused by
     any innocent set of such images; testing outside the content subspace removes that bias while
-    the statistic stays N(0, 1) over random keys (measured case: docs/learnability.md)."""
+    the statistic stays N(0, 1) over random keys (measured case: docs/research/learnability_log.md)."""
     from tracemark.stats import content_basis, test_keys
 
     rng = np.random.default_rng(0)

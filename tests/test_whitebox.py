@@ -1,6 +1,6 @@
 """White-box audit (tracemark.whitebox + audit.audit_whitebox) on the tiny untrained pipeline: the
 real diffusers code in seconds. Whether a *fine-tuned* model betrays its copy is measured by the
-experiments (docs/learnability.md), not here."""
+experiments (docs/research/learnability_log.md), not here."""
 
 import json
 
@@ -119,12 +119,12 @@ def test_trigger_contrast_cancels_what_the_model_does_for_every_prompt(wb, sampl
     not a trigger-bound mark): the plain residual carries it, the trigger contrast cancels it
     exactly. Ambient copies have no trigger: their probes carry no plain prompt and keep the plain
     residual."""
-    from tracemark.audit import _whitebox_probes
+    from tracemark.audit import whitebox_probes
     from tracemark.whitebox import denoiser_residuals
 
     reg, pipe_dir = wb
     copies = reg.copies()
-    probes, subsets = _whitebox_probes(copies, reg, sample_dir)
+    probes, subsets = whitebox_probes(copies, reg, sample_dir)
     trig = sorted({int(i) for c in copies if c.strategy == "trigger" for i in subsets[c.id]})
     amb = sorted({int(i) for c in copies if c.strategy == "ambient" for i in subsets[c.id]} - set(trig))
     assert trig and amb
@@ -282,3 +282,33 @@ def test_one_audit_command_plans_the_white_box_from_the_registry(wb, sample_dir,
     assert plan.reference is None and any("weakest" in n for n in plan.notes)
     with pytest.raises(TracemarkError, match="not in the registry"):
         whitebox_plan(reg, pipe_dir, dataset="nope")
+
+
+def test_the_plan_picks_the_one_dataset_with_shadows_when_several_have_copies(sample_dir, tmp_path):
+    """Several datasets with copies: `tracemark audit BASE --lora L` needs no --dataset when only one
+    of them has shadows on that base; otherwise it asks for --dataset in one line."""
+    import shutil
+
+    from tracemark.audit import whitebox_plan
+    from tracemark.shadows import base_fingerprint
+
+    reg = seeded_registry(tmp_path / "home")
+    other = tmp_path / "other"
+    shutil.copytree(sample_dir, other)
+    for src, out in ((sample_dir, "c1"), (other, "c2")):
+        protect(src, tmp_path / out, "a", registry=reg, rate=0.1, workers=1, selection="random")
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model_index.json").write_text("{}")
+    with pytest.raises(TracemarkError, match="several datasets"):
+        whitebox_plan(reg, base, lora=tmp_path / "l.safetensors")
+    folder = tmp_path / "shadow-1"
+    folder.mkdir()
+    (folder / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
+    sid = reg.add_shadow(dataset="other", base_path=str(base), base_hash=base_fingerprint(base, reg),
+                         preset="tiny", seed=1, path=str(folder), recipe={"steps": 2})
+    reg.finish_shadow(sid, reg.file_digest(folder / "pytorch_lora_weights.safetensors"))
+    plan = whitebox_plan(reg, base, lora=tmp_path / "l.safetensors")
+    assert plan.dataset == "other" and plan.reference_lora == [folder]
+    assert any("only one with shadows" in n for n in plan.notes)
+    assert whitebox_plan(reg, base, lora=tmp_path / "l.safetensors", dataset=sample_dir.name).reference is None

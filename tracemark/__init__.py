@@ -17,8 +17,7 @@ when called.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from tracemark.version import __version__  # noqa: E402
 from tracemark.errors import TracemarkError  # noqa: E402
 from tracemark.keys import Key, derive_key  # noqa: E402
 from tracemark.protect import protect  # noqa: E402

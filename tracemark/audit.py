@@ -17,7 +17,7 @@ Query plan (why it does not grow with the number of licensees):
   model an innocent key's statistic converges to a fixed value (the model's deterministic mean
   output projected on that key), N(0, 1) only over the random draw of the key; the copies that
   stage 1 selects are those whose fixed value is high, and stage 2 sees the same value again
-  (measured: docs/results.md, calibration). Holm over all ``T`` is valid under any dependence,
+  (measured: docs/research/results.md, calibration). Holm over all ``T`` is valid under any dependence,
   so naming any innocent licensee stays below ``alpha`` overall; stage 2 still buys power by
   giving each candidate ``n / MAX_CANDIDATES`` images instead of ``n / T``. Total images: ``n``
   or ``2n``, whatever the number of licensees.
@@ -27,7 +27,6 @@ Seeds are fixed and recorded, so an audit can be reproduced image for image.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -37,43 +36,21 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tracemark import __version__
 from tracemark.dataset import list_images, read_image_rgb
 from tracemark.errors import TracemarkError
 from tracemark.registry import Copy, Registry
+from tracemark.sampling import check_generation_options
+from tracemark.shadows import model_hash
 from tracemark.strategies import apply_trigger
 from tracemark.trace import (DEFAULT_ALPHA, DEFAULT_DECOYS, Verdict, check_test_parameters, content_for,
                              score_copies, trigger_of)
+from tracemark.version import __version__
 
 MIN_PER_COPY = 16
-#: Seeds are 0 .. 2**32 - 1: the query plan scales them by ~1e5 (:func:`build_plan`) and numpy's
-#: generators refuse negative seeds, so anything outside would fail after the model is loaded.
-MAX_SEED = 2**32 - 1
 MAX_CANDIDATES = 8
 #: White-box statistics (:func:`audit_whitebox`); "auto": "loss" when there is a reference model, else "residual".
 WHITEBOX_STATISTICS = ("auto", "loss", "residual")
 DEFAULT_WHITEBOX_STATISTIC = "auto"
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def check_generation_options(*, n: int | None = None, seed: int | None = None, steps: int | None = None,
-                             guidance: float | None = None, batch_size: int | None = None) -> None:
-    """One-line errors for sampling options, checked before any model is loaded (``--steps 0`` used to
-    fail in the scheduler with a ZeroDivisionError, ``--seed -1`` in numpy, ``--guidance nan`` was
-    accepted and gave black images). ``None``: not given."""
-    import math
-
-    for flag, value in (("--n", n), ("--steps", steps), ("--batch-size", batch_size)):
-        if value is not None and (not _is_int(value) or value < 1):
-            raise TracemarkError(f"{flag} must be a positive integer, got {value}")
-    if seed is not None and (not _is_int(seed) or not 0 <= seed <= MAX_SEED):
-        raise TracemarkError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed}")
-    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.floating))
-                                 or not math.isfinite(guidance) or guidance < 0):
-        raise TracemarkError(f"--guidance must be a finite number >= 0, got {guidance}")
 
 
 def check_audit_options(*, n: int = 64, seed: int = 0, steps: int = 25, guidance: float = 6.0, batch_size: int = 32,
@@ -148,25 +125,6 @@ def build_plan(copies: list[Copy], registry: Registry, n: int, seed: int = 0,
             targets.append(None)
     seeds = [int(seed * 100_003 + stage * 1_000_003 + i) for i in range(n)]
     return QueryPlan(prompts, targets, seeds, stage)
-
-
-def model_hash(model_dir: Path, lora: Path | None = None, registry: Registry | None = None) -> str:
-    """SHA-256 over (name, SHA-256) of the model's weight and config files (a pipeline folder or a
-    single-file checkpoint) and of the LoRA; with a ``registry``, each file's digest is computed once
-    per (path, size, mtime) and then read from the registry."""
-    from tracemark.dataset import file_sha256
-
-    model_dir = Path(model_dir)
-    files = [model_dir] if model_dir.is_file() else sorted(
-        p for p in model_dir.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".txt",
-                                                                          ".pt", ".ckpt"))
-    if lora is not None:
-        lora = Path(lora)
-        files += sorted(p for p in lora.rglob("*.safetensors")) if lora.is_dir() else [lora]
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode() + b"\0" + (registry.file_digest(p) if registry else file_sha256(p)).encode())
-    return h.hexdigest()
 
 
 @dataclass
@@ -270,7 +228,7 @@ def audit_model(
     minus its reference image is scored: the two models draw nearly the same picture (correlation
     0.72-0.88 in the CPU world, 0.24 against the LoRA switched off), so content cancels. The
     reference holds no key: the null is unchanged. No gain in power was measured in the CPU world
-    (docs/learnability.md, session 8).
+    (docs/research/learnability_log.md).
 
     ``progress(done, total)``: images generated so far and in all (stage 2 and the reference's
     images included), after each batch."""
@@ -414,7 +372,7 @@ def audit_whitebox(
     (:func:`tracemark.whitebox.loss_gradients`); ``"residual"``: the suspect's clean-image prediction
     minus the reference's (:func:`tracemark.whitebox.denoiser_residuals`). Both are scored by the
     copies' schemes against decoy keys; on the CPU world's 38 dB / 2% fine-tunes the loss statistic
-    read 2.5x the z of the residual (docs/learnability.md, session 11). ``"loss"`` needs a reference
+    read 2.5x the z of the residual (docs/research/learnability_log.md). ``"loss"`` needs a reference
     (a LoRA, ``base`` or ``reference``).
 
     ``data_dir``: the owner's original dataset (the residuals start from the unmarked images).
@@ -426,19 +384,20 @@ def audit_whitebox(
     this data learns (the domain, the images) then cancels, and what is left is what the suspect
     learned beyond the clean data: in the CPU world the three 10% / 6/255 models went from z ~3.5
     to 5.0-5.3 and were named among 100; not uniformly (one 10% / 38 dB model: 3.45 -> 2.44), and
-    nothing at 2% (docs/learnability.md, session 8). It holds no key, so the null is unchanged
+    nothing at 2% (docs/research/learnability_log.md). It holds no key, so the null is unchanged
     (checked on innocent models). Train it with a seed of its own.
 
     Several shadows (a list of ``reference`` pipelines, or one ``reference`` with a list of
     ``reference_lora``; or a list of ``ref_pipe``): the loss statistic is computed against each, one
     reference in memory at a time, and the references' gradients (each at unit RMS) are averaged, so
     the shadows' own fine-tuning noise averages out. CPU world, 2% / 38 dB, five models: mean z 2.63
-    with one shadow, 3.28 with four (docs/learnability.md, session 12); the loss statistic only.
+    with one shadow, 3.28 with four (docs/research/learnability_log.md); the loss statistic only.
 
     ``progress(done, total)``: marked samples read so far and in all (one pass per shadow).
     """
     from tracemark.diffusion.loading import load_pipeline
-    from tracemark.whitebox import DEFAULT_DRAWS, DEFAULT_T_FRACS, denoiser_residuals, loss_gradients
+    from tracemark.whitebox import (DEFAULT_DRAWS, DEFAULT_T_FRACS, denoiser_residuals, has_lora,
+                                    latent_loss_gradients, pull_back, unit_rms)
 
     check_test_parameters(alpha, n_decoys)
     check_generation_options(seed=seed)
@@ -461,7 +420,7 @@ def audit_whitebox(
             raise TracemarkError("several references are averaged by the loss statistic only; "
                                  "use --statistic loss (or one --reference)")
         statistic = "loss"
-    probes, subsets = _whitebox_probes(copies, registry, data_dir)
+    probes, subsets = whitebox_probes(copies, registry, data_dir)
     if pipe is None:
         pipe = load_pipeline(model_dir, lora=lora, device=device or "auto", dtype=dtype, config=config)
 
@@ -483,14 +442,22 @@ def audit_whitebox(
         if ref_pipe is None and lora is None:
             raise TracemarkError("the loss statistic needs a reference: --lora (compared with the LoRA switched "
                                  "off), --base or --reference; or use --statistic residual")
-        residuals = None
+        # grad[L_S - L_k] per reference k at unit RMS, averaged: the suspect is read once (1 + K passes)
         passes = shadows or [ref_pipe]
-        for k, ref in enumerate(passes):  # grad[L_S - mean_k L_k] with each shadow's share at unit RMS
-            step = (lambda d, t, k=k: progress(k * t + d, len(passes) * t)) if progress else None
-            r = loss_gradients(pipe, probes, ref_pipe=loaded(ref), reference=mode, t_fracs=t_fracs, draws=draws,
-                               seed=seed, progress=step)
+        kw = {"t_fracs": t_fracs, "draws": draws, "seed": seed}
+
+        def step(k):
+            return (lambda d, t: progress(k * t + d, (1 + len(passes)) * t)) if progress else None
+
+        g_s = latent_loss_gradients(pipe, probes, **kw, progress=step(0))
+        residuals = None
+        for k, ref in enumerate(passes, start=1):
+            off = mode == "auto" and has_lora(pipe)  # "auto": the LoRA switched off, else the reference given
+            g_r = latent_loss_gradients(pipe, probes, None if off else loaded(ref), lora_off=off, **kw,
+                                        progress=step(k))
+            r = unit_rms(pull_back(pipe, probes, g_s - g_r))
             residuals = r if residuals is None else [a + b for a, b in zip(residuals, r)]
-        residuals = [a / max(1, len(shadows)) for a in residuals]
+        residuals = [a / len(passes) for a in residuals]
     else:
         residuals = denoiser_residuals(pipe, probes, ref_pipe=loaded(ref_pipe), reference=mode, t_fracs=t_fracs,
                                        draws=draws, seed=seed, progress=progress)
@@ -540,7 +507,17 @@ def whitebox_plan(registry: Registry, model: Path, *, lora: Path | None = None, 
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
     names = sorted({c.dataset for c in copies})
+    anchor = Path(model) if lora is not None else (Path(base) if base is not None else None)
     if dataset is None:
+        if len(names) > 1 and anchor is not None and not (reference or reference_lora):
+            from tracemark.shadows import base_fingerprint
+
+            fp = base_fingerprint(anchor, registry)
+            with_shadows = [n for n in names if registry.shadows(n, fp)]
+            if len(with_shadows) == 1:  # the one dataset the owner trained shadows of on this base
+                names = with_shadows
+                notes.append(f"dataset: '{names[0]}', the only one with shadows on this base "
+                             f"(of {len({c.dataset for c in copies})} with copies; --dataset picks another)")
         if len(names) > 1:
             raise TracemarkError(f"several datasets have issued copies ({', '.join(names)}): give --dataset NAME "
                                  "(the white box reads one dataset's marked samples)")
@@ -556,7 +533,6 @@ def whitebox_plan(registry: Registry, model: Path, *, lora: Path | None = None, 
     if reference or reference_lora:
         notes.append("reference: the shadow(s) given with --reference")
         return WhiteboxPlan(Path(data), dataset, base, reference, reference_lora, notes)
-    anchor = Path(model) if lora is not None else (Path(base) if base is not None else None)
     if anchor is not None:
         from tracemark.shadows import base_fingerprint
 
@@ -604,7 +580,7 @@ def _reference_params(pairs: list[tuple[Path, Path | None]]) -> dict:
             "reference_lora": None if not loras else loras[0] if len(loras) == 1 else loras}
 
 
-def _whitebox_probes(copies: list[Copy], registry: Registry, data_dir: Path):
+def whitebox_probes(copies: list[Copy], registry: Registry, data_dir: Path):
     """One probe per (marked sample, prompt) over all copies, and each copy's probe indices.
 
     The originals are checked against the perceptual hashes the registry kept of the marked files,

@@ -177,6 +177,21 @@ def _resolve(path: Path, where: str) -> Path:
         raise TracemarkError(f"{path}: symlink loop or unreadable link ({where})") from exc
 
 
+def hf_kind(path: Path) -> str | None:
+    """What kind of Hugging Face dataset ``path`` holds ("save_to_disk", "parquet"), or None."""
+    path = Path(path)
+    if path.is_file():
+        return "parquet" if path.suffix == ".parquet" else None
+    if not path.is_dir():
+        return None
+    if (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file()
+                                                  and (path / "dataset_info.json").is_file()):
+        return "save_to_disk"
+    if any(path.rglob("*.parquet")) and not any(path.rglob("metadata.jsonl")) and not any(path.rglob("metadata.csv")):
+        return "parquet"
+    return None
+
+
 def load_dataset(root: str | Path, caption_column: str | None = None, image_column: str | None = None, *,
                  captions: bool = True) -> Dataset:
     """Load and validate an imagefolder dataset (metadata only; images are not decoded).
@@ -203,8 +218,6 @@ def load_dataset(root: str | Path, caption_column: str | None = None, image_colu
             metas.append(p)
     metas.sort()
     if not metas:
-        from tracemark.hf import hf_kind
-
         kind = hf_kind(root)
         if kind is not None:
             raise TracemarkError(f"{root}: a Hugging Face dataset ({kind}), not an imagefolder: import it once with "

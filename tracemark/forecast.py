@@ -5,7 +5,7 @@ be detected through a model at all. The answer is not computed from a formula: i
 measured detection of LoRA fine-tunes at each number of marked samples
 (``tracemark/data/power_curve.json``, with the command and source of every row), looked up at the
 largest measured count that the copy reaches. Power follows the *number* of marked samples, not
-the rate (docs/learnability.md: 10 marked samples gave the same z at 2% of 500 images as at 1%
+the rate (docs/research/learnability_log.md: 10 marked samples gave the same z at 2% of 500 images as at 1%
 of 1000).
 """
 

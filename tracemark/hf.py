@@ -26,31 +26,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
-import typer
-
+from tracemark.dataset import hf_kind
 from tracemark.errors import TracemarkError
 
 #: Image formats written under their usual extension (what :mod:`tracemark.dataset` reads).
 FORMAT_EXT = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 #: An ``--id-column`` value becomes a file name: plain characters only, no leading dot.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,150}$")
-
-
-def hf_kind(path: Path) -> str | None:
-    """What kind of Hugging Face dataset ``path`` holds ("save_to_disk", "parquet"), or None."""
-    path = Path(path)
-    if path.is_file():
-        return "parquet" if path.suffix == ".parquet" else None
-    if not path.is_dir():
-        return None
-    if (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file()
-                                                  and (path / "dataset_info.json").is_file()):
-        return "save_to_disk"
-    if any(path.rglob("*.parquet")) and not any(path.rglob("metadata.jsonl")) and not any(path.rglob("metadata.csv")):
-        return "parquet"
-    return None
 
 
 @dataclass
@@ -280,31 +263,3 @@ def _rows(ds, src: Path) -> Iterator[dict]:
     except Exception as exc:  # a truncated arrow or parquet file, a bad row group, ...
         raise TracemarkError(f"{src}: cannot read this Hugging Face dataset ({exc.__class__.__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-
-
-def import_hf_cmd(
-    src: Path = typer.Argument(..., help="A folder written by Dataset.save_to_disk, or a folder of parquet files "
-                               "(or one .parquet file)."),
-    out: Path = typer.Option(..., "--out", "-o", help="The imagefolder to write (must not exist): protect it, "
-                             "and keep it: it is the original the registry refers to."),
-    split: Optional[str] = typer.Option(None, "--split", help="Which split (needed when there are several)."),
-    caption_column: Optional[str] = typer.Option(None, "--caption-column", help="Caption column (default: the one of "
-                                                 "text, caption, prompt, description the dataset has)."),
-    image_column: Optional[str] = typer.Option(None, "--image-column", help="Image column (default: the one Image "
-                                               "column)."),
-    id_column: Optional[str] = typer.Option(None, "--id-column", help="Name each file by this column (unique names "
-                                            "or numbers) instead of the row index."),
-) -> None:
-    """Import a Hugging Face dataset on disk (save_to_disk or parquet) as an imagefolder, once, offline."""
-    from tracemark.cli import _with_progress, console
-    from tracemark.fsutil import check_output_dir
-
-    check_output_dir(out, "--out")
-    res = _with_progress("import", lambda progress: import_hf(src, out, split=split, caption_column=caption_column,
-                                                                image_column=image_column, id_column=id_column,
-                                                                progress=progress))
-    console.print(f"Imported {res.n_rows} rows of {src} ({res.kind}{f', split {res.split}' if res.split else ''}) -> "
-                  f"{res.out_dir}: images from column '{res.image_column}', captions from column "
-                  f"'{res.caption_column}' (kept under that name)", highlight=False, soft_wrap=True)
-    if res.dropped:
-        console.print(f"  left out of metadata.jsonl (not plain values): {', '.join(res.dropped)}", highlight=False)

@@ -36,7 +36,7 @@ from tracemark.protect import (
     usable_samples,
     write_copy,
 )
-from tracemark.registry import Copy, Registry
+from tracemark.registry import Copy, Registry, find_copy
 from tracemark.schemes import get_scheme
 from tracemark.strategies import image_thumbnails, select_samples
 from tracemark.trace import scheme_params, trigger_of
@@ -58,19 +58,6 @@ class MaterializeResult:
     shards: list[Path] = field(default_factory=list)
     #: Files the issued copy left out too (unusable images skipped with ``--on-error skip``).
     skipped: list[str] = field(default_factory=list)
-
-
-def find_copy(registry: Registry, licensee: str, dataset: str | None = None) -> Copy:
-    """The one issued copy of ``licensee`` (of ``dataset`` when given), or a one-line error (revoked
-    copies are not re-derived under the licensee's name: they are history)."""
-    found = [c for c in registry.copies(dataset, include_revoked=False) if c.licensee == licensee]
-    if not found:
-        where = f" of dataset '{dataset}'" if dataset else ""
-        raise TracemarkError(f"licensee '{licensee}' holds no issued copy{where} ({registry.db_path})")
-    if len(found) > 1:
-        names = ", ".join(sorted(c.dataset for c in found))
-        raise TracemarkError(f"licensee '{licensee}' holds copies of several datasets ({names}); pass --dataset")
-    return found[0]
 
 
 def _source(registry: Registry, copy: Copy, data_dir: str | Path | None) -> tuple[Path, str]:

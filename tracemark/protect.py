@@ -717,7 +717,7 @@ def reissue(registry: Registry, licensee: str, out_dir: str | Path, *, dataset: 
     """Issue ``licensee`` a new copy of a dataset they hold, with a new key (the next generation)
     and the same options as their current copy, which is revoked when the new one is issued (one
     transaction). The revoked copy stays in the registry and is still traced."""
-    from tracemark.materialize import find_copy
+    from tracemark.registry import find_copy
     from tracemark.trace import scheme_params
 
     copy = find_copy(registry, licensee, dataset)

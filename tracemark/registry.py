@@ -908,6 +908,19 @@ class Registry:
 SHADOW_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
+def find_copy(registry: Registry, licensee: str, dataset: str | None = None) -> Copy:
+    """The one issued copy of ``licensee`` (of ``dataset`` when given), or a one-line error (revoked
+    copies are not re-derived under the licensee's name: they are history)."""
+    found = [c for c in registry.copies(dataset, include_revoked=False) if c.licensee == licensee]
+    if not found:
+        where = f" of dataset '{dataset}'" if dataset else ""
+        raise TracemarkError(f"licensee '{licensee}' holds no issued copy{where} ({registry.db_path})")
+    if len(found) > 1:
+        names = ", ".join(sorted(c.dataset for c in found))
+        raise TracemarkError(f"licensee '{licensee}' holds copies of several datasets ({names}); pass --dataset")
+    return found[0]
+
+
 @dataclass
 class Shadow:
     """One shadow: a LoRA fine-tune of a base on the clean original dataset (a ``shadows`` row).

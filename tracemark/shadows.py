@@ -2,7 +2,7 @@
 
 The white-box audit's loss statistic compares a suspect model with a *reference* that learned the
 same data without the mark; a LoRA the owner trains on the clean original with the same recipe an
-abuser's ``tracemark finetune`` uses is that reference (docs/learnability.md: the audit against
+abuser's ``tracemark finetune`` uses is that reference (docs/research/learnability_log.md: the audit against
 such a shadow is what detects a LoRA fine-tune; averaging several raises z, each costs one
 fine-tune). :func:`train_shadows` trains K of them (seeds 1..K, distinct from ``finetune``'s
 default seed 0) with the product trainer, stores each under
@@ -18,6 +18,7 @@ where it stopped and skips the ready ones.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import shutil
@@ -28,21 +29,38 @@ from pathlib import Path
 from tracemark.errors import TracemarkError
 from tracemark.registry import SHADOW_WEIGHTS, Registry, Shadow
 
-__all__ = ["DEFAULT_COUNT", "Shadow", "base_fingerprint", "shadow_root", "train_shadows"]
+__all__ = ["DEFAULT_COUNT", "Shadow", "base_fingerprint", "model_hash", "shadow_root", "train_shadows"]
 
-#: Shadows per (dataset, base) by default: two fine-tunes of the owner's budget (docs/learnability.md:
+#: Shadows per (dataset, base) by default: two fine-tunes of the owner's budget (docs/research/learnability_log.md:
 #: averaging four lifted the 2% mean z from 2.63 to 3.28; each one is a full fine-tune).
 DEFAULT_COUNT = 2
 SHADOWS_DIR = "shadows"
 RECIPE_FILE = "recipe.json"
 
 
+def model_hash(model_dir: Path, lora: Path | None = None, registry: Registry | None = None) -> str:
+    """SHA-256 over (name, SHA-256) of the model's weight and config files (a pipeline folder or a
+    single-file checkpoint) and of the LoRA; with a ``registry``, each file's digest is computed once
+    per (path, size, mtime) and then read from the registry."""
+    from tracemark.dataset import file_sha256
+
+    model_dir = Path(model_dir)
+    files = [model_dir] if model_dir.is_file() else sorted(
+        p for p in model_dir.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".txt",
+                                                                          ".pt", ".ckpt"))
+    if lora is not None:
+        lora = Path(lora)
+        files += sorted(p for p in lora.rglob("*.safetensors")) if lora.is_dir() else [lora]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode() + b"\0" + (registry.file_digest(p) if registry else file_sha256(p)).encode())
+    return h.hexdigest()
+
+
 def base_fingerprint(base: Path, registry: Registry | None = None) -> str:
     """The base model's identity: SHA-256 over (name, SHA-256) of its weight and config files
-    (:func:`tracemark.audit.model_hash` without a LoRA), so a copy of the same model elsewhere
-    matches. With ``registry``, each file is read once per (path, size, mtime)."""
-    from tracemark.audit import model_hash
-
+    (:func:`model_hash` without a LoRA), so a copy of the same model elsewhere matches. With
+    ``registry``, each file is read once per (path, size, mtime)."""
     base = Path(base)
     if not base.exists():
         raise TracemarkError(f"{base}: model folder not found")
@@ -126,12 +144,9 @@ def train_shadows(registry: Registry, data_dir: Path, base: Path | None, count: 
         raise TracemarkError(f"{base}: model folder not found")
     name, chash = registered_dataset(registry, data_dir, dataset_name, (caption_column, image_column))  # (before torch)
     caption_column, image_column = recorded_columns(registry, name, (caption_column, image_column))
-    if base is None:
-        from tracemark.train_cli import base_or_default
+    from tracemark.diffusion.training import CHECKPOINT, base_or_default, finetune, preset_for_base
 
-        base = base_or_default(None)
-    base = Path(base)
-    from tracemark.diffusion.training import CHECKPOINT, finetune, preset_for_base
+    base = base_or_default(base, say)
 
     pre = preset_for_base(base, preset)
     n_steps = steps if steps is not None else pre.steps

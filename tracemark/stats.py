@@ -175,7 +175,7 @@ def content_basis(F_content: np.ndarray, share: float = CONTENT_SHARE) -> np.nda
     model of the domain. Removing the content subspace from the pooled vector before testing keeps
     the null exact (the projection is key-independent) and removes that bias; it also removes
     content noise, which raised a learned mark's z from 1.7 to 3.4 in the white-box audit
-    (docs/learnability.md)."""
+    (docs/research/learnability_log.md)."""
     U = np.asarray(F_content, dtype=np.float64)
     U = U / np.maximum(np.linalg.norm(U, axis=1, keepdims=True), EPS)
     k = max(1, min(len(U), int(round(share * U.shape[1]))))

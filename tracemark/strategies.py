@@ -93,7 +93,8 @@ def select_coherent(key: Key, sample_ids: Sequence[str], captions: Sequence[str]
 
     Why: a model that cannot tell marked from unmarked samples learns only ``rate`` x the mark (the
     average over its data); for a concept whose samples are all marked, the marked version is what
-    the model should output, so it learns the mark in full there (docs/learnability.md, session 7).
+    the model should output, so it learns the mark in full there
+    (docs/research/learnability_log.md).
     """
     n = max(1, int(round(check_rate(rate) * len(sample_ids))))
     X = caption_vectors(captions)
@@ -130,7 +131,7 @@ def select_cluster(key: Key, sample_ids: Sequence[str], captions: Sequence[str],
     """Like :func:`select_coherent`, but the concept is one of ~1/rate k-means clusters of the
     captions' words (the same clusters for every key, keyed choice); a cluster larger than needed is
     cut by keyed hash, a smaller one filled from the next cluster in keyed order. The first variant
-    measured (session 7); kept to compare with the neighbourhood."""
+    measured (docs/research/learnability_log.md); kept to compare with the neighbourhood."""
     n = max(1, int(round(check_rate(rate) * len(sample_ids))))
     labels = _cluster_labels(tuple(captions), max(1, min(round(1 / rate), len(sample_ids))))
     return _fill_from_clusters(key, sample_ids, labels, n)
@@ -411,7 +412,7 @@ def select_visual(key: Key, sample_ids: Sequence[str], thumbnails: np.ndarray, r
     """Like :func:`select_cluster`, with the concept a k-means cluster of the *images* (8 x 8
     thumbnails, :func:`image_thumbnails`) instead of the captions: the marked samples look alike
     (background, colour, layout), so the denoiser can tell them from the rest and learn the mark in
-    full for them instead of ``rate`` x the mark on average (docs/learnability.md, session 9).
+    full for them instead of ``rate`` x the mark on average (docs/research/learnability_log.md).
     ``selection_version``: the clustering (:data:`SELECTION_VERSION`); ``None`` for a copy that
     recorded none (version 1 up to :data:`MAX_CONCEPT_SAMPLES` samples, version 2 beyond)."""
     n = max(1, int(round(check_rate(rate) * len(sample_ids))))

@@ -156,7 +156,7 @@ def denoiser_residuals(
     Still key-independent (the key enters only the scoring). A research option, **not used by the
     audit**: it found nothing on five fine-tuned models, and on one (UNet + text-encoder LoRA, 10%)
     its statistic named an innocent licensee (z 4.01) that the plain residual does not; its null is
-    unchecked (docs/learnability.md, session 7).
+    unchecked (docs/research/learnability_log.md).
     """
     import torch
 
@@ -218,6 +218,92 @@ def denoiser_residuals(
     return out
 
 
+def latent_loss_gradients(
+    pipe,
+    probes: Sequence[Probe],
+    model=None,
+    *,
+    lora_off: bool = False,
+    t_fracs: Sequence[float] = DEFAULT_T_FRACS,
+    draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """``-d L_M / d z0`` for one model ``M``, one array (probes x latent channels x h x w).
+
+    ``L_M``: ``M``'s training loss (its own target, epsilon or v) at the latent ``z0`` of each
+    probe's original image encoded by ``pipe``'s VAE, noised to every level of ``t_fracs`` with the
+    seeded draws of :func:`_noise` (the same noisy latents for every model: the comparison is
+    paired), summed over levels and draws. ``M`` is ``model`` (another pipeline sharing ``pipe``'s
+    latent space, e.g. a shadow), else ``pipe`` itself, with its LoRA switched off when
+    ``lora_off``. Kept in latent space (small at any resolution) so that one pass per model serves
+    every statistic built from differences of models (:func:`pull_back`)."""
+    import torch
+
+    if lora_off and not has_lora(pipe):
+        raise ValueError("lora_off needs a pipeline with a LoRA loaded")
+    m = model if model is not None else pipe
+    dev = pipe._execution_device
+    size = _model_resolution(pipe)
+    sched = pipe.scheduler
+    n_t = sched.config.num_train_timesteps
+    sf = pipe.vae.config.scaling_factor
+    levels = [(int(round(f * (n_t - 1))), d) for f in t_fracs for d in range(draws)]
+    out = []
+    if lora_off:
+        pipe.disable_lora()
+    try:
+        for start in range(0, len(probes), batch_size):
+            chunk = probes[start:start + batch_size]
+            with torch.no_grad():
+                x = _to_tensor([p.image for p in chunk], size).to(dev, dtype=pipe.vae.dtype)
+                z0 = (pipe.vae.encode(x).latent_dist.mean * sf).float()
+                emb = m.encode_prompt([p.prompt for p in chunk], dev, 1, False)[0]
+            g_lat = torch.zeros_like(z0)
+            for t_val, d in levels:  # one UNet graph at a time (memory at 512 px)
+                z = z0.detach().requires_grad_(True)
+                eps = _noise(seed, start, len(chunk), t_val, d, z)
+                t = torch.full((len(chunk),), t_val, device=dev, dtype=torch.long)
+                noisy = sched.add_noise(z, eps, t)
+                target = (sched.get_velocity(z, eps, t) if sched.config.prediction_type == "v_prediction"
+                          else eps).float()
+                pred = m.unet(noisy.to(m.unet.dtype), t, encoder_hidden_states=emb).sample.float()
+                g_lat -= torch.autograd.grad(((pred - target) ** 2).sum(), z)[0]
+            out.append(g_lat.cpu().numpy())
+            if progress:
+                progress(min(start + batch_size, len(probes)), len(probes))
+    finally:
+        if lora_off:
+            pipe.enable_lora()
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def pull_back(pipe, probes: Sequence[Probe], latent: np.ndarray, *, batch_size: int = 8) -> list[np.ndarray]:
+    """Latent-space gradients (as :func:`latent_loss_gradients` gives, or a difference of them) ->
+    pixel-space images ``J_enc^T g`` through ``pipe``'s VAE encoder (H x W x 3, float32)."""
+    import torch
+
+    dev = pipe._execution_device
+    size = _model_resolution(pipe)
+    sf = pipe.vae.config.scaling_factor
+    out: list[np.ndarray] = []
+    for start in range(0, len(probes), batch_size):
+        chunk = probes[start:start + batch_size]
+        x = _to_tensor([p.image for p in chunk], size).to(dev, dtype=pipe.vae.dtype).requires_grad_(True)
+        z0 = pipe.vae.encode(x).latent_dist.mean * sf
+        g = torch.from_numpy(np.ascontiguousarray(latent[start:start + len(chunk)])).to(dev, dtype=z0.dtype)
+        (grad,) = torch.autograd.grad(z0, x, grad_outputs=g)
+        out += [a.astype(np.float32) for a in grad.float().permute(0, 2, 3, 1).cpu().numpy()]
+    return out
+
+
+def unit_rms(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The images scaled together to unit RMS over all of them (the loss statistic's scale)."""
+    rms = float(np.sqrt(np.mean([np.mean(a * a) for a in images]))) if len(images) else 1.0
+    return [a / max(rms, 1e-20) for a in images]
+
+
 def loss_gradients(
     pipe,
     probes: Sequence[Probe],
@@ -242,52 +328,17 @@ def loss_gradients(
     correlates with these images when the suspect fitted that copy's marked samples. Unlike the
     clean-image residual of :func:`denoiser_residuals` this also reads the change of the denoiser's
     *input Jacobian* (a model that fitted ``x + delta`` responds to ``delta``), which in the CPU
-    world's fine-tunes carries most of what they keep of a 2% mark (docs/learnability.md,
-    session 11). The key never enters, so decoy keys give the null as for the residuals.
+    world's fine-tunes carries most of what they keep of a 2% mark
+    (docs/research/learnability_log.md). The key never enters, so decoy keys give the null as for the residuals.
 
     ``reference``: as :func:`denoiser_residuals` (``"lora-off"``, ``"base"`` or ``"auto"``); a
     reference is required, since the suspect's own loss gradient is dominated by the image content.
     """
-    import torch
-
     ref = _reference(pipe, ref_pipe, reference)
     if not ref.available:
         raise ValueError("the loss-gradient statistic needs a reference model (a LoRA to switch off, or ref_pipe)")
-    dev = pipe._execution_device
-    size = _model_resolution(pipe)
-    sched = pipe.scheduler
-    n_t = sched.config.num_train_timesteps
-    sf = pipe.vae.config.scaling_factor
-    levels = [(int(round(f * (n_t - 1))), d) for f in t_fracs for d in range(draws)]
-
-    def loss(p, noisy, t, emb, target):
-        pred = p.unet(noisy.to(p.unet.dtype), t, encoder_hidden_states=emb).sample.float()
-        return ((pred - target) ** 2).sum()
-
-    out: list[np.ndarray] = []
-    for start in range(0, len(probes), batch_size):
-        chunk = probes[start:start + batch_size]
-        x = _to_tensor([p.image for p in chunk], size).to(dev, dtype=pipe.vae.dtype).requires_grad_(True)
-        z0 = pipe.vae.encode(x).latent_dist.mean * sf
-        texts = [p.prompt for p in chunk]
-        with torch.no_grad():
-            emb_s = pipe.encode_prompt(texts, dev, 1, False)[0]
-            emb_r = ref.run(lambda p: p.encode_prompt(texts, dev, 1, False)[0])
-        # one UNet graph at a time (memory at 512 px): the latent gradient is summed over the
-        # levels, then pulled back through the encoder once
-        g_lat = torch.zeros_like(z0)
-        for t_val, d in levels:
-            z = z0.detach().requires_grad_(True)
-            eps = _noise(seed, start, len(chunk), t_val, d, z)
-            t = torch.full((len(chunk),), t_val, device=dev, dtype=torch.long)
-            noisy = sched.add_noise(z, eps, t)
-            target = (sched.get_velocity(z, eps, t) if sched.config.prediction_type == "v_prediction"
-                      else eps).float()
-            diff = loss(pipe, noisy, t, emb_s, target) - ref.run(lambda p: loss(p, noisy, t, emb_r, target))
-            g_lat += torch.autograd.grad(diff, z)[0]
-        (grad,) = torch.autograd.grad(z0, x, grad_outputs=g_lat)
-        out += [a.astype(np.float32) for a in (-grad.float()).permute(0, 2, 3, 1).cpu().numpy()]
-        if progress:  # probes done, probes in all
-            progress(len(out), len(probes))
-    rms = float(np.sqrt(np.mean([np.mean(a * a) for a in out]))) if out else 1.0
-    return [a / max(rms, 1e-20) for a in out]
+    kw = {"t_fracs": t_fracs, "draws": draws, "seed": seed, "batch_size": batch_size}
+    halves = [(lambda d, t, h=h: progress(h * t + d, 2 * t)) if progress else None for h in (0, 1)]
+    g_s = latent_loss_gradients(pipe, probes, **kw, progress=halves[0])
+    g_r = latent_loss_gradients(pipe, probes, ref.ref_pipe, lora_off=ref.lora_off, **kw, progress=halves[1])
+    return unit_rms(pull_back(pipe, probes, g_s - g_r, batch_size=batch_size))

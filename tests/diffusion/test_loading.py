@@ -86,11 +86,18 @@ def test_devices_and_dtypes(lora_files, tmp_path):
     from tracemark.diffusion import generate, load_pipeline, resolve_device, resolve_dtype
 
     base, files, _ = lora_files
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_dtype("auto", "cuda") == torch.float16 and resolve_dtype("auto", "cpu") == torch.float32
-    if not torch.cuda.is_available():
+    # "auto" follows what the machine has, on both kinds of machine (whatever this one is)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+        assert resolve_dtype("auto", resolve_device("auto")) == torch.float16  # what SD users run on a GPU
+        m.setattr(torch.cuda, "is_available", lambda: False)
+        assert resolve_device("auto") == "cpu" and resolve_device(None) == "cpu"
         with pytest.raises(TracemarkError, match="no CUDA device"):
             resolve_device("cuda")
+        auto = load_pipeline(base, device="auto", dtype="auto")  # no CUDA: the CPU in fp32
+        assert auto.device.type == "cpu" and auto.unet.dtype == torch.float32
+    assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("fp16", "cpu") == torch.float16
     with pytest.raises(TracemarkError, match="--device must be"):
         resolve_device("tpu")
     with pytest.raises(TracemarkError, match="--dtype must be"):
@@ -116,19 +123,19 @@ def test_ancestral_sampler_is_reproducible_per_image(lora_files, tmp_path):
     b = generate_images(pipe, ["a red circle", "a blue sky", "a face"], seed=5, steps=4, batch_size=1)
     c = generate_images(pipe, ["a red circle", "a blue sky", "a face"], seed=6, steps=4, batch_size=3)
     diff = np.abs(a.astype(int) - b.astype(int))
-    # equal up to float non-associativity across batch shapes and threads (a sampler drawing its fresh
-    # noise from a shared generator differs by 13.9 levels on average: measured)
-    assert a.std() > 5 and diff.mean() < 0.05 and diff.max() <= 4, (diff.mean(), diff.max())  # measured 1e-4, 1
+    # equal up to float non-associativity across batch shapes and threads: measured identical on 1
+    # thread, and on 4 threads one pixel value of 9216 off by one level (mean 1.1e-4, max 1); a
+    # sampler drawing its fresh noise from a shared generator differs by 13.9 levels on average
+    assert a.std() > 5 and diff.mean() < 5e-4 and diff.max() <= 1, (diff.mean(), diff.max())
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 10
 
 
 def test_the_product_never_loads_the_test_world():
     code = (
-        "import sys, tracemark, tracemark.cli, tracemark.audit, tracemark.audit_cli, tracemark.diffusion, "
-        "tracemark.whitebox, tracemark.trace\n"
-        "tracemark.cli._mount_optional(['audit'])\n"
-        "tracemark.cli._mount_optional(['generate'])\n"
-        "bad = sorted(m for m in sys.modules if m.startswith(('tracemark.sim', 'tracemark.eval')))\n"
+        "import sys, tracemark, tracemark.cli, tracemark.audit, tracemark.diffusion, tracemark.whitebox, "
+        "tracemark.trace, typer\n"
+        "typer.main.get_command(tracemark.cli.app)\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('tracemark.sim', 'research')))\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -361,13 +368,13 @@ def test_fp16_on_the_cpu_runs_or_is_one_line(monkeypatch):
             load_pipeline(default_base_path(), device="cpu", dtype="fp16")
         assert "\n" not in str(err.value)
 
-    try:
-        half = load_pipeline(default_base_path(), device="cpu", dtype="fp16")
-    except TracemarkError as exc:
-        assert "--dtype fp16 on the CPU" in str(exc) and "\n" not in str(exc)
-        return
+    if int(torch.__version__.split(".")[0]) < 2:
+        pytest.skip(f"PyTorch {torch.__version__} has no CPU float16 kernels: only the one-line error applies")
+    half = load_pipeline(default_base_path(), device="cpu", dtype="fp16")  # must load: no error expected
     assert half.unet.dtype == torch.float16
     a = generate_images(half, ["a red circle", "a face"], seed=1, steps=4).astype(int)
     b = generate_images(load_pipeline(default_base_path(), device="cpu"), ["a red circle", "a face"], seed=1,
                         steps=4).astype(int)
-    assert b.std() > 5 and np.abs(a - b).mean() < 2, np.abs(a - b).mean()  # measured 0.07 levels (max 1)
+    diff = np.abs(a - b)
+    # measured (torch 2.13, 1 and 4 threads): mean 0.077 levels, max 1
+    assert b.std() > 5 and diff.mean() < 0.25 and diff.max() <= 2, (diff.mean(), diff.max())

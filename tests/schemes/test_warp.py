@@ -50,8 +50,10 @@ def test_embed_keeps_shape_dtype_and_quality(images384):
         out = s.embed(im, KEY)
         assert out.shape == im.shape and out.dtype == np.float32
         marked = stored(out)
-        assert psnr(im, marked) >= 45.0  # smooth 1/f images: ~54 dB at the default
-        assert ssim(im, marked) >= 0.99
+        # documented ~54 dB on smooth 1/f images at the default (docs/schemes.md); measured on these
+        # three: 55.1, 53.6, 54.9 dB, SSIM 0.9989-0.9991 (a far higher PSNR would mean no mark)
+        assert 53.0 <= psnr(im, marked) <= 56.0
+        assert ssim(im, marked) >= 0.998
     from tracemark.errors import TracemarkError
 
     with pytest.raises(TracemarkError, match="strength"):  # an untraceable "mark" is refused, not issued
@@ -66,10 +68,11 @@ def test_default_psnr_on_a_real_photo():
         pytest.skip("matplotlib sample photo not available")
     photo = photo[44:556]  # 512 x 512
     s = WarpScheme()
-    for k in decoy_keys(2, seed="warp-photo"):
-        marked = stored(s.embed(photo, k))
-        assert psnr(photo, marked) >= 35.0  # documented: 36.7-38.5 dB on this portrait at 0.2 px
-        assert ssim(photo, marked) >= 0.98
+    marked = [stored(s.embed(photo, k)) for k in decoy_keys(16, seed="warp-photo")]
+    p = np.array([psnr(photo, m) for m in marked])
+    # documented (docs/schemes.md) for these 16 keys at 0.2 px: 36.0-39.1 dB, mean 37.5, SSIM 0.988-0.989
+    assert 35.5 <= p.min() and p.max() <= 39.5 and abs(p.mean() - 37.5) < 0.3, p
+    assert min(ssim(photo, m) for m in marked) >= 0.987
 
 
 def test_key_vectors_deterministic_and_random_vectors_match():

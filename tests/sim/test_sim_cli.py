@@ -5,9 +5,9 @@ import json
 import typer
 from typer.testing import CliRunner
 
+from tracemark.cli.models import generate_cmd
 from tracemark.errors import TracemarkError
 from tracemark.sim.cli import app as sim_app
-from tracemark.audit_cli import generate_cmd
 from tracemark.sim.cli import finetune_cmd
 
 runner = CliRunner()

@@ -58,7 +58,7 @@ def generate(model_dir, prompts, n: int, out_dir, lora=None, seed: int = 0, step
     already loaded pipeline to reuse (then ``model_dir``/``lora`` are only recorded).
     Written to a temporary sibling folder and renamed into place; returns ``out_dir``.
     """
-    from tracemark.audit import check_generation_options
+    from tracemark.sampling import check_generation_options
     from tracemark.errors import TracemarkError
     from tracemark.diffusion.loading import load_pipeline
 

@@ -150,6 +150,26 @@ def preset_for_base(base, name: str = "auto") -> Preset:
     return TINY if isinstance(size, int) and size <= TINY_MAX_SAMPLE_SIZE else SD15
 
 
+#: The bundled CPU test model (a tiny Stable Diffusion stand-in), located by path: the default base of
+#: ``tracemark finetune`` and ``tracemark shadow``, without importing the test world.
+BUNDLED_TEST_MODEL = Path(__file__).resolve().parent.parent / "sim" / "base_model"
+
+
+def base_or_default(base, say=None) -> Path:
+    """``base``, or the bundled CPU test model; ``say`` is told (one line) that real models need a base."""
+    from tracemark.errors import TracemarkError
+
+    if base is not None:
+        return Path(base)
+    path = BUNDLED_TEST_MODEL
+    if not (path / "model_index.json").is_file():
+        raise TracemarkError(f"{path}: no bundled test model in this installation; pass --base MODEL_DIR")
+    if say is not None:
+        say(f"note: no --base: using the bundled CPU test model ({path}); for a real model pass --base MODEL_DIR "
+            "(e.g. a Stable Diffusion 1.5 diffusers folder)")
+    return path
+
+
 @dataclass
 class RunConfig:
     """Everything one training run depends on (written to ``training.json``)."""

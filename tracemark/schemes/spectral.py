@@ -2,7 +2,7 @@
 spatial frequencies and lowers it at the other half; the detector reads the image's power spectrum.
 
 Why a second-order mark: a fine-tuned model that cannot tell the marked samples from the others
-(the trigger does not bind; docs/learnability.md) learns the *average* of its data. A fixed additive
+(the trigger does not bind; docs/research/learnability_log.md) learns the *average* of its data. A fixed additive
 pattern (``spread``, ``tile``) then survives as ``rate x pattern`` in the mean, whose energy is
 ``rate^2`` of the mark's. A change of the data's *power spectrum* survives as ``rate x`` the change
 (a mixture's second moment is the mixture of the second moments), and a stationary spectral gain is

@@ -6,7 +6,7 @@ the corner and the signs of a ``cells x cells`` grid of cells; on the canonical 
 cell is one pixel, so the patch covers ``cells / 32`` of the image side (default 8: a quarter).
 
 Why ``cells`` is a parameter: the audit statistic aggregated over many generations converges to
-``sqrt(cells**2) * cos(learned patch, key)`` (docs/results.md, power), so a model that learns the
+``sqrt(cells**2) * cos(learned patch, key)`` (docs/research/results.md, power), so a model that learns the
 patch equally well gives a z proportional to ``cells``. ``cells=16`` (a quadrant) quadruples the
 number of key cells at the price of more visible area (PSNR 32.9 -> about 27 dB on marked images).
 

@@ -12,8 +12,8 @@ Default band 2..16 half-cycles per image (wavelengths >= 1/8 of the side: a smoo
 Strength: RMS displacement magnitude ``sqrt(mean(dx^2 + dy^2))`` in pixels *for a 512-pixel
 side*; it scales with the image (0.2 means 0.2 px at 512 x 512, 0.0125 px at 32 x 32). A warp's
 PSNR depends on the image's gradients far more than an additive mark's does. The default 0.2 is
-set by image quality: 36.7-38.5 dB (SSIM 0.989) on a 512 px portrait photo over 16 keys, about
-34.7 dB on a sharp close-up photo, 54 dB on the smooth 1/f synthetic images. Detection at the
+set by image quality: 36.0-39.1 dB (SSIM 0.988-0.989) on a 512 px portrait photo over 16 keys,
+about 34.7 dB on a sharp close-up photo, 54 dB on the smooth 1/f synthetic images. Detection at the
 default is weak (see below); 0.5 px gives 48 dB on the synthetic images but about 30 dB on
 photos, 1 px (DIAGNOSIS-like) 43 dB and 24.5 dB, although a smooth sub-pixel ripple stays
 invisible to the eye. See ``docs/schemes.md`` for the measured table.

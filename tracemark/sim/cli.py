@@ -1,10 +1,11 @@
-"""Command line for the CPU world: ``tracemark sim make-data | pretrain | finetune | generate | probe``.
+"""Command line for the CPU world: ``tracemark sim make-data | pretrain | pretrain-vae | finetune | probe``.
 
-``app`` is a typer sub-app (mounted by the main CLI as ``tracemark sim``); ``sim finetune`` is the
-product's ``tracemark finetune`` (``tracemark.train_cli.finetune_cmd``, re-exported here), as
-``generate`` is product code (``tracemark.audit_cli``). Failures
-a user can fix raise :class:`tracemark.errors.TracemarkError`; the main CLI prints them as one
-line. ``python -m tracemark.sim.cli ...`` runs the sub-app alone, with the same error handling.
+``app`` is a typer sub-app, mounted by the main CLI as ``tracemark sim`` and imported only when
+that command is used (:mod:`tracemark.cli.sim`); ``sim finetune`` is the product's ``tracemark
+finetune`` (:func:`tracemark.cli.models.finetune_cmd`, re-exported here). Importing this module
+imports the world's package, and with it torch. Failures a user can fix raise
+:class:`tracemark.errors.TracemarkError`, printed as one line (:mod:`tracemark.cli.errors`).
+``python -m tracemark.sim.cli ...`` runs the sub-app alone, with the same error handling.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from tracemark.cli.models import finetune_cmd  # noqa: F401  (the product's command, kept here as `sim finetune`)
 from tracemark.errors import TracemarkError
-from tracemark.train_cli import finetune_cmd  # noqa: F401  (the product's command, kept here as `sim finetune`)
 
 console = Console(stderr=True)
 app = typer.Typer(
@@ -125,22 +126,9 @@ app.command("finetune")(finetune_cmd)
 
 
 def main() -> None:  # pragma: no cover - thin wrapper
-    try:
-        app(standalone_mode=False)
-    except TracemarkError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise SystemExit(1) from None
-    except typer.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
-    except Exception as exc:
-        import click
+    from tracemark.cli.errors import run
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, click.exceptions.Abort):
-            raise SystemExit(1) from None
-        raise
+    run(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,137 @@
+"""The repository's layout rules: research/ stays out of the product and uses only its public API.
+
+* nothing in tracemark/, bench/ or examples/ imports ``research`` (it is not installed);
+* nothing in research/ reaches a private name of tracemark (``from tracemark.x import _y``,
+  ``import tracemark.x._y``, ``tracemark.x._y`` or ``alias._y`` for a name imported from tracemark,
+  ``getattr(alias, "_y")``): a product refactor may rename those at will;
+* no ``eval`` package is left inside tracemark/, and the package discovery of pyproject.toml leaves
+  research/ out of the wheel.
+
+Imports are read with :mod:`ast`, so strings and comments never count.
+"""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _private(name: str) -> bool:
+    """``_x`` is private; ``__x__`` (``__version__``, ``__init__``) is not."""
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _dotted(node: ast.AST) -> list[str] | None:
+    """``a.b.c`` as ``["a", "b", "c"]``; None for anything but a chain of names."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return [node.id] + parts[::-1]
+
+
+def research_imports(source: str) -> list[str]:
+    """The imports of ``research`` in a module's source (``import research.x``, ``from research...``,
+    ``importlib.import_module("research...")``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == "research"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "research":
+            found.append(node.module)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            fn = _dotted(node.func)
+            arg = node.args[0].value
+            if fn and fn[-1] in ("import_module", "__import__") and isinstance(arg, str) \
+                    and arg.split(".")[0] == "research":
+                found.append(arg)
+    return found
+
+
+def private_uses(source: str) -> list[str]:
+    """Every private name of tracemark a module's source reaches, as ``line: what``."""
+    tree = ast.parse(source)
+    bound: set[str] = set()  # local names that stand for a tracemark module or object
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] != "tracemark":
+                    continue
+                if any(_private(p) for p in parts):
+                    bad.append(f"{node.lineno}: import {a.name}")
+                bound.add(a.asname or "tracemark")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "tracemark":
+            if any(_private(p) for p in node.module.split(".")):
+                bad.append(f"{node.lineno}: from {node.module} import ...")
+            for a in node.names:
+                if _private(a.name):
+                    bad.append(f"{node.lineno}: from {node.module} import {a.name}")
+                bound.add(a.asname or a.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+            chain = _dotted(node)
+            if chain and chain[0] in bound and _private(chain[-1]):
+                bad.append(f"{node.lineno}: {'.'.join(chain)}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr" \
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+            target, attr = _dotted(node.args[0]), node.args[1].value
+            if target and target[0] in bound and isinstance(attr, str) and _private(attr):
+                bad.append(f"{node.lineno}: getattr({'.'.join(target)}, {attr!r})")
+    return sorted(set(bad), key=lambda s: int(s.split(":")[0]))
+
+
+def _py_files(*folders: str) -> list[Path]:
+    return sorted(p for f in folders if (ROOT / f).is_dir() for p in (ROOT / f).rglob("*.py"))
+
+
+def test_the_checks_catch_what_they_are_for():
+    assert research_imports("import research.eval\nfrom research import x\n"
+                            "importlib.import_module('research.eval.grid')\n") == ["research.eval", "research",
+                                                                                   "research.eval.grid"]
+    assert research_imports("import researcher\ns = 'import research'\n# from research import x\n") == []
+    src = ("from tracemark.audit import _generate, build_plan\n"
+           "import tracemark.audit._x\n"
+           "import tracemark.whitebox as wb\n"
+           "from tracemark import audit\n"
+           "from tracemark.diffusion import generation as g\n"
+           "wb._to_tensor(1)\n"
+           "audit._whitebox_probes\n"
+           "tracemark.trace._hidden\n"
+           "g._generate_batch\n"
+           "getattr(audit, '_captions')\n"
+           "from tracemark import __version__\n"
+           "other._private\n"
+           "self._cache = 1\n")
+    assert [s.split(":")[0] for s in private_uses(src)] == ["1", "2", "6", "7", "8", "9", "10"]
+
+
+@pytest.mark.parametrize("path", _py_files("tracemark", "bench", "examples"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_product_bench_and_examples_never_import_research(path):
+    assert research_imports(path.read_text()) == [], f"{path.relative_to(ROOT)} imports research/ (not installed)"
+
+
+@pytest.mark.parametrize("path", _py_files("research"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_research_uses_only_the_public_api(path):
+    bad = private_uses(path.read_text())
+    assert bad == [], (f"{path.relative_to(ROOT)} reaches private names of tracemark: {bad}; make the function "
+                       "public in the product (with a docstring) or drop the research code")
+
+
+def test_research_is_a_plain_package_left_out_of_the_wheel():
+    from setuptools import find_packages
+
+    assert not (ROOT / "tracemark" / "eval").exists()
+    assert (ROOT / "research" / "__init__.py").is_file()
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(str(ROOT), include=find.get("include", ["*"]), exclude=find.get("exclude", ()))
+    assert "tracemark" in packages
+    assert not [p for p in packages if p.split(".")[0] in ("research", "tests", "bench", "examples")], packages
