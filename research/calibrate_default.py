@@ -59,7 +59,7 @@ def clopper_pearson(k: int, n: int) -> list[float]:
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--base", type=Path, required=True)
@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     samples = load_dataset(args.data).samples
     names, captions = [s.file_name for s in samples], [s.text for s in samples]

@@ -157,3 +157,56 @@ def test_official_trainers_needs_its_trainers(tmp_path):
     r = subprocess.run(["bash", str(ROOT / "research" / "official_trainers.sh")], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode != 0 and "TRAINERS" in r.stderr
+
+
+# --- python -m research.calibrate_default ---------------------------------------------------------
+
+def test_calibrate_default_writes_rates_with_intervals(tiny_base, tmp_path):
+    """Simulated innocent audits of the default white box: one row per (strategy, model, copies)."""
+    from research.calibrate_default import main
+    from tracemark.diffusion.training import TINY, finetune
+    from tracemark.samples import make_sample_dataset
+
+    data = make_sample_dataset(tmp_path / "data", n=24, size=32, seed=2)
+    loras = [finetune(data, tiny_base, tmp_path / f"l{i}", preset=TINY, steps=1, seed=i, progress=False)
+             for i in range(2)]
+    out = tmp_path / "calib.jsonl"
+    main(["--data", str(data), "--base", str(tiny_base), "--shadow", str(loras[0]),
+          "--innocent", f"clean={loras[1]}", "--words", "1", "--audits", "4", "--copies", "2",
+          "--decoys", "50", "--cache", str(tmp_path / "cache"), "--out", str(out)])
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["strategy"], r["copies"], r["audits"]) for r in got] == [("ambient", 2, 4), ("trigger", 2, 4)]
+    for r in got:
+        lo, hi = r["ci95"]["0.001"]
+        assert 0 <= r["false_accusation_rate"]["0.001"] <= 1 and lo <= r["false_accusation_rate"]["0.001"] <= hi
+        assert r["marked"] == 2  # 2% of 24 raised towards 50, capped at 10% of the dataset
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4  # shadow + model, per prompt set: cached
+
+
+# --- python -m research.whitebox_fit ----------------------------------------------------------------
+
+def test_whitebox_fit_scores_three_statistics(tiny_base, tmp_path):
+    """The fit-normalised white box beside the product's: one row per suspect, each statistic's z."""
+    from research.whitebox_fit import main
+    from tracemark.diffusion.training import TINY, finetune
+    from tracemark.protect import protect
+    from tracemark.registry import Registry
+    from tracemark.samples import make_sample_dataset
+    from tracemark.shadows import base_fingerprint
+
+    data = make_sample_dataset(tmp_path / "data", n=24, size=32, seed=3)
+    reg = Registry.init(tmp_path / "home")
+    for lic in ("a", "b"):
+        protect(data, tmp_path / f"c_{lic}", lic, registry=reg, rate=0.25, min_marked=0, workers=1)
+    shadow = finetune(data, tiny_base, tmp_path / "shadow", preset=TINY, steps=1, seed=1, progress=False)
+    sid = reg.add_shadow(dataset="data", base_path=str(tiny_base), base_hash=base_fingerprint(tiny_base, reg),
+                         preset="tiny", seed=1, path=str(shadow), recipe={"steps": 1})
+    reg.finish_shadow(sid, reg.file_digest(shadow / "pytorch_lora_weights.safetensors"))
+    reg.close()
+    suspect = finetune(tmp_path / "c_a", tiny_base, tmp_path / "suspect", preset=TINY, steps=1, seed=2, progress=False)
+    out = tmp_path / "rows.jsonl"
+    main(["--home", str(tmp_path / "home"), "--base", str(tiny_base), "--data", str(data),
+          "--suspect", f"s={suspect}", "--cache", str(tmp_path / "cache"), "--out", str(out)])
+    row = json.loads(out.read_text())
+    assert row["suspect"] == "s" and set(row) >= {"shadow", "fit", "loraoff", "beta"}
+    assert set(row["shadow"]["z"]) == {"a", "b"}
