@@ -144,7 +144,7 @@ def test_results_tables_rewrites_between_markers_only(tmp_path):
     assert text.startswith("intro\n") and text.endswith("outro\n")
 
 
-@pytest.mark.parametrize("script", ["official_trainers.sh", "pretrain_base.sh"])
+@pytest.mark.parametrize("script", ["official_trainers.sh", "pretrain_base.sh", "official_lora.sh"])
 def test_shell_procedures_parse(script):
     """The shell procedures need the diffusers example trainers or a network download and take
     minutes to hours: only their syntax is checked here."""
