@@ -199,7 +199,7 @@ def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path, ba
     if cell.pre_attack == "none":
         rows = [(s.path, s.text) for s in samples]
     elif cell.pre_attack.startswith("regen:"):  # launder every image through the base model (img2img)
-        from tracemark_sim.generate import regenerate
+        from tracemark.diffusion.generation import regenerate
         from tracemark_sim.pipeline import load_pipeline
 
         imgs = regenerate([read_image_rgb(s.path) for s in samples], [s.text for s in samples],

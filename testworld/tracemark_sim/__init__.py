@@ -33,7 +33,7 @@ def default_base_path() -> Path:
 #: The package's names that live in a submodule (imported when first used: they import torch).
 _LAZY = {
     "make_dataset": "tracemark_sim.data",
-    "generate": "tracemark_sim.generate",
+    "generate": "tracemark.diffusion.generation",  # the product's, re-exported
     "build_tiny_pipeline": "tracemark_sim.pipeline",
     "load_pipeline": "tracemark_sim.pipeline",
     "finetune": "tracemark_sim.train",

@@ -76,7 +76,7 @@ def open_vocab_probe(pipe, n_words: int = 24, seed: int = 0, steps: int = 25) ->
     from matplotlib.colors import CSS4_COLORS, to_rgb
 
     from tracemark_sim.data import COLOURS, open_colours
-    from tracemark_sim.generate import generate_images
+    from tracemark.diffusion.generation import generate_images
 
     palette = open_colours()
     rng = np.random.default_rng(seed)
@@ -142,7 +142,7 @@ def mark_survival(vae, images: np.ndarray, schemes=("spread", "dwtdct", "warp", 
 
 def base_report(model_dir, data_dir, n: int = 256, seed: int = 0, steps: int = 25) -> dict:
     """All the measurements above for the pipeline at ``model_dir`` against held-out ``data_dir``."""
-    from tracemark_sim.generate import generate_images
+    from tracemark.diffusion.generation import generate_images
     from tracemark_sim.pipeline import load_pipeline
     from tracemark_sim.probe import probe_model
     from tracemark.diffusion.training import load_images, read_imagefolder
