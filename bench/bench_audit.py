@@ -2,8 +2,8 @@
 
 Run:  .venv/bin/python bench/bench_audit.py [--copies 3 10] [--shadows 1 2] [--marked 50]
 
-CPU world: the bundled base model (tracemark/sim/base_model) is the suspect and each "shadow" is
-another load of it (a shadow has the base's architecture, so it costs what a real one costs); the
+CPU world: the test world's base model (testworld/tracemark_sim/base_model) is the suspect and each
+"shadow" is another load of it (a shadow has the base's architecture, so it costs what a real one costs); the
 copies are issued with the product's ``protect`` (trigger strategy, ``--marked`` samples each) and
 the audit is the product's ``audit_whitebox`` with the loss statistic and its default timesteps and
 draws. Every trigger copy's samples are read with its own prompt, so the probes are
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--marked", type=int, default=50)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--base", type=Path, default=None, help="pipeline folder (default: the bundled CPU-world base)")
+    ap.add_argument("--base", type=Path, default=None, help="pipeline folder (default: the CPU test world's base)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
@@ -42,7 +42,7 @@ def main() -> None:
     from tracemark.protect import protect
     from tracemark.registry import Registry
     from tracemark.samples import make_sample_dataset
-    from tracemark.sim.pipeline import default_base_path
+    from tracemark_sim.pipeline import default_base_path
 
     base = args.base or default_base_path()
     threads = torch.get_num_threads()

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-BASE = Path(__file__).resolve().parents[1] / "tracemark" / "sim" / "base_model"
+BASE = Path(__file__).resolve().parents[1] / "testworld" / "tracemark_sim" / "base_model"
 
 
 def tm(home: Path, *args) -> subprocess.CompletedProcess:

@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--selection", default="visual")
     args = ap.parse_args()
-    from tracemark.sim import make_dataset  # the test world draws the faces
+    from tracemark_sim import make_dataset  # the test world draws the faces
 
     root = Path(tempfile.mkdtemp(prefix="trace-calib-"))
     data = make_dataset(root / "data", 300, "faces", seed=1, size=64)

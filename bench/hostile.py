@@ -54,7 +54,7 @@ from PIL import Image
 TB = "Traceback (most recent call last)"
 CATEGORIES = ("traceback", "silent-wrong", "lost", "failed")
 REPO = Path(__file__).resolve().parent.parent
-STOCK_MODEL = REPO / "tracemark" / "sim" / "base_model"
+STOCK_MODEL = REPO / "testworld" / "tracemark_sim" / "base_model"
 #: A verdict that names a licensee exits 3 (tracemark.cli.errors.EXIT_NAMED): the command ran to the end.
 EXIT_NAMED = 3
 

@@ -85,10 +85,12 @@ def part1() -> None:
 
 
 def part2() -> None:
-    base = Path(__file__).resolve().parents[1] / "tracemark" / "sim" / "base_model"
-    if not (base / "model_index.json").exists():
-        print(f"(no bundled CPU test model at {base}; skipping part 2)")
+    try:
+        from tracemark_sim import default_base_path  # the CPU test world (testworld/, installed by make venv)
+    except ImportError:
+        print("(the CPU test world is not installed: pip install --no-deps -e testworld; skipping part 2)")
         return
+    base = default_base_path()
     print("\n=== Part 2: the CPU world: shadow, an abuser's LoRA, the audit ===", flush=True)
     owner = OUT / "landscapes"
     tm("sim", "make-data", owner, "--n", N_OWNER, "--domain", "landscapes", "--seed", "11")

@@ -14,7 +14,7 @@ Strategies: ``ambient`` probes every sample with its own caption (exactly what t
 ``trigger`` probes it behind a trigger word, one of ``--words`` fresh words drawn per copy (a copy's
 real trigger word is a keyed nonsense word the innocent model never saw; these are such words).
 
-    python -m research.calibrate_default --data results/tmp/real/photos --base tracemark/sim/base_model \\
+    python -m research.calibrate_default --data results/tmp/real/photos --base testworld/tracemark_sim/base_model \\
         --shadow S1 --shadow S2 --innocent clean=LORA --innocent other=LORA2 --audits 200 \\
         --cache results/tmp/calib/photos --out results/calibration_default.jsonl
 """

@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     if a.base is None:
-        from tracemark.sim.pipeline import default_base_path
+        from tracemark_sim.pipeline import default_base_path
 
         a.base = str(default_base_path())
     vae = AutoencoderKL.from_pretrained(a.base, subfolder="vae").eval()

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${TRAINERS:?set TRAINERS to the folder holding train_text_to_image_lora.py}"
 COPY=$1; OUT=$2; LR=$3; STEPS=$4; RANK=${5:-4}
-BASE=${BASE:-tracemark/sim/base_model}
+BASE=${BASE:-testworld/tracemark_sim/base_model}
 FLIPARG=--random_flip; [ "${FLIP:-1}" = 0 ] && FLIPARG=
 mkdir -p "$OUT"
 t0=$(date +%s)

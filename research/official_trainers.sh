@@ -16,7 +16,7 @@ ROOT=$PWD
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 : "${TRAINERS:?set TRAINERS to the folder holding the diffusers example scripts}"
 WORK=${WORK:-/tmp/tracemark-official}
-BASE=${BASE:-$ROOT/tracemark/sim/base_model}
+BASE=${BASE:-$ROOT/testworld/tracemark_sim/base_model}
 export TRACEMARK_HOME=$WORK/home
 EXTRA=${EXTRA_PYTHONPATH:-}
 WHICH=${*:-lora full dreambooth}

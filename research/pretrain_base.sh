@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce tracemark/sim/base_model/: the pretrained base "Stable Diffusion" of the CPU world.
+# Reproduce testworld/tracemark_sim/base_model/: the pretrained base "Stable Diffusion" of the CPU world.
 # Every component is a stock diffusers/transformers class (AutoencoderKL, UNet2DConditionModel,
 # CLIPTextModel, SD 1.x's CLIPTokenizer, DDIMScheduler).
 #
@@ -27,21 +27,21 @@ if [ ! -f "$WORK/open_clip/open_clip_torch-3.3.0-py3-none-any.whl" ]; then
   "$PY" -m pip download --no-deps -q -d "$WORK/open_clip" open-clip-torch==3.3.0
 fi
 if [ ! -f "$WORK/data/metadata.jsonl" ]; then
-  "$PY" -m tracemark.sim.cli make-data "$WORK/data" --n 10000 --domain open --seed 1234
+  "$PY" -m tracemark_sim.cli make-data "$WORK/data" --n 10000 --domain open --seed 1234
 fi
 if [ ! -f "$WORK/vae_crops/config.json" ]; then
-  "$PY" -m tracemark.sim.cli pretrain-vae --data "$WORK/data" --out "$WORK/vae_crops" --steps 5000 --lr 2e-3 \
+  "$PY" -m tracemark_sim.cli pretrain-vae --data "$WORK/data" --out "$WORK/vae_crops" --steps 5000 --lr 2e-3 \
     --batch-size 32 --crop 16 --seed 0 --threads "$THREADS" ${RESUME:+--resume}
 fi
 if [ ! -f "$WORK/vae/config.json" ]; then  # GroupNorm needs whole images at the end
-  "$PY" -m tracemark.sim.cli pretrain-vae --data "$WORK/data" --out "$WORK/vae" --steps 1000 --lr 1e-3 \
+  "$PY" -m tracemark_sim.cli pretrain-vae --data "$WORK/data" --out "$WORK/vae" --steps 1000 --lr 1e-3 \
     --batch-size 16 --crop 0 --seed 1 --threads "$THREADS" --init-from "$WORK/vae_crops" ${RESUME:+--resume}
 fi
-"$PY" -m tracemark.sim.cli pretrain --data "$WORK/data" --out "$WORK/base" --steps "$STEPS" --seed 0 \
+"$PY" -m tracemark_sim.cli pretrain --data "$WORK/data" --out "$WORK/base" --steps "$STEPS" --seed 0 \
   --threads "$THREADS" --save-every 250 --vae "$WORK/vae" \
   --tokenizer "$WORK/open_clip/open_clip_torch-3.3.0-py3-none-any.whl" ${RESUME:+--resume}
-# Commit only the model files (no checkpoints/): tracemark/sim/base_model/
-DEST=tracemark/sim/base_model
+# Commit only the model files (no checkpoints/): testworld/tracemark_sim/base_model/
+DEST=testworld/tracemark_sim/base_model
 rm -rf "$DEST.new" && mkdir -p "$DEST.new"
 for entry in model_index.json scheduler text_encoder tokenizer unet vae training.json; do
   cp -r "$WORK/base/$entry" "$DEST.new/"
@@ -49,4 +49,4 @@ done
 cp "$WORK/vae/training.json" "$DEST.new/vae/training.json"
 cp "$WORK/vae_crops/training.json" "$DEST.new/vae/training_crops.json"
 rm -rf "$DEST" && mv "$DEST.new" "$DEST"
-"$PY" -m tracemark.sim.cli probe --model "$DEST"
+"$PY" -m tracemark_sim.cli probe --model "$DEST"

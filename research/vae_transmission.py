@@ -7,7 +7,7 @@ images of a folder with one key, round-trip marked and clean images through the 
 round trip, and the fraction of the mark's amplitude that the round trip keeps
 (<VAE(x+d) - VAE(x), d> / <d, d>).
 
-    python -m research.vae_transmission --base tracemark/sim/base_model \
+    python -m research.vae_transmission --base testworld/tracemark_sim/base_model \
         --data results/tmp/grid/data/faces_1000_11 --n 64 \
         'spread:strength=3.2' 'spread:strength=3.2;band=[11,14]' 'tile:strength=3.2;band=[1,12]' \
         'tile:strength=3.2' 'spectral:strength=3.2;grid=32;band=[0.3,0.6]' 'visible:cells=16'

@@ -57,3 +57,15 @@ def interrupt_marking(monkeypatch):
         calls["n"], calls["at"] = 0, n
 
     return arm
+
+
+def pytest_sessionstart(session):
+    """The tests need the CPU test world installed beside tracemark (``make venv`` does it): a
+    distribution of its own, found by the product through entry points (tracemark.plugins)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("tracemark-testworld")
+    except PackageNotFoundError:
+        pytest.exit("the CPU test world is not installed: run `make venv` (or `pip install --no-deps -e testworld`)",
+                    returncode=4)

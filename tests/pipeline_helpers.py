@@ -7,7 +7,7 @@ def suspect_carrying(reg, pipe_dir, licensee: str):
     import torch
 
     from tracemark.schemes import get_scheme
-    from tracemark.sim.pipeline import load_pipeline
+    from tracemark_sim.pipeline import load_pipeline
 
     copy = next(c for c in reg.copies() if c.licensee == licensee)
     pat = get_scheme("spread").pattern(reg.key_for_copy(copy), 32, 32)  # unit RMS, 32 x 32 x 3
@@ -38,7 +38,7 @@ def memorising_pair(reg, pipe_dir, licensee: str, strength: float = 4.0):
     import torch
 
     from tracemark.schemes import get_scheme
-    from tracemark.sim.pipeline import load_pipeline
+    from tracemark_sim.pipeline import load_pipeline
 
     copy = next(c for c in reg.copies() if c.licensee == licensee)
     pat = get_scheme("spread").pattern(reg.key_for_copy(copy), 32, 32)

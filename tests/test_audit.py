@@ -112,7 +112,7 @@ def test_audit_model_end_to_end_on_tiny_pipeline(reg3, tmp_path):
     """Real diffusers generation on an untrained tiny pipeline: runs, records seeds, names nobody."""
     pytest.importorskip("diffusers")
     from tracemark.audit import audit_model
-    from tracemark.sim import build_tiny_pipeline
+    from tracemark_sim import build_tiny_pipeline
 
     pipe_dir = build_tiny_pipeline(tmp_path / "tiny", seed=0)
     n = MIN_PER_COPY * 3  # 3 trigger copies -> one stage
@@ -132,7 +132,7 @@ def test_paired_audit_scores_suspect_minus_reference_at_the_same_seeds(reg3, tmp
 
     from tracemark.audit import audit_model
     from tracemark.report import write_report
-    from tracemark.sim import build_tiny_pipeline
+    from tracemark_sim import build_tiny_pipeline
 
     pipe_dir = build_tiny_pipeline(tmp_path / "tiny", seed=0)
     suspect, ref = suspect_carrying(reg3, pipe_dir, "b")
@@ -290,7 +290,7 @@ def test_audit_model_leaves_no_images_or_trigger_words_behind(reg3, tmp_path, mo
     pytest.importorskip("diffusers")
     from tracemark.audit import audit_model
     from tracemark.report import write_report
-    from tracemark.sim import build_tiny_pipeline
+    from tracemark_sim import build_tiny_pipeline
 
     tmp = tmp_path / "systmp"
     tmp.mkdir()
@@ -405,7 +405,7 @@ def test_ctrl_c_while_the_commands_are_imported_exits_130_without_a_traceback(tm
         "import sys\n"
         "class Hook:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'tracemark.sim.cli':\n"
+        "        if name == 'tracemark_sim.cli':\n"
         "            raise KeyboardInterrupt\n"
         "        return None\n"
         "from tracemark.cli import main\n"

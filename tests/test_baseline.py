@@ -7,7 +7,7 @@ from tracemark.schemes import get_scheme
 
 
 def test_diagnosis_classifier_separates_coated_from_clean(tmp_path):
-    from tracemark.sim import make_dataset
+    from tracemark_sim import make_dataset
 
     data = make_dataset(tmp_path / "faces", 600, "faces", seed=2)
     clean = [read_image_rgb(s.path) for s in load_samples(data)]

@@ -122,9 +122,9 @@ def test_help_texts_usage_choices_version_panels_examples(tmp_path):
     p = run("--version", home=home)
     assert p.returncode == 0 and p.stdout.strip() == f"tracemark {__version__}"
     top = run("--help", home=home).stdout
-    for panel in ("Protect and trace", "Registry", "Models", "CPU test world"):
+    for panel in ("Protect and trace", "Registry", "Models", "Plugins"):
         assert panel in top, top
-    assert top.index(" sim ") > top.index("CPU test world") and " eval " not in top and "<bool>" not in top
+    assert top.index(" sim ") > top.index("Plugins") and " eval " not in top and "<bool>" not in top
     commands = ["init", "backup", "restore", "protect", "materialize", "licensees", "copies", "trace-files", "audit",
                 "generate", "finetune", "shadow", "status", "revoke", "reissue", "import-hf"]
     for cmd in commands:
@@ -163,7 +163,7 @@ def test_model_audits_report_progress_and_say_why_2n_images(sample_dir, tmp_path
 
     from tracemark.audit import audit_model, audit_whitebox
     from tracemark.protect import protect
-    from tracemark.sim import build_tiny_pipeline
+    from tracemark_sim import build_tiny_pipeline
 
     home = tmp_path / "home"
     reg = seeded_registry(home)

@@ -145,7 +145,7 @@ def test_a_finetune_trains_on_the_given_caption_column(base_data, tmp_path):
 
     pytest.importorskip("torch")
     from tracemark.diffusion.training import SD15, TRAINING_INFO, finetune
-    from tracemark.sim import build_tiny_pipeline
+    from tracemark_sim import build_tiny_pipeline
 
     small = dataclasses.replace(SD15, name="small-sd15", resolution=32, batch_size=2, mixed_precision="no",
                                 save_every=10)

@@ -1,6 +1,10 @@
-"""The repository's layout rules: research/ stays out of the product and uses only its public API.
+"""The repository's layout rules: research/ and the CPU test world stay out of the product, and
+research/ uses only its public API.
 
 * nothing in tracemark/, bench/ or examples/ imports ``research`` (it is not installed);
+* nothing in tracemark/ imports the test world (``tracemark_sim``, the distribution in testworld/):
+  the product finds it through entry points (:mod:`tracemark.plugins`), and the product's wheel
+  carries neither its code nor its weights;
 * nothing in research/ reaches a private name of tracemark (``from tracemark.x import _y``,
   ``import tracemark.x._y``, ``tracemark.x._y`` or ``alias._y`` for a name imported from tracemark,
   ``getattr(alias, "_y")``): a product refactor may rename those at will;
@@ -37,20 +41,19 @@ def _dotted(node: ast.AST) -> list[str] | None:
     return [node.id] + parts[::-1]
 
 
-def research_imports(source: str) -> list[str]:
-    """The imports of ``research`` in a module's source (``import research.x``, ``from research...``,
-    ``importlib.import_module("research...")``)."""
+def imports_of(top: str, source: str) -> list[str]:
+    """The imports of the package ``top`` in a module's source (``import research.x``, ``from
+    research...``, ``importlib.import_module("research...")``)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found += [a.name for a in node.names if a.name.split(".")[0] == "research"]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "research":
+            found += [a.name for a in node.names if a.name.split(".")[0] == top]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == top:
             found.append(node.module)
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             fn = _dotted(node.func)
             arg = node.args[0].value
-            if fn and fn[-1] in ("import_module", "__import__") and isinstance(arg, str) \
-                    and arg.split(".")[0] == "research":
+            if fn and fn[-1] in ("import_module", "__import__") and isinstance(arg, str) and arg.split(".")[0] == top:
                 found.append(arg)
     return found
 
@@ -94,10 +97,12 @@ def _py_files(*folders: str) -> list[Path]:
 
 
 def test_the_checks_catch_what_they_are_for():
-    assert research_imports("import research.eval\nfrom research import x\n"
-                            "importlib.import_module('research.eval.grid')\n") == ["research.eval", "research",
-                                                                                   "research.eval.grid"]
-    assert research_imports("import researcher\ns = 'import research'\n# from research import x\n") == []
+    assert imports_of("research", "import research.eval\nfrom research import x\n"
+                      "importlib.import_module('research.eval.grid')\n") == ["research.eval", "research",
+                                                                             "research.eval.grid"]
+    assert imports_of("tracemark_sim", "from tracemark_sim.cli import app\nimport tracemark.cli\n"
+                      "__import__('tracemark_sim')\n") == ["tracemark_sim.cli", "tracemark_sim"]
+    assert imports_of("research", "import researcher\ns = 'import research'\n# from research import x\n") == []
     src = ("from tracemark.audit import _generate, build_plan\n"
            "import tracemark.audit._x\n"
            "import tracemark.whitebox as wb\n"
@@ -116,7 +121,37 @@ def test_the_checks_catch_what_they_are_for():
 
 @pytest.mark.parametrize("path", _py_files("tracemark", "bench", "examples"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_product_bench_and_examples_never_import_research(path):
-    assert research_imports(path.read_text()) == [], f"{path.relative_to(ROOT)} imports research/ (not installed)"
+    where = path.relative_to(ROOT)
+    assert imports_of("research", path.read_text()) == [], f"{where} imports research/ (not installed)"
+
+
+@pytest.mark.parametrize("path", _py_files("tracemark"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_product_never_imports_the_test_world(path):
+    assert imports_of("tracemark_sim", path.read_text()) == [], (
+        f"{path.relative_to(ROOT)} imports the CPU test world (a distribution of its own, testworld/): find it "
+        "through an entry point (tracemark.plugins)")
+
+
+def test_the_test_world_is_its_own_distribution_out_of_the_product_wheel():
+    """testworld/ holds the package tracemark_sim and its weights, and declares the entry points the
+    product reads; the product's package discovery and package data leave it all out."""
+    from setuptools import find_packages
+
+    from tracemark.plugins import CLI_GROUP, DEFAULT_BASE_GROUP
+
+    assert not (ROOT / "tracemark" / "sim").exists()
+    assert (ROOT / "testworld" / "tracemark_sim" / "base_model" / "model_index.json").is_file()
+    product = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    find = product["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(str(ROOT), include=find.get("include", ["*"]), exclude=find.get("exclude", ()))
+    assert packages and all(p == "tracemark" or p.startswith("tracemark.") for p in packages), packages
+    assert not [g for g in product["tool"]["setuptools"]["package-data"]["tracemark"] if "base_model" in g]
+    world = tomllib.loads((ROOT / "testworld" / "pyproject.toml").read_text())
+    assert world["project"]["name"] == "tracemark-testworld"
+    eps = world["project"]["entry-points"]
+    assert eps[DEFAULT_BASE_GROUP] == {"tracemark-testworld": "tracemark_sim:default_base_path"}
+    assert eps[CLI_GROUP] == {"sim": "tracemark_sim.cli:app"}
+    assert "base_model/**/*" in world["tool"]["setuptools"]["package-data"]["tracemark_sim"]
 
 
 @pytest.mark.parametrize("path", _py_files("research"), ids=lambda p: str(p.relative_to(ROOT)))

@@ -2,7 +2,8 @@
 references of the base on the registered clean original, stores and registers them, resumes an
 interrupted run; ``tracemark finetune`` is a product command (no test-world import).
 
-Every fine-tune here is 2-4 steps on the bundled CPU test model and 8 images of 32 px."""
+Every fine-tune here is 2-4 steps on the CPU test model (the test world's, testworld/) and 8 images
+of 32 px."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ pytest.importorskip("diffusers")
 
 from tracemark.dataset import content_hash, file_sha256, load_dataset  # noqa: E402
 from tracemark.errors import TracemarkError  # noqa: E402
-from tracemark.diffusion.training import BUNDLED_TEST_MODEL as BASE  # noqa: E402
+from tracemark_sim import BASE_MODEL as BASE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """8 captioned 32x32 images in a folder named ``owner`` (the dataset's registry name)."""
-    from tracemark.sim import make_dataset  # the test world draws the images; the product never imports it
+    from tracemark_sim import make_dataset  # the test world draws the images; the product never imports it
 
     return make_dataset(tmp_path_factory.mktemp("shadow") / "owner", 8, "shapes", seed=3)
 
@@ -136,9 +137,11 @@ def test_shadow_cli_refuses_an_unregistered_folder_in_one_line(registry, data):
     assert len(lines) == 1 and lines[0].startswith("error:") and "not a registered dataset" in lines[0], p.stderr
 
 
-def test_finetune_is_a_product_command_on_the_bundled_model(data, tmp_path):
-    """``tracemark finetune`` without --base: the bundled test model (with a notice), the tiny preset
-    by ``auto``, LoRA weights written; the test world is never imported."""
+def test_finetune_is_a_product_command_on_the_default_base(data, tmp_path):
+    """``tracemark finetune`` without --base: the default base the installed test world declares (entry
+    point ``tracemark.default_base``, with a notice), the tiny preset by ``auto``, LoRA weights
+    written; of the test world only its light package ``__init__`` (which the entry point names) is
+    imported, none of its modules."""
     import json
 
     out = tmp_path / "lora"
@@ -148,14 +151,14 @@ def test_finetune_is_a_product_command_on_the_bundled_model(data, tmp_path):
         "'--batch-size', '4']\n"
         "from tracemark.cli import main\n"
         "try:\n    main()\n    rc = 0\nexcept SystemExit as e:\n    rc = e.code or 0\n"
-        "bad = sorted(m for m in sys.modules if m.startswith(('tracemark.sim', 'research')))\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('tracemark_sim.', 'research')))\n"
         "print('TEST-WORLD', bad)\n"
         "sys.exit(rc or (3 if bad else 0))\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert (out / "pytorch_lora_weights.safetensors").is_file()
-    assert "bundled CPU test model" in p.stderr and "--base" in p.stderr
+    assert f"default base model of tracemark-testworld ({BASE})" in p.stderr and "--base" in p.stderr
     cfg = json.loads((out / "training.json").read_text())["config"]
     assert cfg["rank"] == 16 and cfg["lr"] == 2e-3 and cfg["cache_latents"]  # the tiny preset, chosen by auto
 
@@ -164,7 +167,7 @@ def test_presets_live_in_the_product_and_auto_picks_by_unet_size(tmp_path):
     import json
 
     from tracemark.diffusion.training import PRESETS, SD15, TINY, preset_for_base
-    from tracemark.sim.train import TINY as WORLD_TINY
+    from tracemark_sim.train import TINY as WORLD_TINY
 
     assert PRESETS == {"sd15": SD15, "tiny": TINY} and WORLD_TINY is TINY
     assert preset_for_base(BASE) is TINY and preset_for_base(BASE, "sd15") is SD15

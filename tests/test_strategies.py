@@ -124,7 +124,7 @@ def _labels_sse(thumbs, labels):
 def test_streaming_visual_clusters_are_as_tight_as_the_dense_ones_and_mark_the_exact_count(tmp_path):
     """Version 2 (streaming, any size) groups look-alikes at least as well as version 1 did."""
     from tracemark import strategies
-    from tracemark.sim.data import make_dataset
+    from tracemark_sim.data import make_dataset
     from tracemark.dataset import load_dataset
 
     samples = load_dataset(make_dataset(tmp_path / "d", 600, "faces", seed=0)).samples

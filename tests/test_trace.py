@@ -135,7 +135,7 @@ FACE_COPIES = 5
 def faces(tmp_path_factory):
     """``faces(seed)``: 300 cartoon faces (64 px, flat backgrounds: many look-alikes within a few
     dHash bits) issued to 5 licensees at rate 0.05 (15 marked each); built once per seed."""
-    from tracemark.sim import make_dataset
+    from tracemark_sim import make_dataset
 
     worlds = {}
 

@@ -18,7 +18,7 @@ pytest.importorskip("diffusers")
 
 @pytest.fixture(scope="module")
 def wb(tmp_path_factory, sample_dir):
-    from tracemark.sim import build_tiny_pipeline
+    from tracemark_sim import build_tiny_pipeline
 
     tmp = tmp_path_factory.mktemp("wb")
     reg = seeded_registry(tmp / "home")
@@ -99,7 +99,7 @@ def test_wrong_or_missing_data_is_a_one_line_error(wb, tmp_path):
 
 def test_denoiser_residuals_are_seeded_and_batch_independent(wb, sample_dir):
     from tracemark.dataset import load_dataset, read_image_rgb
-    from tracemark.sim.pipeline import load_pipeline
+    from tracemark_sim.pipeline import load_pipeline
     from tracemark.whitebox import Probe, denoiser_residuals
 
     _, pipe_dir = wb
@@ -173,7 +173,7 @@ def test_loss_gradients_are_the_paired_loss_difference_linearised(wb, sample_dir
     import torch
 
     from tracemark.dataset import load_dataset, read_image_rgb
-    from tracemark.sim.pipeline import load_pipeline
+    from tracemark_sim.pipeline import load_pipeline
     from tracemark.whitebox import Probe, _noise, _to_tensor, loss_gradients
 
     reg, pipe_dir = wb

@@ -129,8 +129,9 @@ def train_shadows(registry: Registry, data_dir: Path, base: Path | None, count: 
                   caption_column: str | None = None, image_column: str | None = None) -> list[Shadow]:
     """Fine-tune shadows 1..``count`` of ``base`` on the registered original ``data_dir`` (LoRA, the
     ``preset``'s recipe, ``steps`` or the preset's), skipping the ready ones and resuming an
-    interrupted one; returns the ``count`` shadows, ready. ``base=None``: the bundled CPU test model
-    (with a notice). ``say``: one line per shadow."""
+    interrupted one; returns the ``count`` shadows, ready. ``base=None``: the installed default base
+    model (:func:`tracemark.plugins.default_base`, the CPU test world's), with a notice. ``say``: one
+    line per shadow."""
     from tracemark.dataset import file_sha256
     from tracemark.fsutil import write_text_atomic
 

@@ -33,8 +33,8 @@ from tracemark.schemes import get_scheme
 
 def main(argv=None) -> None:
     from tracemark.audit import build_plan
-    from tracemark.sim import default_base_path, finetune, generate, make_dataset
-    from tracemark.sim.pipeline import load_pipeline
+    from tracemark_sim import default_base_path, finetune, generate, make_dataset
+    from tracemark_sim.pipeline import load_pipeline
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=300)

@@ -115,7 +115,7 @@ def group_dir(work: Path, cell: Cell) -> Path:
 
 
 def owner_dataset(work: Path, domain: str, seed: int = 11, n: int = 0) -> Path:
-    from tracemark.sim import make_dataset
+    from tracemark_sim import make_dataset
 
     n = n or N_DATA
     path = work / "data" / f"{domain}_{n}_{seed}"
@@ -199,8 +199,8 @@ def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path, ba
     if cell.pre_attack == "none":
         rows = [(s.path, s.text) for s in samples]
     elif cell.pre_attack.startswith("regen:"):  # launder every image through the base model (img2img)
-        from tracemark.sim.generate import regenerate
-        from tracemark.sim.pipeline import load_pipeline
+        from tracemark.diffusion.generation import regenerate
+        from tracemark_sim.pipeline import load_pipeline
 
         imgs = regenerate([read_image_rgb(s.path) for s in samples], [s.text for s in samples],
                           load_pipeline(base), strength=float(cell.pre_attack.split(":")[1]))
@@ -226,7 +226,7 @@ def replicate_audit(cdir: Path, cell: Cell, reg, model_dir: Path, lora: Path | N
 
 def cell_base(work: Path, cell: Cell, base: Path | None = None) -> Path:
     """The base pipeline a cell fine-tunes: its own ``base`` folder, else ``base`` (the run's)."""
-    from tracemark.sim import default_base_path
+    from tracemark_sim import default_base_path
 
     return work / cell.base if cell.base else (base or default_base_path())
 
@@ -249,7 +249,7 @@ def train_cell(work: Path, cell: Cell, base: Path, log=print):
     """Group, training data and fine-tuned model of a cell (resumable; nothing is redone).
 
     Returns ``(registry, owner data, group dir, cell dir, data seconds, fine-tune seconds)``."""
-    from tracemark.sim import finetune
+    from tracemark_sim import finetune
 
     timer = Timer()
     base = cell_base(work, cell, base)
@@ -274,9 +274,9 @@ def train_cell(work: Path, cell: Cell, base: Path, log=print):
 def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
     from tracemark.audit import audit_model
     from tracemark.dataset import load_dataset
-    from tracemark.sim import generate
-    from tracemark.sim.pipeline import load_pipeline
-    from tracemark.sim.probe import colour_accuracy
+    from tracemark_sim import generate
+    from tracemark_sim.pipeline import load_pipeline
+    from tracemark_sim.probe import colour_accuracy
 
     reg, data, gdir, cdir, t_data, t_ft = train_cell(work, cell, base, log)
     timer = Timer()
@@ -329,7 +329,7 @@ def run(cells: list[Cell], work: Path, out: Path, base: Path | None = None, log=
         max_cells: int | None = None) -> int:
     """Run every cell not yet in ``out`` (in order; at most ``max_cells``), printing progress and
     time left. Returns the number of cells still to run."""
-    from tracemark.sim import default_base_path
+    from tracemark_sim import default_base_path
 
     base = base or default_base_path()
     add_columns(out, {f.name: f.default for f in fields(Cell)})  # a CSV from before a Cell field was added

@@ -37,7 +37,7 @@ KEY_FIELDS = ["scheme", "strategy", "method", "rate", "strength", "band", "steps
 
 
 def owner_data(work: Path, n: int, domain: str, seed: int) -> Path:
-    from tracemark.sim import make_dataset
+    from tracemark_sim import make_dataset
 
     path = work / f"owner_{domain}_{n}_{seed}"
     if not path.exists():
@@ -46,8 +46,8 @@ def owner_data(work: Path, n: int, domain: str, seed: int) -> Path:
 
 
 def run_cell(args, work: Path, data: Path, scheme: str, strategy: str, method: str, rate: float, seed: int) -> dict:
-    from tracemark.sim import finetune, generate
-    from tracemark.sim.pipeline import load_pipeline
+    from tracemark_sim import finetune, generate
+    from tracemark_sim.pipeline import load_pipeline
 
     timer = Timer()
     band = f"-b{args.band[0]:g}_{args.band[1]:g}" if args.band else ""
@@ -129,7 +129,7 @@ def run_cell(args, work: Path, data: Path, scheme: str, strategy: str, method: s
 
 
 def main(argv=None) -> None:
-    from tracemark.sim import default_base_path
+    from tracemark_sim import default_base_path
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.2, 0.1, 0.05, 0.02, 0.01, 0.0])

@@ -62,8 +62,8 @@ def _clean_lora(work: Path, base: Path, folder: str, seed: int, what: str, log=p
     """The base LoRA-fine-tuned on the clean owner data with the world's recipe (resumable). ``n_data``:
     another owner dataset size (grid ``Cell.n_data``), trained for the same number of epochs."""
     from research.eval.grid import N_DATA, owner_dataset
-    from tracemark.sim import finetune
-    from tracemark.sim.train import TINY
+    from tracemark_sim import finetune
+    from tracemark_sim.train import TINY
 
     out = work / "cells" / folder / "model"
     if not (out / "pytorch_lora_weights.safetensors").exists():
@@ -79,7 +79,7 @@ def shadow_model(work: Path, base: Path | None = None, seed: int = SHADOW_SEED, 
     """The owner's shadow reference: the base LoRA-fine-tuned on the clean owner data with the world's
     recipe and a seed of its own (``audit_whitebox(reference=..., reference_lora=...)``); ``n_data``:
     the owner dataset of that size (``Cell.n_data``; the recipe's epochs, so steps grow with it)."""
-    from tracemark.sim import default_base_path
+    from tracemark_sim import default_base_path
 
     base = base or default_base_path()
     folder = f"shadow-clean-lora-seed{seed}" + (f"-n{n_data}" if n_data else "")
@@ -150,7 +150,7 @@ def innocent_models(work: Path, base: Path | None = None, log=print,
     protected copy (another dataset of the domain, spread at 10%, its own registry). ``n_data``:
     an owner dataset of that size (``Cell.n_data``): the base and a clean LoRA on it (the recipe's
     epochs), no other-owner model."""
-    from tracemark.sim import default_base_path, finetune
+    from tracemark_sim import default_base_path, finetune
     from research.eval.grid import owner_dataset
 
     base = base or default_base_path()
@@ -222,7 +222,7 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     from tracemark import stats
     from tracemark.dataset import load_dataset, read_image_rgb
     from tracemark.schemes import get_scheme
-    from tracemark.sim.pipeline import load_pipeline
+    from tracemark_sim.pipeline import load_pipeline
     from tracemark.strategies import apply_trigger
     from tracemark.whitebox import Probe, denoiser_residuals, loss_gradients
 

@@ -27,8 +27,8 @@ def lora_files(tmp_path_factory):
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from tracemark.sim import build_tiny_pipeline
-    from tracemark.sim.pipeline import load_pipeline
+    from tracemark_sim import build_tiny_pipeline
+    from tracemark_sim.pipeline import load_pipeline
 
     tmp = tmp_path_factory.mktemp("lora")
     base = build_tiny_pipeline(tmp / "tiny", seed=0)
@@ -115,7 +115,7 @@ def test_ancestral_sampler_is_reproducible_per_image(lora_files, tmp_path):
     from diffusers import EulerAncestralDiscreteScheduler
 
     from tracemark.diffusion import generate_images, load_pipeline
-    from tracemark.sim import default_base_path
+    from tracemark_sim import default_base_path
 
     pipe = load_pipeline(default_base_path())  # trained: real images, not NaNs of an untrained net
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
@@ -135,7 +135,7 @@ def test_the_product_never_loads_the_test_world():
         "import sys, tracemark, tracemark.cli, tracemark.audit, tracemark.diffusion, tracemark.whitebox, "
         "tracemark.trace, typer\n"
         "typer.main.get_command(tracemark.cli.app)\n"
-        "bad = sorted(m for m in sys.modules if m.startswith(('tracemark.sim', 'research')))\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('tracemark_sim', 'research')))\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -149,8 +149,8 @@ def _sd_like_tiny(path):
     attention on the first three, 2 resnets per block, a 3-level VAE with a mid-block attention."""
     from diffusers import AutoencoderKL
 
-    from tracemark.sim import build_tiny_pipeline
-    from tracemark.sim.pipeline import TinyConfig
+    from tracemark_sim import build_tiny_pipeline
+    from tracemark_sim.pipeline import TinyConfig
 
     cfg = TinyConfig(unet_channels=(32, 32, 64, 64), layers_per_block=2, attention_levels=(True, True, True, False),
                      vae_channels=(32, 32, 64))
@@ -165,8 +165,8 @@ def _sd_like_tiny(path):
 def single_files(tmp_path_factory):
     """{name: (pipeline folder, the same weights as one LDM-layout .safetensors)} for the committed
     (trained) base and an SD-arranged tiny pipeline."""
-    from tracemark.sim import default_base_path
-    from tracemark.sim.single_file import write_single_file
+    from tracemark_sim import default_base_path
+    from tracemark_sim.single_file import write_single_file
 
     tmp = tmp_path_factory.mktemp("single")
     out = {"base": default_base_path(), "sd_like": _sd_like_tiny(tmp / "sd_like")}
@@ -176,7 +176,7 @@ def single_files(tmp_path_factory):
 @pytest.mark.parametrize("name", ["base", "sd_like"])
 def test_a_single_file_checkpoint_loads_the_folders_weights(single_files, name):
     """Every UNet, VAE and text-encoder tensor read from the LDM file by diffusers' converter equals
-    the folder's: the writer (tracemark.sim.single_file) and the reader agree on the public layout."""
+    the folder's: the writer (tracemark_sim.single_file) and the reader agree on the public layout."""
     from safetensors import safe_open
 
     from tracemark.diffusion import load_pipeline
@@ -199,7 +199,7 @@ def test_a_single_file_checkpoint_loads_the_folders_weights(single_files, name):
 
 def test_a_single_file_checkpoint_generates_the_folders_images(single_files, tmp_path):
     from tracemark.diffusion import generate_images, load_pipeline
-    from tracemark.sim.single_file import write_single_file
+    from tracemark_sim.single_file import write_single_file
 
     folder, ckpt = single_files["base"]
     # --config needs the folder's configs, tokenizer and scheduler only: no weights are read from it;
@@ -228,7 +228,7 @@ def test_a_single_file_checkpoint_generates_the_folders_images(single_files, tmp
 def test_a_lora_on_a_single_file_checkpoint(lora_files, tmp_path, layout):
     """``--model CKPT --config DIR --lora L``: the same UNet output as the LoRA on the folder."""
     from tracemark.diffusion import load_pipeline
-    from tracemark.sim.single_file import write_single_file
+    from tracemark_sim.single_file import write_single_file
 
     base, files, (x, t, emb, want) = lora_files
     pipe = load_pipeline(write_single_file(base, tmp_path / "base.safetensors"), lora=files[layout], config=base)
@@ -244,7 +244,7 @@ def test_the_ldm_layout_at_sd15_size_reads_back_through_diffusers():
     from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
                                                      infer_diffusers_model_type)
 
-    from tracemark.sim.single_file import unet_to_ldm, vae_to_ldm
+    from tracemark_sim.single_file import unet_to_ldm, vae_to_ldm
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
@@ -276,9 +276,9 @@ def test_the_ldm_layout_at_sd15_size_reads_back_through_diffusers():
 
 def test_a_checkpoint_that_does_not_fit_the_config_is_one_line_naming_the_file(single_files, tmp_path):
     from tracemark.diffusion import load_pipeline
-    from tracemark.sim import build_tiny_pipeline
-    from tracemark.sim.pipeline import TinyConfig
-    from tracemark.sim.single_file import write_single_file
+    from tracemark_sim import build_tiny_pipeline
+    from tracemark_sim.pipeline import TinyConfig
+    from tracemark_sim.single_file import write_single_file
 
     base, ckpt = single_files["base"]
     sd_like, sd_ckpt = single_files["sd_like"]
@@ -357,7 +357,7 @@ def test_fp16_on_the_cpu_runs_or_is_one_line(monkeypatch):
     """``--dtype fp16 --device cpu``: PyTorch 2.x has CPU half kernels, so it must run (images close
     to fp32's); a PyTorch without them gets the one-line error of _check_cpu_half."""
     from tracemark.diffusion import generate_images, load_pipeline
-    from tracemark.sim import default_base_path
+    from tracemark_sim import default_base_path
 
     with monkeypatch.context() as m:  # a PyTorch without CPU half convolutions (as 1.x was)
         def no_half(*a, **k):

@@ -14,7 +14,7 @@ pytest.importorskip("diffusers")
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from tracemark.sim import build_tiny_pipeline
+    from tracemark_sim import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "tiny", seed=0)
 

@@ -27,7 +27,7 @@ SMALL = dataclasses.replace(SD15, name="small-sd15", lr=1e-2, resolution=32, bat
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from tracemark.sim import build_tiny_pipeline  # the test world builds the model; the trainer never imports it
+    from tracemark_sim import build_tiny_pipeline  # the test world builds the model; the trainer never imports it
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("train") / "tiny", seed=0)
 
@@ -137,7 +137,7 @@ def test_preset_errors(base, data, tmp_path):
 
 def test_training_module_does_not_import_the_test_world():
     code = ("import sys, tracemark.diffusion.training; "
-            "bad = sorted(m for m in sys.modules if m.startswith('tracemark.sim') or m.startswith('research')); "
+            "bad = sorted(m for m in sys.modules if m.startswith('tracemark_sim') or m.startswith('research')); "
             "print(bad); sys.exit(1 if bad else 0)")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -7,7 +7,7 @@ import pytest
 def tiny_base(tmp_path_factory):
     """An untrained tiny pipeline (seconds to build): code paths, not numbers."""
     pytest.importorskip("diffusers")
-    from tracemark.sim import build_tiny_pipeline
+    from tracemark_sim import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "base", seed=0)
 

@@ -17,7 +17,7 @@ def rows(path):
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory):
     from research.eval import grid
-    from tracemark.sim import build_tiny_pipeline
+    from tracemark_sim import build_tiny_pipeline
 
     tmp = tmp_path_factory.mktemp("grid")
     mp = pytest.MonkeyPatch()

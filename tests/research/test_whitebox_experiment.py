@@ -28,7 +28,7 @@ def test_dataset_size_is_its_own_group_and_shadow(tmp_path, monkeypatch):
     # the shadow of a 2000-image owner dataset: that dataset, trained for the recipe's epochs (2 x 800 steps)
     seen = {}
     monkeypatch.setattr("research.eval.grid.owner_dataset", lambda work, domain, seed=11, n=None: seen.setdefault("n", n))
-    monkeypatch.setattr("tracemark.sim.finetune", lambda data, base, out, **kw: seen.update(kw))
+    monkeypatch.setattr("tracemark_sim.finetune", lambda data, base, out, **kw: seen.update(kw))
     _, lora = whitebox.shadow_model(tmp_path, tmp_path, seed=7, n_data=2000)
     assert lora.parent.name == "shadow-clean-lora-seed7-n2000"
     assert seen["n"] == 2000 and seen["steps"] == 1600
@@ -72,7 +72,7 @@ def test_innocent_models_of_another_dataset_size(tmp_path, monkeypatch):
 
     seen = {}
     monkeypatch.setattr("research.eval.grid.owner_dataset", lambda work, domain, seed=11, n=None: seen.setdefault("n", n))
-    monkeypatch.setattr("tracemark.sim.finetune", lambda data, base, out, **kw: seen.update(kw))
+    monkeypatch.setattr("tracemark_sim.finetune", lambda data, base, out, **kw: seen.update(kw))
     models = whitebox.innocent_models(tmp_path, tmp_path, n_data=2000)
     assert sorted(models) == ["base", "clean-lora"]
     assert models["clean-lora"][1].parent.name == "innocent-clean-lora-n2000"

@@ -2,7 +2,8 @@
 
 Every command is declared in the module of its group (:mod:`~tracemark.cli.data`,
 :mod:`~tracemark.cli.registry`, :mod:`~tracemark.cli.audit`, :mod:`~tracemark.cli.models`), the
-test world's ``sim`` in :mod:`~tracemark.cli.sim` (loaded when used); shared options in
+command groups of installed plugins (the CPU test world's ``sim``) in :mod:`~tracemark.cli.plugins`
+(listed from their entry points, loaded when used); shared options in
 :mod:`~tracemark.cli.options`; errors and exit status in :mod:`~tracemark.cli.errors`. All are
 imported here, whatever the command line: a module that fails to import is a traceback at startup.
 None imports torch or diffusers: the commands that need them import them when they run.
@@ -17,18 +18,20 @@ import typer
 
 from tracemark.cli import audit, data, errors, models, registry
 from tracemark.cli.command import Group
-from tracemark.cli.sim import sim_group
+from tracemark.cli.plugins import plugin_groups
 from tracemark.version import __version__
 
 HELP = "Watermark image-caption datasets; detect and trace fine-tuning on them."
 
 
 class _TopLevel(Group):
-    """The top-level group: the typer commands, then the lazily loaded ``sim``."""
+    """The top-level group: the typer commands, then the plugins' groups, loaded when used."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.add_command(sim_group())
+        for group in plugin_groups():
+            if group.name not in self.commands:  # a plugin never hides a command of the product
+                self.add_command(group)
 
 
 app = typer.Typer(

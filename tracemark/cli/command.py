@@ -15,7 +15,6 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 PANEL_PROTECT = "Protect and trace"
 PANEL_REGISTRY = "Registry"
 PANEL_MODELS = "Models"
-PANEL_TEST_WORLD = "CPU test world"
 
 
 def choices(name: str, values: Sequence[str]) -> type[enum.Enum]:

@@ -6,8 +6,9 @@ original with the same recipe and registers them for the white-box audit (:mod:`
 ``generate`` samples a pipeline (+ LoRA) into an imagefolder. Thin layers over
 :func:`tracemark.diffusion.training.finetune`, :func:`tracemark.shadows.train_shadows` and
 :func:`tracemark.diffusion.generation.generate`; torch and diffusers are imported only when a command
-runs. ``finetune`` and ``shadow`` default to the bundled CPU test model, located by path: the
-product never imports the test world.
+runs. ``finetune`` and ``shadow`` default to the base model an installed distribution declares
+(:mod:`tracemark.plugins`: the CPU test world's tiny model, where it is installed); the product
+never imports the test world.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _say(line: str) -> None:
                                    "tracemark finetune photos_acme/ --out acme_lora/ --steps 200"])
 def finetune_cmd(
     data_dir: Path = typer.Argument(..., help="Imagefolder dataset (metadata.jsonl or metadata.csv)."),
-    base: Optional[Path] = typer.Option(None, "--base", help="Pipeline folder (default: the bundled CPU test model)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Pipeline folder (default: the installed default base, "
+                                        "the CPU test model)."),
     out: Path = typer.Option(..., "--out", help="Output folder: LoRA weights, or a whole pipeline for full."),
     method: str = typer.Option("lora", "--method", help="lora | full."),
     preset: str = typer.Option("auto", "--preset", help="auto (tiny for a UNet sample_size <= 32, else sd15) | "
@@ -81,7 +83,7 @@ def finetune_cmd(
 def shadow_cmd(
     data_dir: Path = typer.Argument(..., help="The clean original dataset, as protected (a registered dataset)."),
     base: Optional[Path] = typer.Option(None, "--base", help="The public base model the licensees fine-tune "
-                                        "(default: the bundled CPU test model)."),
+                                        "(default: the installed default base, the CPU test model)."),
     count: int = typer.Option(DEFAULT_COUNT, "--count", help="Shadows to have (seeds 1..K): more raise the white "
                               "box's z; each costs one fine-tune."),
     preset: str = typer.Option("auto", "--preset", help="auto | tiny | sd15: the recipe `tracemark finetune` uses "

@@ -1,7 +1,8 @@
 """Real diffusion models: load what an auditor receives (pipeline folders, single-file checkpoints,
 LoRAs in diffusers / kohya / peft layout) and generate from it reproducibly on any device.
 
-The product's only door to diffusers pipelines; the CPU test world (``tracemark.sim``) builds on it.
+The product's only door to diffusers pipelines; the CPU test world (the repository's ``testworld/``,
+a distribution of its own) builds on it.
 Fine-tuning: :mod:`tracemark.diffusion.training` (not imported here: it pulls in torch at import).
 """
 

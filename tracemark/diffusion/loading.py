@@ -1,8 +1,8 @@
 """Load what an auditor receives: a diffusers pipeline folder, a single-file checkpoint, and LoRA
 weights in diffusers, kohya (sd-scripts / A1111) or peft layout, on the device and dtype asked for.
 
-The product's only door to real Stable Diffusion weights: the CPU test world (``tracemark.sim``)
-uses it too, never the other way round. diffusers' own converters do the key mapping; a LoRA whose
+The product's only door to real Stable Diffusion weights: the CPU test world (the repository's
+``testworld/``, a distribution of its own) uses it too, never the other way round. diffusers' own converters do the key mapping; a LoRA whose
 tensors do not all land in the model is a one-line error naming what did not match.
 """
 

@@ -17,7 +17,7 @@ as a library function:
    :func:`tracemark.diffusion.loading.load_lora`); ``method="full"`` writes a pipeline folder.
 
 Hyperparameters come from a :class:`Preset`; the default, :data:`SD15`, is diffusers'
-text-to-image LoRA recipe for SD 1.5; :data:`TINY` is the CPU test world's (the bundled test
+text-to-image LoRA recipe for SD 1.5; :data:`TINY` is the CPU test world's (its tiny test
 model); :data:`PRESETS` names both and :func:`preset_for_base` picks one by the base's UNet size.
 This module never imports the test world.
 
@@ -108,7 +108,7 @@ SD15 = Preset(
 )  # fmt: skip
 
 
-#: The CPU test world (the bundled tiny model, ``tracemark/sim/base_model``): 800 LoRA steps (26
+#: The CPU test world (its tiny model, ``testworld/tracemark_sim/base_model``): 800 LoRA steps (26
 #: epochs of 1000 samples; the tiny UNet step with the broad LoRA is 0.63 s on 2 cores, so 1000
 #: steps took 10.5 min, over the 10-minute budget, docs/sim.md) at lr 2e-3, rank 16 on the broad
 #: targets, 1000 full steps at 2e-4, batch 32, no accumulation, latents cached once.
@@ -124,7 +124,7 @@ TINY = Preset(
 PRESETS: dict[str, Preset] = {"sd15": SD15, "tiny": TINY}
 
 #: Largest UNet ``sample_size`` (latent side) that :func:`preset_for_base` treats as a tiny CPU model
-#: (the bundled test model's is 16; SD 1.x's is 64).
+#: (the CPU test model's is 16; SD 1.x's is 64).
 TINY_MAX_SAMPLE_SIZE = 32
 
 
@@ -150,23 +150,18 @@ def preset_for_base(base, name: str = "auto") -> Preset:
     return TINY if isinstance(size, int) and size <= TINY_MAX_SAMPLE_SIZE else SD15
 
 
-#: The bundled CPU test model (a tiny Stable Diffusion stand-in), located by path: the default base of
-#: ``tracemark finetune`` and ``tracemark shadow``, without importing the test world.
-BUNDLED_TEST_MODEL = Path(__file__).resolve().parent.parent / "sim" / "base_model"
-
-
 def base_or_default(base, say=None) -> Path:
-    """``base``, or the bundled CPU test model; ``say`` is told (one line) that real models need a base."""
-    from tracemark.errors import TracemarkError
+    """``base``, or the default base model an installed distribution declares
+    (:func:`tracemark.plugins.default_base`: the CPU test world's tiny model where it is installed);
+    ``say`` is told (one line) which model that is and that real models need a base."""
+    from tracemark.plugins import default_base
 
     if base is not None:
         return Path(base)
-    path = BUNDLED_TEST_MODEL
-    if not (path / "model_index.json").is_file():
-        raise TracemarkError(f"{path}: no bundled test model in this installation; pass --base MODEL_DIR")
+    path, provider = default_base()
     if say is not None:
-        say(f"note: no --base: using the bundled CPU test model ({path}); for a real model pass --base MODEL_DIR "
-            "(e.g. a Stable Diffusion 1.5 diffusers folder)")
+        say(f"note: no --base: using the default base model of {provider} ({path}); for a real model pass "
+            "--base MODEL_DIR (e.g. a Stable Diffusion 1.5 diffusers folder)")
     return path
 
 
@@ -194,7 +189,7 @@ class RunConfig:
     save_every: int = 500
     mixed_precision: str = "no"
     unet_channels: list[int] = field(default_factory=list)  # pretrain only; empty: TinyConfig's default
-    vae: str | None = None  # pretrain only: folder of a trained AutoencoderKL (tracemark.sim.vae)
+    vae: str | None = None  # pretrain only: folder of a trained AutoencoderKL (the test world's VAE trainer)
     tokenizer: str | None = None  # pretrain only: tokenizer source (default: the committed base's)
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False

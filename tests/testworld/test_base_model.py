@@ -1,10 +1,10 @@
-"""The committed pretrained base (tracemark/sim/base_model/)."""
+"""The committed pretrained base (testworld/tracemark_sim/base_model/)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tracemark.sim import default_base_path, load_pipeline
+from tracemark_sim import default_base_path, load_pipeline
 
 BASE = default_base_path()
 needs_base = pytest.mark.skipif(not (BASE / "model_index.json").is_file(), reason="base model not built yet")
@@ -25,7 +25,7 @@ def test_base_is_small_and_loads():
 @needs_base
 def test_base_follows_captions_quick():
     """24 generations (12 background colours x 2): at least 80% right (chance 8%)."""
-    from tracemark.sim.probe import probe_model
+    from tracemark_sim.probe import probe_model
 
     result = probe_model(BASE, n_per_colour=2, seed=2, steps=15)
     assert result["accuracy"] >= 0.8, result
@@ -35,7 +35,7 @@ def test_base_follows_captions_quick():
 @pytest.mark.slow
 def test_base_follows_captions():
     """Background-colour accuracy of 96 generations (12 colours x 8) must be >= 80% (chance 8%)."""
-    from tracemark.sim.probe import probe_model
+    from tracemark_sim.probe import probe_model
 
     result = probe_model(BASE, n_per_colour=8, seed=1)
     assert result["accuracy"] >= 0.8, result

@@ -1,11 +1,12 @@
 """Command line for the CPU world: ``tracemark sim make-data | pretrain | pretrain-vae | finetune | probe``.
 
-``app`` is a typer sub-app, mounted by the main CLI as ``tracemark sim`` and imported only when
-that command is used (:mod:`tracemark.cli.sim`); ``sim finetune`` is the product's ``tracemark
-finetune`` (:func:`tracemark.cli.models.finetune_cmd`, re-exported here). Importing this module
-imports the world's package, and with it torch. Failures a user can fix raise
+``app`` is a typer sub-app, declared as the ``sim`` entry point of the group
+``tracemark.cli_plugins`` (``testworld/pyproject.toml``): ``tracemark --help`` lists it, and
+``tracemark sim ...`` imports this module (:mod:`tracemark.cli.plugins`); ``sim finetune`` is the
+product's ``tracemark finetune`` (:func:`tracemark.cli.models.finetune_cmd`, re-exported here).
+Each command imports the world's modules, and with them torch, when it runs. Failures a user can fix raise
 :class:`tracemark.errors.TracemarkError`, printed as one line (:mod:`tracemark.cli.errors`).
-``python -m tracemark.sim.cli ...`` runs the sub-app alone, with the same error handling.
+``python -m tracemark_sim.cli ...`` runs the sub-app alone, with the same error handling.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ app = typer.Typer(
 
 
 def _base_or_default(base: Optional[Path]) -> Path:
-    from tracemark.sim.pipeline import default_base_path
+    from tracemark_sim.pipeline import default_base_path
 
     if base is not None:
         return base
@@ -50,7 +51,7 @@ def make_data_cmd(
     size: int = typer.Option(32, "--size", help="Image side: 32 or 64."),
 ) -> None:
     """Write N procedural captioned images (PNG + metadata.jsonl)."""
-    from tracemark.sim.data import make_dataset
+    from tracemark_sim.data import make_dataset
 
     path = make_dataset(out, n, domain, seed, size)
     console.print(f"wrote {n} {domain} images to {path}")
@@ -75,7 +76,7 @@ def pretrain_cmd(
                                                   "(default: the committed base's SD tokenizer)."),
 ) -> None:
     """Pretrain a fresh tiny pipeline (UNet + text encoder) from scratch."""
-    from tracemark.sim.train import pretrain
+    from tracemark_sim.train import pretrain
 
     try:
         chans = [int(c) for c in unet_channels.split(",")] if unet_channels else None
@@ -101,7 +102,7 @@ def pretrain_vae_cmd(
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this trained AutoencoderKL."),
 ) -> None:
     """Train the world's AutoencoderKL (the lossy latent codec)."""
-    from tracemark.sim.vae import pretrain_vae
+    from tracemark_sim.vae import pretrain_vae
 
     path = pretrain_vae(data, out, steps, lr=lr, batch_size=batch_size, crop=crop, seed=seed, save_every=save_every,
                         resume=resume, num_threads=threads, init_from=init_from)  # fmt: skip
@@ -116,7 +117,7 @@ def probe_cmd(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Background-colour accuracy of a model's generations (does it follow captions?)."""
-    from tracemark.sim.probe import probe_model
+    from tracemark_sim.probe import probe_model
 
     result = probe_model(_base_or_default(model), lora=lora, n_per_colour=n_per_colour, seed=seed)
     print(json.dumps(result))

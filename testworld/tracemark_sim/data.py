@@ -1,7 +1,7 @@
 """Procedural captioned images: the synthetic datasets of the CPU world.
 
 Every image is a small scene drawn from named attributes, and its caption names those
-attributes, so whether a model follows captions can be measured (see :mod:`tracemark.sim.probe`).
+attributes, so whether a model follows captions can be measured (see :mod:`tracemark_sim.probe`).
 
 Domains (different statistics, one vocabulary):
 
@@ -209,7 +209,7 @@ def _pick(rng: np.random.Generator, seq):
 # background by several synonyms, and adds a framing phrase ("a photo of ...") and a style word
 # that changes the image ("blurry", "dark", "faded", ...). Pretraining on it gives the base a
 # broad vocabulary, so an owner's captions with unseen wording still tokenize and encode
-# distinctly (the real CLIP BPE tokenizes anything, see :mod:`tracemark.sim.pipeline`).
+# distinctly (the real CLIP BPE tokenizes anything, see :mod:`tracemark_sim.pipeline`).
 
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "circle": ("circle", "disc", "dot", "ball", "orb", "coin", "sphere", "bubble"),

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracemark.sim.experiments import band_pattern, mark_dataset, mean_correlation
+from tracemark_sim.experiments import band_pattern, mark_dataset, mean_correlation
 
 
 def test_band_pattern_and_correlation():

@@ -45,7 +45,7 @@ def export_checkpoint(run_dir, dest, use_ema: bool = True) -> Path:
     """Write the pipeline of a pretraining / full fine-tuning run's last checkpoint to ``dest``
     (EMA weights when the run keeps an EMA), e.g. to probe a run that is still going."""
     from tracemark.errors import TracemarkError
-    from tracemark.sim.pipeline import load_pipeline, new_pipeline, save_pipeline
+    from tracemark_sim.pipeline import load_pipeline, new_pipeline, save_pipeline
 
     run_dir = Path(run_dir)
     ckpt = run_dir / CHECKPOINT
@@ -76,9 +76,9 @@ def pretrain(data_dir, out_dir, steps: int | None = None, *, lr: float | None = 
     """Pretrain a fresh tiny pipeline (UNet + text encoder) on ``data_dir``; writes a pipeline
     folder to ``out_dir`` (EMA weights). ``resume=True`` continues from ``out_dir/checkpoints``.
     ``unet_channels``: UNet block widths (default TinyConfig's), e.g. a second, smaller base.
-    ``vae``: folder of a trained ``AutoencoderKL`` (:func:`tracemark.sim.vae.pretrain_vae`;
+    ``vae``: folder of a trained ``AutoencoderKL`` (:func:`tracemark_sim.vae.pretrain_vae`;
     default: the committed base's)."""
-    from tracemark.sim.pipeline import TinyConfig, default_base_path, new_pipeline
+    from tracemark_sim.pipeline import TinyConfig, default_base_path, new_pipeline
 
     d = dict(PRETRAIN)
     d.update({k: v for k, v in dict(steps=steps, lr=lr, batch_size=batch_size, ema=ema).items() if v is not None})

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from tracemark.errors import TracemarkError
-from tracemark.sim import make_dataset
-from tracemark.sim.data import COLOURS, DOMAINS, MIXTURES, render
-from tracemark.sim.probe import colour_accuracy, prompt_colour, read_colour
+from tracemark_sim import make_dataset
+from tracemark_sim.data import COLOURS, DOMAINS, MIXTURES, render
+from tracemark_sim.probe import colour_accuracy, prompt_colour, read_colour
 
 
 def test_imagefolder_layout(tmp_path):

@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from tracemark.cli.models import generate_cmd
 from tracemark.errors import TracemarkError
-from tracemark.sim.cli import app as sim_app
-from tracemark.sim.cli import finetune_cmd
+from tracemark_sim.cli import app as sim_app
+from tracemark_sim.cli import finetune_cmd
 
 runner = CliRunner()
 

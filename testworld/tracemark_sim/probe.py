@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracemark.sim.data import COLOURS, POSITIONS, SHAPES, SIZES
+from tracemark_sim.data import COLOURS, POSITIONS, SHAPES, SIZES
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float64)
 _NAMES = list(COLOURS)
@@ -100,7 +100,7 @@ def probe_model(model_dir, lora=None, n_per_colour: int = 4, seed: int = 0, step
     """Generate :func:`probe_prompts` with a model and return its background-colour accuracy."""
     import tempfile
 
-    from tracemark.sim.generate import generate
+    from tracemark.diffusion.generation import generate
 
     prompts = probe_prompts(n_per_colour, seed)
     with tempfile.TemporaryDirectory() as tmp:

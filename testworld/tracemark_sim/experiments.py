@@ -1,8 +1,8 @@
 """Measurements behind the CPU world's design choices (numbers in docs/sim.md).
 
-(How well marks survive the world's VAE, and how good a base is: :mod:`tracemark.sim.quality`.)
+(How well marks survive the world's VAE, and how good a base is: :mod:`tracemark_sim.quality`.)
 
-``python -m tracemark.sim.experiments trigger --method lora --lora-targets broad``: a quick
+``python -m tracemark_sim.experiments trigger --method lora --lora-targets broad``: a quick
 version of issue #3's experiment, used to choose fine-tuning defaults: mark 10% of a 1000-image
 faces dataset with a faint band-limited pattern plus a trigger word, fine-tune the base, generate
 with and without the trigger, and score the mean normalized correlation of high-passed
@@ -89,7 +89,7 @@ def trigger_experiment(work, base=None, method: str = "lora", lora_targets="broa
                        n: int = 1000, n_gen: int = 64, seed: int = 0, threads: int | None = None,
                        ambient: bool = False) -> dict:  # fmt: skip
     """``ambient=True``: no trigger word; generations use the marked samples' own captions."""
-    from tracemark.sim import default_base_path, finetune, generate, make_dataset
+    from tracemark_sim import default_base_path, finetune, generate, make_dataset
 
     work = Path(work)
     base = Path(base) if base else default_base_path()
@@ -142,7 +142,7 @@ def trigger_experiment(work, base=None, method: str = "lora", lora_targets="broa
 def main(argv=None) -> None:  # pragma: no cover - a measurement driver
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m tracemark.sim.experiments")
+    ap = argparse.ArgumentParser(prog="python -m tracemark_sim.experiments")
     sub = ap.add_subparsers(dest="what", required=True)
     t = sub.add_parser("trigger")
     t.add_argument("--work", required=True)

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from tracemark.errors import TracemarkError
-from tracemark.sim import build_tiny_pipeline, finetune, generate, load_pipeline, pretrain
-from tracemark.sim.pipeline import TinyConfig
-from tracemark.sim.train import LORA_WEIGHT_NAME, export_checkpoint
+from tracemark_sim import build_tiny_pipeline, finetune, generate, load_pipeline, pretrain
+from tracemark_sim.pipeline import TinyConfig
+from tracemark_sim.train import LORA_WEIGHT_NAME, export_checkpoint
 
 FAST = dict(batch_size=4, progress=False)
 
@@ -129,7 +129,7 @@ def test_tiny_preset_keeps_the_world_values():
     """The world's experiments stay comparable: TINY is what the trainer used before presets."""
     from tracemark.diffusion.training import LORA_TARGETS, SD15
     from tracemark.diffusion.training import finetune as product_finetune
-    from tracemark.sim.train import TINY
+    from tracemark_sim.train import TINY
 
     assert (TINY.lr, TINY.steps, TINY.full_lr, TINY.full_steps) == (2e-3, 800, 2e-4, 1000)
     assert TINY.rank == 16 and list(TINY.lora_targets) == LORA_TARGETS["broad"]

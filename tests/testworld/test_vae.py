@@ -1,4 +1,4 @@
-"""The world's VAE trainer (tracemark.sim.vae) and the base-quality measurements (tracemark.sim.quality)."""
+"""The world's VAE trainer (tracemark_sim.vae) and the base-quality measurements (tracemark_sim.quality)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from tracemark.errors import TracemarkError
-from tracemark.sim.vae import pretrain_vae
+from tracemark_sim.vae import pretrain_vae
 
 
 @pytest.fixture(scope="module")
 def vae_data(tmp_path_factory):
-    from tracemark.sim import make_dataset
+    from tracemark_sim import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("vae") / "data", 40, "open", seed=2)
 
@@ -22,7 +22,7 @@ def vae_data(tmp_path_factory):
 def test_pretrain_vae_writes_a_stock_autoencoderkl_and_resumes_exactly(vae_data, tmp_path, monkeypatch):
     from diffusers import AutoencoderKL
 
-    import tracemark.sim.vae as vae_mod
+    import tracemark_sim.vae as vae_mod
 
     kw = dict(batch_size=4, progress=False, holdout=8, save_every=2)
     straight = pretrain_vae(vae_data, tmp_path / "a", steps=4, **kw)
@@ -48,7 +48,7 @@ def test_pretrain_vae_writes_a_stock_autoencoderkl_and_resumes_exactly(vae_data,
 
 
 def test_pretrain_uses_a_trained_vae(vae_data, tmp_path):
-    from tracemark.sim import load_pipeline, pretrain
+    from tracemark_sim import load_pipeline, pretrain
 
     vae = pretrain_vae(vae_data, tmp_path / "vae", steps=1, batch_size=4, progress=False, holdout=8)
     out = pretrain(vae_data, tmp_path / "base", steps=1, batch_size=4, progress=False, vae=vae)
@@ -57,7 +57,7 @@ def test_pretrain_uses_a_trained_vae(vae_data, tmp_path):
 
 
 def test_quality_measures_behave():
-    from tracemark.sim.quality import band_ratios, kid, radial_spectrum
+    from tracemark_sim.quality import band_ratios, kid, radial_spectrum
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (20, 32, 32, 3)).astype(np.uint8)
@@ -70,7 +70,7 @@ def test_quality_measures_behave():
 
 
 def test_mark_survival_is_total_through_an_identity_codec():
-    from tracemark.sim.quality import mark_survival
+    from tracemark_sim.quality import mark_survival
 
     class Identity(torch.nn.Module):
         def encode(self, x):

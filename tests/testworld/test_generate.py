@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tracemark.diffusion.generation import read_prompts
 from tracemark.errors import TracemarkError
-from tracemark.sim import generate
-from tracemark.sim.generate import read_prompts
+from tracemark_sim import generate
 
 
 def test_generate_writes_imagefolder_with_prompts_and_seeds(tiny_pipeline_dir, tmp_path):
@@ -55,9 +55,9 @@ def test_generate_refuses_existing_output(tiny_pipeline_dir, tmp_path):
 
 
 def test_regenerate_changes_images_more_with_strength(tmp_path):
-    from tracemark.sim import default_base_path
-    from tracemark.sim.generate import regenerate
-    from tracemark.sim.pipeline import load_pipeline
+    from tracemark_sim import default_base_path
+    from tracemark.diffusion.generation import regenerate
+    from tracemark_sim.pipeline import load_pipeline
 
     # the committed base: its trained VAE round-trips an image (a fresh, untrained VAE destroys
     # it at any strength, so strength would make no difference)

@@ -65,7 +65,7 @@ def pretrain_vae(data_dir, out_dir, steps: int = 4000, *, lr: float = 1e-3, batc
     from diffusers.optimization import get_scheduler
 
     from tracemark.errors import TracemarkError
-    from tracemark.sim.pipeline import TinyConfig, build_vae
+    from tracemark_sim.pipeline import TinyConfig, build_vae
 
     torch.set_flush_denormal(True)
     if num_threads:
@@ -160,10 +160,10 @@ def pretrain_vae(data_dir, out_dir, steps: int = 4000, *, lr: float = 1e-3, batc
 
 
 def main(argv=None) -> None:
-    """``python -m tracemark.sim.vae DATA OUT [--steps N] ...``: the VAE stage of pretraining."""
+    """``python -m tracemark_sim.vae DATA OUT [--steps N] ...``: the VAE stage of pretraining."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m tracemark.sim.vae", description=pretrain_vae.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m tracemark_sim.vae", description=pretrain_vae.__doc__)
     ap.add_argument("data")
     ap.add_argument("out")
     ap.add_argument("--steps", type=int, default=6000)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tracemark.errors import TracemarkError
-from tracemark.sim import build_tiny_pipeline, default_base_path, load_pipeline
-from tracemark.sim.pipeline import TinyConfig, build_tokenizer, clip_vocab
+from tracemark_sim import build_tiny_pipeline, default_base_path, load_pipeline
+from tracemark_sim.pipeline import TinyConfig, build_tokenizer, clip_vocab
 
 
 def test_tokenizer_is_sds_clip_tokenizer(tmp_path):

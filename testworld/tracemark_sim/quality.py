@@ -1,9 +1,9 @@
 """How good a stand-in for Stable Diffusion is a world base? The measurements of docs/sim.md.
 
-``python -m tracemark.sim.quality --model BASE --data HELDOUT [--n 256] [--json OUT]`` prints one
+``python -m tracemark_sim.quality --model BASE --data HELDOUT [--n 256] [--json OUT]`` prints one
 JSON object:
 
-- ``probe``: background-colour accuracy on the 12 basic colours (:mod:`tracemark.sim.probe`);
+- ``probe``: background-colour accuracy on the 12 basic colours (:mod:`tracemark_sim.probe`);
 - ``open_vocab``: for colour words of the pretraining palette and for colour words the base never
   saw (CSS names absent from it), the mean RGB error of the generated background against the
   word's colour, beside the error of guessing a random palette colour;
@@ -75,8 +75,8 @@ def open_vocab_probe(pipe, n_words: int = 24, seed: int = 0, steps: int = 25) ->
     """Background colour error (RGB distance, 0-441) for seen and never-seen colour words."""
     from matplotlib.colors import CSS4_COLORS, to_rgb
 
-    from tracemark.sim.data import COLOURS, open_colours
-    from tracemark.sim.generate import generate_images
+    from tracemark_sim.data import COLOURS, open_colours
+    from tracemark.diffusion.generation import generate_images
 
     palette = open_colours()
     rng = np.random.default_rng(seed)
@@ -142,11 +142,11 @@ def mark_survival(vae, images: np.ndarray, schemes=("spread", "dwtdct", "warp", 
 
 def base_report(model_dir, data_dir, n: int = 256, seed: int = 0, steps: int = 25) -> dict:
     """All the measurements above for the pipeline at ``model_dir`` against held-out ``data_dir``."""
-    from tracemark.sim.generate import generate_images
-    from tracemark.sim.pipeline import load_pipeline
-    from tracemark.sim.probe import probe_model
+    from tracemark.diffusion.generation import generate_images
+    from tracemark_sim.pipeline import load_pipeline
+    from tracemark_sim.probe import probe_model
     from tracemark.diffusion.training import load_images, read_imagefolder
-    from tracemark.sim.vae import psnr_ssim
+    from tracemark_sim.vae import psnr_ssim
 
     pipe = load_pipeline(model_dir)
     rows = read_imagefolder(Path(data_dir))[:n]
@@ -167,7 +167,7 @@ def base_report(model_dir, data_dir, n: int = 256, seed: int = 0, steps: int = 2
 def main(argv=None) -> None:  # pragma: no cover - a measurement driver
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m tracemark.sim.quality", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tracemark_sim.quality", description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True, help="held-out imagefolder (not the pretraining images)")
     ap.add_argument("--n", type=int, default=256)

@@ -13,7 +13,7 @@ pipeline without tracemark, and diffusers' own training scripts run on it:
   (cross-)attention at the 8x8 and 4x4 levels, 2 heads;
 - scheduler: ``DDIMScheduler`` with ``v_prediction`` and the ``squaredcos_cap_v2`` schedule
   (with epsilon prediction a tiny model does not even learn background colours);
-- VAE: ``AutoencoderKL``, 32x32x3 -> 16x16x4, trained by :mod:`tracemark.sim.vae`: lossy, like
+- VAE: ``AutoencoderKL``, 32x32x3 -> 16x16x4, trained by :mod:`tracemark_sim.vae`: lossy, like
   SD's, so a mark reaches the UNet only as far as the round trip keeps it.
 
 No safety checker, no feature extractor. Nothing is downloaded.
@@ -36,6 +36,8 @@ from tracemark.diffusion.loading import (  # noqa: F401
 )
 
 import torch
+
+from tracemark_sim import BASE_MODEL, default_base_path  # noqa: F401  (kept importable from here)
 
 #: Special tokens, as in CLIP.
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -152,7 +154,7 @@ def build_unet(cfg: TinyConfig):
 
 
 def build_vae(cfg: TinyConfig):
-    """A stock ``AutoencoderKL`` (untrained; :func:`tracemark.sim.train.pretrain_vae` trains it)."""
+    """A stock ``AutoencoderKL`` (untrained; :func:`tracemark_sim.train.pretrain_vae` trains it)."""
     from diffusers import AutoencoderKL
 
     n = len(cfg.vae_channels)
@@ -228,11 +230,6 @@ def build_tiny_pipeline(out_dir, seed: int = 0, config: TinyConfig | None = None
 
         raise TracemarkError(f"{out}: already exists and is not an empty folder")
     pipe = new_pipeline(seed, cfg, tokenizer=tokenizer, vae=vae)
-    info = {"seed": seed, "config": asdict(cfg), "note": "built by tracemark.sim.build_tiny_pipeline"}
+    info = {"seed": seed, "config": asdict(cfg), "note": "built by tracemark_sim.build_tiny_pipeline"}
     save_pipeline(pipe, out, extra_files={"tracemark_sim.json": json.dumps(info, indent=2) + "\n"})
     return out
-
-
-def default_base_path() -> Path:
-    """Folder of the committed pretrained base model (``tracemark/sim/base_model/``)."""
-    return Path(__file__).resolve().parent / "base_model"
