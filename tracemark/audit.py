@@ -508,11 +508,14 @@ def whitebox_plan(registry: Registry, model: Path, *, lora: Path | None = None, 
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
     names = sorted({c.dataset for c in copies})
     anchor = Path(model) if lora is not None else (Path(base) if base is not None else None)
-    if dataset is None:
-        if len(names) > 1 and anchor is not None and not (reference or reference_lora):
-            from tracemark.shadows import base_fingerprint
+    by_hand = bool(reference or reference_lora)
+    fp = None  # the anchor's fingerprint, computed once (it hashes the model's files)
+    if anchor is not None and not by_hand:
+        from tracemark.shadows import base_fingerprint
 
-            fp = base_fingerprint(anchor, registry)
+        fp = base_fingerprint(anchor, registry)
+    if dataset is None:
+        if len(names) > 1 and fp is not None:
             with_shadows = [n for n in names if registry.shadows(n, fp)]
             if len(with_shadows) == 1:  # the one dataset the owner trained shadows of on this base
                 names = with_shadows
@@ -530,13 +533,11 @@ def whitebox_plan(registry: Registry, model: Path, *, lora: Path | None = None, 
                                  "issued is not there; give --data DIR")
         data = Path(src)
         notes.append(f"original data: {data} (recorded when the copies were issued)")
-    if reference or reference_lora:
+    if by_hand:
         notes.append("reference: the shadow(s) given with --reference")
         return WhiteboxPlan(Path(data), dataset, base, reference, reference_lora, notes)
-    if anchor is not None:
-        from tracemark.shadows import base_fingerprint
-
-        shadows = registry.shadows(dataset, base_fingerprint(anchor, registry))
+    if fp is not None:
+        shadows = registry.shadows(dataset, fp)
         if shadows:
             notes.append(f"reference: {len(shadows)} registered shadow fine-tune(s) of {anchor} on '{dataset}' "
                          "(averaged by the loss statistic)")
