@@ -36,7 +36,7 @@ from tracemark.keys import Key
 from tracemark.protect import DEFAULT_MIN_MARKED, DEFAULT_RATE, marked_count
 from tracemark.schemes import get_scheme
 from tracemark.strategies import SELECTION_VERSION, apply_trigger, image_thumbnails, select_samples
-from tracemark.whitebox import Probe, latent_loss_gradients, pull_back, unit_rms
+from tracemark.whitebox import Probe, latent_loss_gradients, shadow_statistic
 
 WORDS = ("zulopamek", "vantriquor", "osmebrality", "keftuvania")
 
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             for spec in args.innocent:
                 name, lora = spec.split("=", 1)
                 g_s = gradients(args.cache / f"{name}_{tag}.npy", args.base, lora, probes, vae_pipe)
-                per = [unit_rms(pull_back(vae_pipe, probes, g_s - g)) for g in g_sh]
-                feats[(name, w)] = sch.features([sum(x) / len(per) for x in zip(*per)])
+                feats[(name, w)] = sch.features(shadow_statistic(vae_pipe, probes, g_s, g_sh))
         for spec in args.innocent:
             name = spec.split("=", 1)[0]
             for n_copies in args.copies:

@@ -23,7 +23,7 @@ from tracemark.audit import whitebox_probes
 from tracemark.diffusion.loading import load_pipeline
 from tracemark.registry import Registry
 from tracemark.trace import content_for, score_copies
-from tracemark.whitebox import latent_loss_gradients, pull_back, unit_rms
+from tracemark.whitebox import latent_loss_gradients, pull_back, shadow_statistic, unit_rms
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         dS, dR = gS - g0, gR - g0
         beta = float((dS * dR).sum() / (dR * dR).sum())
         stats = {
-            "shadow": [sum(x) / len(gk) for x in zip(*[unit_rms(pull_back(base, probes, gS - g)) for g in gk])],
+            "shadow": shadow_statistic(base, probes, gS, gk),
             "fit": unit_rms(pull_back(base, probes, dS - beta * dR)),
             "loraoff": unit_rms(pull_back(base, probes, dS)),
         }

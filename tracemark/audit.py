@@ -397,7 +397,7 @@ def audit_whitebox(
     """
     from tracemark.diffusion.loading import load_pipeline
     from tracemark.whitebox import (DEFAULT_DRAWS, DEFAULT_T_FRACS, denoiser_residuals, has_lora,
-                                    latent_loss_gradients, pull_back, unit_rms)
+                                    latent_loss_gradients, shadow_statistic)
 
     check_test_parameters(alpha, n_decoys)
     check_generation_options(seed=seed)
@@ -450,14 +450,10 @@ def audit_whitebox(
             return (lambda d, t: progress(k * t + d, (1 + len(passes)) * t)) if progress else None
 
         g_s = latent_loss_gradients(pipe, probes, **kw, progress=step(0))
-        residuals = None
-        for k, ref in enumerate(passes, start=1):
-            off = mode == "auto" and has_lora(pipe)  # "auto": the LoRA switched off, else the reference given
-            g_r = latent_loss_gradients(pipe, probes, None if off else loaded(ref), lora_off=off, **kw,
-                                        progress=step(k))
-            r = unit_rms(pull_back(pipe, probes, g_s - g_r))
-            residuals = r if residuals is None else [a + b for a, b in zip(residuals, r)]
-        residuals = [a / len(passes) for a in residuals]
+        off = mode == "auto" and has_lora(pipe)  # "auto": the LoRA switched off, else the reference given
+        g_refs = [latent_loss_gradients(pipe, probes, None if off else loaded(ref), lora_off=off, **kw,
+                                        progress=step(k)) for k, ref in enumerate(passes, start=1)]
+        residuals = shadow_statistic(pipe, probes, g_s, g_refs)
     else:
         residuals = denoiser_residuals(pipe, probes, ref_pipe=loaded(ref_pipe), reference=mode, t_fracs=t_fracs,
                                        draws=draws, seed=seed, progress=progress)

@@ -304,6 +304,17 @@ def unit_rms(images: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [a / max(rms, 1e-20) for a in images]
 
 
+def shadow_statistic(pipe, probes: Sequence[Probe], g_s: np.ndarray, g_refs: Sequence[np.ndarray],
+                     *, batch_size: int = 8) -> list[np.ndarray]:
+    """The loss statistic against references k: ``mean_k unit_rms(J^T (g_s - g_k))`` (each reference's
+    share at unit RMS, so a noisier shadow does not dominate), from :func:`latent_loss_gradients`."""
+    total = None  # accumulated one reference at a time: memory of two sets of pixel images, any K
+    for g in g_refs:
+        r = unit_rms(pull_back(pipe, probes, g_s - g, batch_size=batch_size))
+        total = r if total is None else [a + b for a, b in zip(total, r)]
+    return [a / len(g_refs) for a in total]
+
+
 def loss_gradients(
     pipe,
     probes: Sequence[Probe],
@@ -341,4 +352,4 @@ def loss_gradients(
     halves = [(lambda d, t, h=h: progress(h * t + d, 2 * t)) if progress else None for h in (0, 1)]
     g_s = latent_loss_gradients(pipe, probes, **kw, progress=halves[0])
     g_r = latent_loss_gradients(pipe, probes, ref.ref_pipe, lora_off=ref.lora_off, **kw, progress=halves[1])
-    return unit_rms(pull_back(pipe, probes, g_s - g_r, batch_size=batch_size))
+    return shadow_statistic(pipe, probes, g_s, [g_r], batch_size=batch_size)
