@@ -432,7 +432,14 @@ def test_revoke_and_reissue_keep_the_history_and_trace_both_generations(home, sa
     rows = reg.conn.execute("SELECT generation, status, revoke_reason FROM copies ORDER BY id").fetchall()
     assert [tuple(r) for r in rows] == [(0, "revoked", "reissued"), (1, "issued", None)]
     g0, g1 = reg.copies()
-    assert g0.key_id != g1.key_id and set(g0.marked_ids.tolist()) != set(g1.marked_ids.tolist())
+    assert g0.key_id != g1.key_id
+    # The new key re-marks: the two generations' files differ. (Their marked *sets* may coincide: the
+    # visual selection takes whole look-alike clusters, and 50 images at 20% give ~100 distinct sets,
+    # so two keys drew the same one in about 2% of runs.)
+    differ = [p.name for p in sorted((tmp_path / "g1").iterdir())
+              if p.is_file() and (tmp_path / "g0" / p.name).exists()
+              and p.read_bytes() != (tmp_path / "g0" / p.name).read_bytes()]
+    assert len(differ) >= len(g1.marked_ids)
     assert reg.key_for_copy(g1).key_id == g1.key_id and res.copy_id == g1.id
     for folder in ("g0", "g1"):  # a leak of the revoked copy is still acme's
         assert trace_files(tmp_path / folder, reg, n_decoys=200).named == ["acme"]
