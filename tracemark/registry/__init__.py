@@ -1,0 +1,3 @@
+"""The owner's secrets and records: the master key and the per-licensee keys derived from it
+(:mod:`~tracemark.registry.keys`), and the SQLite registry of datasets, licensees, copies, audits and
+shadows (:mod:`~tracemark.registry.database`)."""
