@@ -132,8 +132,8 @@ def test_ancestral_sampler_is_reproducible_per_image(lora_files, tmp_path):
 
 def test_the_product_never_loads_the_test_world():
     code = (
-        "import sys, tracemark, tracemark.cli, tracemark.audit.blackbox, tracemark.audit.whitebox, tracemark.diffusion, "
-        "tracemark.diffusion.denoiser, tracemark.detection.tracing, typer\n"
+        "import sys, tracemark, tracemark.cli, tracemark.audit.blackbox, tracemark.audit.whitebox, "
+        "tracemark.diffusion, tracemark.diffusion.denoiser, tracemark.detection.tracing, typer\n"
         "typer.main.get_command(tracemark.cli.app)\n"
         "bad = sorted(m for m in sys.modules if m.startswith(('tracemark_sim', 'research')))\n"
         "print(bad); sys.exit(1 if bad else 0)\n"

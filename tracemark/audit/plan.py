@@ -1,4 +1,5 @@
-"""Audit a suspect model (or only its images): was our data used, and whose copy was it?
+"""The query plan of a black-box audit: the prompt and seed of every image a suspect model is asked
+for, and the copy (or group of copies sharing a trigger word) each image is scored for.
 
 Query plan (why it does not grow with the number of licensees):
 

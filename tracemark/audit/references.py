@@ -10,7 +10,8 @@ from pathlib import Path
 from tracemark.errors import TracemarkError
 from tracemark.registry.database import Registry
 
-#: White-box statistics (:func:`tracemark.audit.whitebox.audit_whitebox`); "auto": "loss" when there is a reference model, else "residual".
+#: White-box statistics (:func:`tracemark.audit.whitebox.audit_whitebox`); "auto": "loss" when there is a
+#: reference model, else "residual".
 WHITEBOX_STATISTICS = ("auto", "loss", "residual")
 DEFAULT_WHITEBOX_STATISTIC = "auto"
 

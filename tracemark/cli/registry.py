@@ -1,8 +1,8 @@
 """Commands over the registry: ``init``, ``status``, ``licensees``, ``copies``, ``revoke``,
 ``backup``, ``restore``.
 
-Each is a thin layer over :class:`tracemark.registry.database.Registry` (or :func:`tracemark.registry.database.restore`),
-imported when the command runs.
+Each is a thin layer over :class:`tracemark.registry.database.Registry` (or
+:func:`tracemark.registry.database.restore`), imported when the command runs.
 """
 
 from __future__ import annotations
