@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tracemark.errors import TracemarkError
-from tracemark.registry.database import MIGRATIONS, Registry
+from tracemark.registry.database import Registry
+from tracemark.registry.schema import MIGRATIONS
 
 
 def test_init_creates_private_files_and_refuses_overwrite(home):
@@ -155,7 +156,7 @@ def test_damaged_registry_is_a_one_line_error_and_backup_restores_it(home, damag
         f.unlink()
     with pytest.raises(TracemarkError, match="restore it from a backup|damaged"):
         Registry(home)
-    from tracemark.registry.database import restore
+    from tracemark.registry.restore import restore
 
     restore(home, backup)
     assert [r["name"] for r in Registry(home).licensees()] == ["acme"]
@@ -235,7 +236,7 @@ def test_registry_written_by_schema_v2_migrates_to_the_sample_table(tmp_path):
 
 
 def test_marked_sample_ids_pack_and_unpack():
-    from tracemark.registry.database import pack_ids, unpack_ids
+    from tracemark.registry.schema import pack_ids, unpack_ids
 
     rng = np.random.default_rng(0)
     ids = np.sort(rng.choice(10**6, 20_000, replace=False))
@@ -258,7 +259,7 @@ def test_restore_keeps_records_a_killed_reader_left_in_the_wal(home, sample_dir,
     import signal
 
     from tracemark.marking.protect import protect
-    from tracemark.registry.database import restore
+    from tracemark.registry.restore import restore
 
     reg = Registry.init(home)
     old = reg.backup(tmp_path / "old.bak")
@@ -286,7 +287,8 @@ def test_restore_waits_for_a_running_command_and_concurrent_restores_do_not_coll
     restores get distinct replaced files and temporary files."""
     import threading
 
-    from tracemark.registry.database import LOCK_WAIT_S, hold_lock, restore
+    from tracemark.registry.database import LOCK_WAIT_S, hold_lock
+    from tracemark.registry.restore import restore
 
     reg = Registry.init(home)
     bak = reg.backup(tmp_path / "b.bak")
@@ -394,7 +396,7 @@ def test_backup_with_key_restores_a_fresh_home_in_one_file_and_status_reports(ho
     """Issue #30.3: `backup --with-key` carries the master key (0600), a restore into an empty home puts it
     back, so tracing works again; without it the key stays out of the backup. `status` says what is there."""
     from tracemark.marking.protect import protect
-    from tracemark.registry.database import restore
+    from tracemark.registry.restore import restore
 
     reg = Registry.init(home)
     protect(sample_dir, tmp_path / "c", "acme", registry=reg, rate=0.2, workers=1)

@@ -2,7 +2,7 @@
 ``backup``, ``restore``.
 
 Each is a thin layer over :class:`tracemark.registry.database.Registry` (or
-:func:`tracemark.registry.database.restore`), imported when the command runs.
+:func:`tracemark.registry.restore.restore`), imported when the command runs.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def restore(backup_file: Path = typer.Argument(..., metavar="BACKUP_FILE", help=
             home: HomeOpt = None) -> None:
     """Put a registry backup in place (the file it replaces is kept beside it)."""
     from tracemark.registry.database import default_home
-    from tracemark.registry.database import restore as _restore
+    from tracemark.registry.restore import restore as _restore
 
     res = _restore(home or default_home(), backup_file)
     console.print(f"Registry restored from {backup_file} to {res.db}")

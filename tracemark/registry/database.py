@@ -2,7 +2,8 @@
 
 SQLite (stdlib) in ``$TRACEMARK_HOME/registry.sqlite``: one file, transactional, safe under
 concurrent CLI calls (WAL journal + busy timeout + ``BEGIN IMMEDIATE`` for writes). Schema
-changes are numbered migrations applied in order and tracked with ``PRAGMA user_version``.
+changes are numbered migrations applied in order and tracked with ``PRAGMA user_version``
+(:mod:`tracemark.registry.schema`); a backup is restored by :mod:`tracemark.registry.restore`.
 
 The registry holds no secrets: copies are identified by a public key id; the key itself is
 re-derived from the master key (``$TRACEMARK_HOME/master.key``, mode 0600) when needed.
@@ -16,8 +17,7 @@ import os
 import sqlite3
 import stat
 import time
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,200 +27,13 @@ import numpy as np
 
 from tracemark.errors import TracemarkError
 from tracemark.registry.keys import Key, create_master_key, derive_key, load_master_key
-
-
-def pack_ids(ids) -> bytes:
-    """Sorted sample ids -> zlib(delta-encoded uint32): ~1-2 bytes per marked sample."""
-    a = np.unique(np.asarray(ids, dtype=np.int64))
-    if len(a) and (a[0] < 0 or a[-1] >= 2**32):
-        raise ValueError("sample ids must fit in uint32")
-    return zlib.compress(np.diff(a, prepend=0).astype("<u4").tobytes(), 6)
-
-
-def unpack_ids(blob: bytes | None) -> np.ndarray:
-    if not blob:
-        return np.zeros(0, dtype=np.int64)
-    return np.cumsum(np.frombuffer(zlib.decompress(blob), dtype="<u4").astype(np.int64))
-
-
-def _signed64(h: int) -> int:
-    """A 64-bit perceptual hash as SQLite's signed INTEGER."""
-    h = int(h)
-    return h - (1 << 64) if h >= (1 << 63) else h
-
-
-def _migrate_3(c: sqlite3.Connection) -> None:
-    """Per-copy JSON lists of marked samples -> one sample table per dataset + packed id sets."""
-    c.execute("""
-    CREATE TABLE samples (
-        id INTEGER PRIMARY KEY,
-        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
-        file_name TEXT NOT NULL,
-        dhash INTEGER NOT NULL,
-        sha256 TEXT,
-        text TEXT NOT NULL DEFAULT '',
-        UNIQUE (dataset_id, file_name)
-    )""")
-    c.execute("ALTER TABLE copies ADD COLUMN marked_ids BLOB")
-    for row in c.execute("SELECT id, dataset_id, marked FROM copies").fetchall():
-        ids = insert_samples(c, row["dataset_id"], json.loads(row["marked"] or "[]"))
-        c.execute("UPDATE copies SET marked_ids = ?, marked = '[]' WHERE id = ?", (pack_ids(ids), row["id"]))
-
-
-def insert_samples(c: sqlite3.Connection, dataset_id: int, records: list[dict]) -> list[int]:
-    """Ids of the dataset's samples ``records`` name (``file_name``, ``dhash``, ``text``, optional
-    ``sha256``), adding the ones the table does not hold yet."""
-    c.executemany(
-        "INSERT OR IGNORE INTO samples (dataset_id, file_name, dhash, sha256, text) VALUES (?, ?, ?, ?, ?)",
-        [(dataset_id, m["file_name"], _signed64(m.get("dhash", 0)), m.get("sha256"), m.get("text", ""))
-         for m in records])
-    names = [m["file_name"] for m in records]
-    found: dict[str, int] = {}
-    for i in range(0, len(names), 500):  # SQLite's bound-parameter limit
-        chunk = names[i:i + 500]
-        found.update((n, int(k)) for k, n in c.execute(
-            f"SELECT id, file_name FROM samples WHERE dataset_id = ? AND file_name IN ({','.join('?' * len(chunk))})",
-            (dataset_id, *chunk)))
-    return [found[n] for n in names]
-
-
-MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
-    # 1: initial schema
-    """
-    CREATE TABLE owner (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        name TEXT NOT NULL,
-        created TEXT NOT NULL
-    );
-    CREATE TABLE datasets (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        content_hash TEXT NOT NULL,
-        n_samples INTEGER NOT NULL,
-        source_path TEXT,
-        created TEXT NOT NULL
-    );
-    CREATE TABLE licensees (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        created TEXT NOT NULL
-    );
-    CREATE TABLE copies (
-        id INTEGER PRIMARY KEY,
-        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
-        licensee_id INTEGER NOT NULL REFERENCES licensees(id),
-        key_id TEXT NOT NULL,
-        scheme TEXT NOT NULL,
-        strategy TEXT NOT NULL,
-        rate REAL NOT NULL,
-        params TEXT NOT NULL,
-        marked TEXT NOT NULL,
-        n_marked INTEGER NOT NULL,
-        out_path TEXT,
-        created TEXT NOT NULL,
-        UNIQUE (dataset_id, licensee_id)
-    );
-    CREATE TABLE audits (
-        id INTEGER PRIMARY KEY,
-        created TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        target TEXT NOT NULL,
-        used INTEGER,
-        p_value REAL,
-        result TEXT NOT NULL
-    );
-    """,
-    # 2: a key check value (a wrong master.key is refused before it can register anything) and
-    #    pending copies (a row is committed as pending before its folder is renamed into place)
-    """
-    ALTER TABLE owner ADD COLUMN key_check TEXT;
-    ALTER TABLE copies ADD COLUMN status TEXT NOT NULL DEFAULT 'issued';
-    """,
-    # 3: a sample table per dataset; a copy's marked samples become a packed set of sample ids
-    #    (O(1)-ish per copy instead of a JSON list of dicts decoded on every query)
-    _migrate_3,
-    # 4: digests of large files already hashed (model weights), keyed by path, size and mtime, so a
-    #    second audit of a multi-GB checkpoint does not read it again
-    """
-    CREATE TABLE file_digests (
-        path TEXT PRIMARY KEY,
-        size INTEGER NOT NULL,
-        mtime_ns INTEGER NOT NULL,
-        sha256 TEXT NOT NULL
-    );
-    """,
-    # 5: the owner's shadows: LoRA fine-tunes of a public base on the clean original dataset, the
-    #    white-box audit's reference (``tracemark shadow``); one per (dataset, base, seed)
-    """
-    CREATE TABLE shadows (
-        id INTEGER PRIMARY KEY,
-        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
-        base_path TEXT NOT NULL,
-        base_hash TEXT NOT NULL,
-        preset TEXT NOT NULL,
-        seed INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        sha256 TEXT,
-        recipe TEXT NOT NULL,
-        status TEXT NOT NULL DEFAULT 'training' CHECK (status IN ('training', 'ready')),
-        created TEXT NOT NULL,
-        UNIQUE (dataset_id, base_hash, seed)
-    );
-    """,
-    # 6: revoke / reissue: a licensee may hold several generations of a copy of one dataset, each
-    #    with its own key; at most one issued at a time; a revoked copy stays (history, and still traced)
-    """
-    CREATE TABLE copies_v6 (
-        id INTEGER PRIMARY KEY,
-        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
-        licensee_id INTEGER NOT NULL REFERENCES licensees(id),
-        key_id TEXT NOT NULL,
-        scheme TEXT NOT NULL,
-        strategy TEXT NOT NULL,
-        rate REAL NOT NULL,
-        params TEXT NOT NULL,
-        marked TEXT NOT NULL,
-        n_marked INTEGER NOT NULL,
-        out_path TEXT,
-        created TEXT NOT NULL,
-        status TEXT NOT NULL DEFAULT 'issued',
-        marked_ids BLOB,
-        generation INTEGER NOT NULL DEFAULT 0,
-        revoked TEXT,
-        revoke_reason TEXT,
-        UNIQUE (dataset_id, licensee_id, generation)
-    );
-    INSERT INTO copies_v6 (id, dataset_id, licensee_id, key_id, scheme, strategy, rate, params, marked, n_marked,
-                           out_path, created, status, marked_ids)
-        SELECT id, dataset_id, licensee_id, key_id, scheme, strategy, rate, params, marked, n_marked, out_path,
-               created, status, marked_ids FROM copies;
-    DROP TABLE copies;
-    ALTER TABLE copies_v6 RENAME TO copies;
-    CREATE UNIQUE INDEX copies_one_issued ON copies (dataset_id, licensee_id) WHERE status = 'issued';
-    """,
-    # 7: the one-time pass over a dataset's files (tracemark.io.dataset.FileChecks): per file, keyed by
-    #    path, size, mtime and inode, whether it decoded fully (its pixel count), its SHA-256 and its
-    #    thumbnail for the visual selection, so a further copy decodes only its marked samples
-    """
-    CREATE TABLE file_checks (
-        path TEXT PRIMARY KEY,
-        size INTEGER NOT NULL,
-        mtime_ns INTEGER NOT NULL,
-        ino INTEGER NOT NULL,
-        version INTEGER NOT NULL,
-        pixels INTEGER,
-        sha256 TEXT,
-        thumb BLOB
-    );
-    """,
-]
+from tracemark.registry.schema import MIGRATIONS, REQUIRED_TABLES, insert_samples, pack_ids, unpack_ids
 
 
 def licensee_key_id(licensee: str, generation: int = 0) -> str:
     """The string a licensee's key is derived from: the name for the first copy, the name and the
     generation after a reissue (NUL cannot occur in a licensee name: no collision)."""
     return licensee if not generation else f"{licensee}\x00gen{int(generation)}"
-
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -259,8 +72,6 @@ def default_home() -> Path:
     return Path(os.environ.get("TRACEMARK_HOME") or Path.home() / ".tracemark")
 
 
-#: Tables every registry of the current schema holds; a file missing one is damaged, not adopted.
-REQUIRED_TABLES = ("owner", "datasets", "licensees", "copies", "audits", "samples", "file_digests", "shadows")
 LOCK_WAIT_S = 30.0
 
 
@@ -903,7 +714,6 @@ class Registry:
                               "sha256, thumb) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.OperationalError:
             pass  # a cache: the next run checks the files again
-
 #: File name of a shadow's LoRA weights in its folder (diffusers' name, as the trainer writes it).
 SHADOW_WEIGHTS = "pytorch_lora_weights.safetensors"
 
@@ -941,128 +751,3 @@ class Shadow:
     @property
     def weights(self) -> Path:
         return Path(self.path) / SHADOW_WEIGHTS
-
-
-@dataclass
-class Restored:
-    """What :func:`restore` did: the live registry, the file it replaced (kept), and the copies
-    that file recorded which the backup does not (``dataset/licensee``): records a restore of an
-    older backup would otherwise drop without a word."""
-
-    db: Path
-    replaced: Path | None
-    not_in_backup: list[str]
-    #: the backup carried the master key (``backup --with-key``) and the home had none: it was written
-    key_installed: bool = False
-
-
-def _copy_keys(path: Path) -> set[tuple[str, str, str]]:
-    try:
-        conn = sqlite3.connect(path)
-        try:
-            return {tuple(r) for r in conn.execute(
-                "SELECT d.name, l.name, c.key_id FROM copies c JOIN datasets d ON d.id = c.dataset_id "
-                "JOIN licensees l ON l.id = c.licensee_id")}
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return set()
-
-
-def restore(home: str | Path | None, backup: str | Path) -> Restored:
-    """Put a backup (from :meth:`Registry.backup`) in place of a registry.
-
-    Waits for every other tracemark command on this home to finish (the home's lock), folds the
-    committed records still in the write-ahead log into the file it replaces, and keeps that file
-    beside the registry as ``registry.sqlite.replaced-<time>`` (with its log, if the fold failed).
-    The backup must be a sound registry made with this home's master key."""
-    from tracemark.io.safe_write import unique_temp
-
-    home = Path(home) if home else default_home()
-    backup = Path(backup)
-    if not backup.is_file():
-        raise TracemarkError(f"{backup}: backup file not found")
-    db = home / "registry.sqlite"
-    if db.exists() and backup.resolve() == db.resolve():
-        raise TracemarkError(f"{backup}: that is the live registry itself, not a backup")
-    check_registry_file(backup)
-    try:
-        src = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
-        ok = src.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-        tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        row = src.execute("SELECT key_check FROM owner WHERE id = 1").fetchone() if "owner" in tables else None
-    except sqlite3.DatabaseError as exc:
-        raise TracemarkError(f"{backup}: not a usable tracemark registry backup ({exc})") from None
-    if not ok or row is None or "copies" not in tables:
-        src.close()
-        raise TracemarkError(f"{backup}: not a usable tracemark registry backup (integrity check failed or "
-                             "tracemark's tables missing)")
-    if row[0] is not None and (home / "master.key").exists() and \
-            key_check_value(load_master_key(home / "master.key")) != row[0]:
-        src.close()
-        raise TracemarkError(f"{backup}: this backup was made with another master key than {home / 'master.key'}")
-    key_hex = None
-    if "backup_master_key" in tables:  # `backup --with-key`: the key travels with the registry
-        got = src.execute("SELECT key_hex FROM backup_master_key").fetchone()
-        try:
-            key_hex = got[0] if got and len(bytes.fromhex(got[0])) == 32 else None
-        except (TypeError, ValueError):
-            key_hex = None
-        if key_hex is None or (row[0] is not None and key_check_value(bytes.fromhex(key_hex)) != row[0]):
-            src.close()
-            raise TracemarkError(f"{backup}: the master key stored in this backup does not match its registry")
-    try:
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = hold_lock(home, exclusive=True)
-    except OSError as exc:
-        src.close()
-        raise TracemarkError(f"{home}: cannot restore here ({exc.strerror or exc})") from None
-    replaced: Path | None = None
-    tmp: Path | None = None
-    key_installed = False
-    try:
-        tmp = unique_temp(db, suffix=".restore.part")
-        out = sqlite3.connect(tmp)
-        try:
-            src.backup(out)
-        finally:
-            out.close()
-            src.close()
-        if db.exists():
-            try:  # committed rows a killed reader left only in the -wal: fold them into the file we keep
-                conn = sqlite3.connect(db)
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                conn.close()
-            except sqlite3.Error:
-                pass  # a damaged registry: its log moves with it below
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            replaced = db.with_name(f"registry.sqlite.replaced-{stamp}")
-            n = 1
-            while any(os.path.lexists(f"{replaced}{side}") for side in ("", "-wal")):
-                n += 1
-                replaced = db.with_name(f"registry.sqlite.replaced-{stamp}-{n}")
-            os.replace(db, replaced)
-            for side in ("-wal", "-journal"):
-                if os.path.exists(f"{db}{side}") and os.path.getsize(f"{db}{side}"):
-                    os.replace(f"{db}{side}", f"{replaced}{side}")
-        for side in ("-wal", "-shm", "-journal"):
-            Path(f"{db}{side}").unlink(missing_ok=True)
-        if key_hex is not None:  # the key is not a table of the live registry: only master.key holds it
-            with sqlite3.connect(tmp) as conn:
-                conn.execute("DROP TABLE backup_master_key")
-            conn.close()
-            if not (home / "master.key").exists():
-                fd = os.open(home / "master.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(key_hex + "\n")
-                key_installed = True
-        os.replace(tmp, db)
-        tmp = None
-    except OSError as exc:
-        raise TracemarkError(f"{db}: cannot restore ({exc.strerror or exc})") from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        lock.close()
-    lost = sorted(_copy_keys(replaced) - _copy_keys(db)) if replaced is not None else []
-    return Restored(db, replaced, [f"{d}/{lic}" for d, lic, _ in lost], key_installed)
