@@ -157,7 +157,8 @@ def test_the_import_hf_command_and_protect_never_importing_datasets(hf_dirs, tmp
             f"registry=seeded_registry({str(tmp_path / 'home')!r}), rate=0.3, min_marked=0, workers=1); "
             "print(r.caption_column, 'datasets' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env={**env, "PYTHONPATH": os.path.dirname(__file__)})
+                       env={**env, "PYTHONPATH": os.pathsep.join(  # registry_helpers is in tests/
+                           filter(None, [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH")]))})
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["caption", "False"]
     shutil.rmtree(tmp_path / "copy")
