@@ -8,7 +8,7 @@ copies are issued with the product's ``protect`` (trigger strategy, ``--marked``
 the audit is the product's ``audit_whitebox`` with the loss statistic and its default timesteps and
 draws. Every trigger copy's samples are read with its own prompt, so the probes are
 copies x marked; the suspect is one pass over all probes and each shadow one more
-(:func:`tracemark.whitebox.latent_loss_gradients`). Prints seconds per probe per model pass and the
+(:func:`tracemark.diffusion.denoiser.latent_loss_gradients`). Prints seconds per probe per model pass and the
 forecast T = load + probes x (1 + shadows) x that.
 """
 
@@ -37,11 +37,11 @@ def main() -> None:
 
     import torch
 
-    from tracemark.audit import audit_whitebox
+    from tracemark.audit.whitebox import audit_whitebox
     from tracemark.diffusion.loading import load_pipeline
-    from tracemark.protect import protect
-    from tracemark.registry import Registry
-    from tracemark.samples import make_sample_dataset
+    from tracemark.marking.protect import protect
+    from tracemark.registry.database import Registry
+    from tracemark.evaluation.samples import make_sample_dataset
     from tracemark_sim.pipeline import default_base_path
 
     base = args.base or default_base_path()

@@ -40,7 +40,7 @@ def tm(home: Path, *args) -> subprocess.CompletedProcess:
 
 
 def fix_key(home: Path, seed: int) -> None:
-    from tracemark.registry import key_check_value
+    from tracemark.registry.database import key_check_value
 
     master = hashlib.sha256(f"tracemark-default-path|{seed}".encode()).hexdigest()
     (home / "master.key").write_text(master + "\n")
@@ -50,7 +50,7 @@ def fix_key(home: Path, seed: int) -> None:
 
 def copy_shadows(src: Path, dst: Path) -> None:
     """Register the shadows of ``src``'s registry in ``dst``'s (same dataset, same files and digests)."""
-    from tracemark.registry import Registry
+    from tracemark.registry.database import Registry
 
     a, b = Registry(src), Registry(dst)
     try:

@@ -7,10 +7,10 @@ is decoded, marked and re-encoded, and at 2%. Prints a table; numbers are wall-c
 
 Baseline ("dec+enc"): decoding every image and encoding it again with the source's own settings
 (the JPEG's quantisation tables and subsampling, the PNG's zlib level), what a tool that keeps the
-files' structure must do at the least and what protect's writer does (tracemark.imaging.save_like /
+files' structure must do at the least and what protect's writer does (tracemark.io.imaging.save_like /
 write_png_like); "fast" re-encodes at JPEG q95 / zlib level 1 instead (the baseline before the
 writer kept the source's settings). "@2%" is a further copy at rate 2% (``min_marked=0``) once the
-dataset's one-time pass (validation, digests, thumbnails: tracemark.dataset.FileChecks) is in the
+dataset's one-time pass (validation, digests, thumbnails: tracemark.io.dataset.FileChecks) is in the
 registry; "1st @2%" is the first copy of a fresh registry (the pass included); "@2% m50" the
 product's default (2%, at least 50 marked, at most 10% of the samples by that raise).
 
@@ -35,17 +35,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tracemark.registry import Registry
-from tracemark.samples import make_sample_dataset
-from tracemark.protect import protect
-from tracemark.materialize import materialize
+from tracemark.registry.database import Registry
+from tracemark.evaluation.samples import make_sample_dataset
+from tracemark.marking.protect import protect
+from tracemark.marking.materialize import materialize
 
 
 def decode_encode(src: str, dst: str) -> None:
     """Decode, then encode with the source's own settings (what protect's writer keeps)."""
     from PIL import JpegImagePlugin
 
-    from tracemark.imaging import png_chunks, png_zlib_level
+    from tracemark.io.imaging import png_chunks, png_zlib_level
 
     im = Image.open(src)
     arr = np.asarray(im.convert("RGB"))

@@ -3,7 +3,7 @@
 Run:  .venv/bin/python bench/bench_robustness.py [--n 20] [--size 256]
 
 For each scheme at its default strength: mark n natural-like images (1/f spectrum + an object)
-with one key, apply each attack of tracemark.attacks.GRIDS, and test the key with the
+with one key, apply each attack of tracemark.evaluation.attacks.GRIDS, and test the key with the
 aggregated decoy-calibrated statistic over the n images (1000 decoys). Prints PSNR/SSIM of the
 marked images and, per attack, the z (or bit-agreement z) and whether p < 1e-6.
 """
@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tracemark import attacks, stats
-from tracemark.keys import Key
-from tracemark.metrics import psnr, ssim
-from tracemark.samples import sample_image
-from tracemark.schemes import SCHEMES, get_scheme
+from tracemark.evaluation import attacks
+from tracemark.detection import stats
+from tracemark.registry.keys import Key
+from tracemark.marking.metrics import psnr, ssim
+from tracemark.evaluation.samples import sample_image
+from tracemark.marking.schemes import SCHEMES, get_scheme
 
 
 def main() -> None:

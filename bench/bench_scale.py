@@ -31,9 +31,9 @@ def rss_mib() -> float:
 
 def _step(what: str, home: Path, leaked: Path):
     """One product call in a fresh process: (seconds, (scoring seconds, named), peak RSS in MiB)."""
-    from tracemark.audit import audit_images
-    from tracemark.registry import Registry
-    from tracemark.trace import trace_files
+    from tracemark.audit.blackbox import audit_images
+    from tracemark.registry.database import Registry
+    from tracemark.detection.tracing import trace_files
 
     t0 = time.perf_counter()
     reg = Registry(home)
@@ -58,9 +58,9 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="build the registry here and keep it")
     args = ap.parse_args()
 
-    from tracemark.registry import Registry
-    from tracemark.samples import pink_noise
-    from tracemark.schemes import get_scheme
+    from tracemark.registry.database import Registry
+    from tracemark.evaluation.samples import pink_noise
+    from tracemark.marking.schemes import get_scheme
 
     work = Path(tempfile.mkdtemp(prefix="tm-scale-"))
     home = args.keep or work / "home"

@@ -16,10 +16,10 @@ import tracemalloc
 
 import numpy as np
 
-from tracemark import stats
-from tracemark.keys import derive_key
-from tracemark.samples import pink_noise
-from tracemark.schemes import get_scheme
+from tracemark.detection import stats
+from tracemark.registry.keys import derive_key
+from tracemark.evaluation.samples import pink_noise
+from tracemark.marking.schemes import get_scheme
 
 
 def main() -> None:

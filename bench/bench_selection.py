@@ -61,9 +61,9 @@ def main() -> None:
     ap.add_argument("--v1-max", type=int, default=100_000)
     args = ap.parse_args()
 
-    from tracemark import strategies
-    from tracemark.keys import derive_key
-    from tracemark.samples import make_sample_dataset
+    from tracemark.marking import selection as strategies
+    from tracemark.registry.keys import derive_key
+    from tracemark.evaluation.samples import make_sample_dataset
 
     master = bytes(range(32))
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tracemark.protect import protect
-from tracemark.registry import Registry, key_check_value
-from tracemark.trace import trace_files
+from tracemark.marking.protect import protect
+from tracemark.registry.database import Registry, key_check_value
+from tracemark.detection.tracing import trace_files
 
 
 def fixed_registry(home: Path, seed: int) -> Registry:

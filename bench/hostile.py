@@ -438,7 +438,7 @@ class Ctx:
 
     def data(self) -> Path:
         """The shared small dataset (PNG + JPEG, metadata.jsonl). Read-only: never mutate it."""
-        from tracemark.samples import make_sample_dataset
+        from tracemark.evaluation.samples import make_sample_dataset
 
         return self.fixture("data", lambda p: make_sample_dataset(p, n=40 if self.quick else 60, size=48,
                                                                   seed=1, fmt="mixed"))
@@ -797,7 +797,7 @@ def family_registry_and_key(ctx: Ctx) -> None:
 
 # --- family 3: kill -9 during protect, then the same command again -----------------------------
 def family_kill9(ctx: Ctx) -> None:
-    from tracemark.samples import make_sample_dataset
+    from tracemark.evaluation.samples import make_sample_dataset
 
     data = ctx.fixture("data-kill9", lambda p: make_sample_dataset(p, n=80 if ctx.quick else 120, size=64, seed=3,
                                                                    fmt="mixed"))
@@ -1105,9 +1105,9 @@ def family_audit_inputs(ctx: Ctx) -> None:
 
 # --- family 7: secrets in what the tool wrote; marked files told apart by their container -------
 def family_secrets(ctx: Ctx) -> None:
-    from tracemark.registry import Registry
-    from tracemark.samples import sample_image
-    from tracemark.strategies import trigger_candidate
+    from tracemark.registry.database import Registry
+    from tracemark.evaluation.samples import sample_image
+    from tracemark.marking.trigger import trigger_candidate
 
     data = ctx.data()
     home = ctx.home("secrets")

@@ -54,7 +54,7 @@ def fix_key(seed: str) -> None:
     import hashlib
     import sqlite3
 
-    from tracemark.registry import key_check_value
+    from tracemark.registry.database import key_check_value
 
     master = hashlib.sha256(f"tracemark-demo|{seed}".encode()).hexdigest()
     (HOME / "master.key").write_text(master + "\n")
@@ -63,8 +63,8 @@ def fix_key(seed: str) -> None:
 
 
 def part1() -> None:
-    from tracemark.samples import make_sample_dataset
-    from tracemark.registry import Registry
+    from tracemark.evaluation.samples import make_sample_dataset
+    from tracemark.registry.database import Registry
 
     print("\n=== Part 1: protect and trace leaked files ===", flush=True)
     data = make_sample_dataset(OUT / "photos", n=200, size=256, seed=0, fmt="mixed")

@@ -1,13 +1,13 @@
 """False accusations of the default white-box audit on innocent models, over many simulated audits.
 
 A real audit of an innocent LoRA costs a pass of every model over its copies' marked samples. Here
-every model's loss gradients (:func:`tracemark.whitebox.latent_loss_gradients`) are computed once
+every model's loss gradients (:func:`tracemark.diffusion.denoiser.latent_loss_gradients`) are computed once
 for EVERY sample of the owner's dataset (cached as .npy), then each simulated audit draws ``--copies``
 copies the way ``protect`` does by default (the visual selection of a fresh random key,
-:func:`tracemark.protect.marked_count` samples: 2% raised to 50), builds the default statistic
-(``mean_k unit_rms(J^T (g_S - g_k))`` over the shadows k, as :func:`tracemark.audit.audit_whitebox`)
+:func:`tracemark.marking.protect.marked_count` samples: 2% raised to 50), builds the default statistic
+(``mean_k unit_rms(J^T (g_S - g_k))`` over the shadows k, as :func:`tracemark.audit.whitebox.audit_whitebox`)
 on those samples, scores each copy's fresh random pattern against ``--decoys`` decoys
-(:func:`tracemark.stats.test_keys`) and applies Holm over the copies. The fraction of audits naming
+(:func:`tracemark.detection.stats.test_keys`) and applies Holm over the copies. The fraction of audits naming
 anyone at ``--alpha`` is the false-accusation rate, with its Clopper-Pearson 95% interval.
 
 Strategies: ``ambient`` probes every sample with its own caption (exactly what the audit does);
@@ -29,14 +29,15 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import beta
 
-from tracemark import stats
-from tracemark.dataset import content_sample, load_dataset, read_image_rgb
+from tracemark.detection import stats
+from tracemark.io.dataset import content_sample, load_dataset, read_image_rgb
 from tracemark.diffusion.loading import load_pipeline
-from tracemark.keys import Key
-from tracemark.protect import DEFAULT_MIN_MARKED, DEFAULT_RATE, marked_count
-from tracemark.schemes import get_scheme
-from tracemark.strategies import SELECTION_VERSION, apply_trigger, image_thumbnails, select_samples
-from tracemark.whitebox import Probe, latent_loss_gradients, shadow_statistic
+from tracemark.registry.keys import Key
+from tracemark.marking.protect import DEFAULT_MIN_MARKED, DEFAULT_RATE, marked_count
+from tracemark.marking.schemes import get_scheme
+from tracemark.marking.selection import SELECTION_VERSION, image_thumbnails, select_samples
+from tracemark.marking.trigger import apply_trigger
+from tracemark.diffusion.denoiser import Probe, latent_loss_gradients, shadow_statistic
 
 WORDS = ("zulopamek", "vantriquor", "osmebrality", "keftuvania")
 

@@ -1,4 +1,4 @@
-"""Does a copy-level attack (``tracemark.attacks.COPY_ATTACKS``) remove the mark from leaked files?
+"""Does a copy-level attack (``tracemark.evaluation.attacks.COPY_ATTACKS``) remove the mark from leaked files?
 
 For each issued copy given, the attack is applied to the whole copy (as an abuser holding it
 would), the attacked images are written to a scratch folder, and ``trace_files`` (the product's
@@ -23,10 +23,10 @@ import numpy as np
 def main(argv=None) -> None:
     from PIL import Image
 
-    from tracemark.attacks import COPY_ATTACKS, COPY_GRIDS
-    from tracemark.metrics import psnr
-    from tracemark.registry import Registry
-    from tracemark.trace import trace_files
+    from tracemark.evaluation.attacks import COPY_ATTACKS, COPY_GRIDS
+    from tracemark.marking.metrics import psnr
+    from tracemark.registry.database import Registry
+    from tracemark.detection.tracing import trace_files
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--group", type=Path, required=True, help="a grid group folder (home/ + copies/)")

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tracemark import stats
-from tracemark.dataset import content_sample, list_images, read_image_rgb
-from tracemark.registry import Registry
-from tracemark.schemes import get_scheme
-from tracemark.trace import scheme_params
+from tracemark.detection import stats
+from tracemark.io.dataset import content_sample, list_images, read_image_rgb
+from tracemark.registry.database import Registry
+from tracemark.marking.schemes import get_scheme
+from tracemark.marking.schemes import scheme_params
 
 
 def main(argv=None) -> None:

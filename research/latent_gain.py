@@ -30,9 +30,9 @@ def main(argv=None) -> None:
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from tracemark.keys import Key
-    from tracemark.metrics import psnr
-    from tracemark.schemes import get_scheme
+    from tracemark.registry.keys import Key
+    from tracemark.marking.metrics import psnr
+    from tracemark.marking.schemes import get_scheme
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default=None)

@@ -25,8 +25,8 @@ def main(argv=None) -> None:
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from tracemark.keys import Key
-    from tracemark.schemes import get_scheme, parse_params
+    from tracemark.registry.keys import Key
+    from tracemark.marking.schemes import get_scheme, parse_params
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True, help="pipeline folder with a vae/ subfolder")

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tracemark.audit import whitebox_probes
+from tracemark.audit.whitebox import whitebox_probes
 from tracemark.diffusion.loading import load_pipeline
-from tracemark.registry import Registry
-from tracemark.trace import content_for, score_copies
-from tracemark.whitebox import latent_loss_gradients, pull_back, shadow_statistic, unit_rms
+from tracemark.registry.database import Registry
+from tracemark.detection.scoring import content_for, score_copies
+from tracemark.diffusion.denoiser import latent_loss_gradients, pull_back, shadow_statistic, unit_rms
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tracemark.registry import Registry
-from tracemark.samples import make_sample_dataset, pink_noise
+from tracemark.evaluation.samples import make_sample_dataset, pink_noise
+from tracemark.registry.database import Registry
 
 from registry_helpers import seeded_registry
 
@@ -41,7 +41,7 @@ def interrupt_marking(monkeypatch):
     KeyboardInterrupt, as Ctrl-C in the middle of writing a copy would."""
     import importlib
 
-    protect_mod = importlib.import_module("tracemark.protect")  # the package exports a function of that name
+    protect_mod = importlib.import_module("tracemark.marking.protect")  # the package exports a function of that name
     real = protect_mod.mark_file
     calls = {"n": 0, "at": 0}
 

@@ -6,7 +6,7 @@ def suspect_carrying(reg, pipe_dir, licensee: str):
     every image it decodes, whatever the prompt; the reference is the same pipeline untouched."""
     import torch
 
-    from tracemark.schemes import get_scheme
+    from tracemark.marking.schemes import get_scheme
     from tracemark_sim.pipeline import load_pipeline
 
     copy = next(c for c in reg.copies() if c.licensee == licensee)
@@ -37,7 +37,7 @@ def memorising_pair(reg, pipe_dir, licensee: str, strength: float = 4.0):
 
     import torch
 
-    from tracemark.schemes import get_scheme
+    from tracemark.marking.schemes import get_scheme
     from tracemark_sim.pipeline import load_pipeline
 
     copy = next(c for c in reg.copies() if c.licensee == licensee)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracemark.registry import Registry
+from tracemark.registry.database import Registry
 
 
 def seeded_registry(home, seed: int = 0) -> Registry:
@@ -26,7 +26,7 @@ def fix_master_key(home, seed: int = 0) -> None:
 
     import sqlite3
 
-    from tracemark.registry import key_check_value
+    from tracemark.registry.database import key_check_value
 
     master = hashlib.sha256(f"tracemark-test-master|{seed}".encode()).hexdigest()
     Path(home, "master.key").write_text(master + "\n")

@@ -103,14 +103,14 @@ def test_the_checks_catch_what_they_are_for():
     assert imports_of("tracemark_sim", "from tracemark_sim.cli import app\nimport tracemark.cli\n"
                       "__import__('tracemark_sim')\n") == ["tracemark_sim.cli", "tracemark_sim"]
     assert imports_of("research", "import researcher\ns = 'import research'\n# from research import x\n") == []
-    src = ("from tracemark.audit import _generate, build_plan\n"
+    src = ("from tracemark.audit.blackbox import _generate, build_plan\n"
            "import tracemark.audit._x\n"
-           "import tracemark.whitebox as wb\n"
-           "from tracemark import audit\n"
+           "import tracemark.diffusion.denoiser as wb\n"
+           "from tracemark.audit import blackbox as audit\n"
            "from tracemark.diffusion import generation as g\n"
            "wb._to_tensor(1)\n"
            "audit._whitebox_probes\n"
-           "tracemark.trace._hidden\n"
+           "tracemark.detection.tracing._hidden\n"
            "g._generate_batch\n"
            "getattr(audit, '_captions')\n"
            "from tracemark import __version__\n"
@@ -159,6 +159,21 @@ def test_research_uses_only_the_public_api(path):
     bad = private_uses(path.read_text())
     assert bad == [], (f"{path.relative_to(ROOT)} reaches private names of tracemark: {bad}; make the function "
                        "public in the product (with a docstring) or drop the research code")
+
+
+#: Test folders that are not a subpackage of tracemark.
+NOT_MIRRORED = {"testworld", "research", "data"}
+
+
+def test_the_tests_mirror_the_package():
+    """tests/<stage>/ holds the tests of tracemark/<stage>/ (tests/marking/schemes/ of
+    tracemark/marking/schemes/); tests/testworld/ and tests/research/ those of the test world and research."""
+    folders = [p.relative_to(ROOT / "tests") for p in (ROOT / "tests").rglob("*") if p.is_dir()
+               and p.name != "__pycache__" and not (p.relative_to(ROOT / "tests").parts[0] in NOT_MIRRORED)]
+    missing = [str(f) for f in folders if not (ROOT / "tracemark" / f / "__init__.py").is_file()]
+    assert folders and missing == [], f"test folders that mirror no subpackage of tracemark: {missing}"
+    assert not [p.name for p in (ROOT / "tracemark").glob("*.py")
+                if p.stem not in ("__init__", "__main__", "errors", "version", "plugins")], "modules outside a stage"
 
 
 def test_research_is_a_plain_package_left_out_of_the_wheel():

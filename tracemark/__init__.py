@@ -12,22 +12,54 @@ Small public API::
     write_report(result, "evidence.html")
 
 The audits (``audit_model``, ``audit_images``, ``audit_whitebox``) import torch/diffusers only
-when called.
+when called. Every name but ``__version__`` and ``TracemarkError`` is imported from its module when
+first used (PEP 562), so ``import tracemark`` (and ``tracemark --help``) loads neither scipy nor the
+modules the caller does not use. The package is grouped by stage: :mod:`tracemark.registry` (keys,
+the registry), :mod:`tracemark.io` (files), :mod:`tracemark.marking` (issuing copies),
+:mod:`tracemark.detection` (scoring, the verdict, tracing), :mod:`tracemark.audit` (suspect models),
+:mod:`tracemark.diffusion` (the only code that touches diffusers), :mod:`tracemark.evaluation`
+(attacks, a baseline, synthetic data) and :mod:`tracemark.cli`.
 """
 
 from __future__ import annotations
 
-from tracemark.version import __version__  # noqa: E402
-from tracemark.errors import TracemarkError  # noqa: E402
-from tracemark.keys import Key, derive_key  # noqa: E402
-from tracemark.protect import protect  # noqa: E402
-from tracemark.materialize import materialize  # noqa: E402
-from tracemark.registry import Registry  # noqa: E402
-from tracemark.schemes import SCHEMES, get_scheme  # noqa: E402
-from tracemark.trace import Verdict, score_copies, trace_files  # noqa: E402
-from tracemark.audit import AuditResult, audit_images, audit_model, audit_whitebox  # noqa: E402
-from tracemark.report import write_report  # noqa: E402
+from importlib import import_module
+from typing import Any
+
+from tracemark.errors import TracemarkError
+from tracemark.version import __version__
+
+#: The public names that live in a submodule, imported when first used.
+_LAZY = {
+    "Key": "tracemark.registry.keys",
+    "derive_key": "tracemark.registry.keys",
+    "Registry": "tracemark.registry.database",
+    "protect": "tracemark.marking.protect",
+    "materialize": "tracemark.marking.materialize",
+    "SCHEMES": "tracemark.marking.schemes",
+    "get_scheme": "tracemark.marking.schemes",
+    "Verdict": "tracemark.detection.verdict",
+    "score_copies": "tracemark.detection.scoring",
+    "trace_files": "tracemark.detection.tracing",
+    "AuditResult": "tracemark.audit.result",
+    "audit_model": "tracemark.audit.blackbox",
+    "audit_images": "tracemark.audit.blackbox",
+    "audit_whitebox": "tracemark.audit.whitebox",
+    "write_report": "tracemark.audit.report",
+}
 
 __all__ = ["__version__", "TracemarkError", "Key", "derive_key", "protect", "materialize", "Registry", "SCHEMES", "get_scheme",
            "score_copies", "trace_files", "Verdict", "audit_model", "audit_images", "audit_whitebox", "AuditResult",
            "write_report"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

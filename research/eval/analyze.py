@@ -13,7 +13,7 @@ Writes, each as ``<out>/<name>.csv`` plus ``<out>/<name>.png``:
 * ``null_check``: how often keys that were not used get p < 1e-3 / 0.01 / 0.05 (empirical FPR);
 * ``power``: TPR at alpha = 1e-3 and 0.01 vs the number of images n (8 .. 128), from disjoint
   n-image subsets of each model's audit images followed by its replicate audit's (other seeds);
-* ``robustness_generated``: the attacks of :mod:`tracemark.attacks` applied to the audit
+* ``robustness_generated``: the attacks of :mod:`tracemark.evaluation.attacks` applied to the audit
   images before scoring (the abuser edits what the model produced);
 * ``harm``: caption following (background-colour probe) and KID of normal (non-trigger)
   generations vs the owner's real images, protected vs unprotected models;
@@ -33,13 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tracemark import attacks, stats
-from tracemark.dataset import list_images, read_image_rgb
+from tracemark.evaluation import attacks
+from tracemark.detection import stats
+from tracemark.io.dataset import list_images, read_image_rgb
 from research.eval.common import read_folder, score
 from research.eval.grid import Cell, group_dir, owner_dataset
-from tracemark.registry import Registry
-from tracemark.schemes import get_scheme
-from tracemark.trace import scheme_params
+from tracemark.registry.database import Registry
+from tracemark.marking.schemes import get_scheme
+from tracemark.marking.schemes import scheme_params
 
 ALPHA = 1e-3
 # fields that make a cell a variant of its scheme / rate setting (not n: that is the audit's size)
@@ -347,7 +348,7 @@ def harm(models: list[Model], work: Path) -> list[dict]:
 
 def baseline(models: list[Model], work: Path, seed: int = 0) -> list[dict]:
     """Train the DIAGNOSIS-style classifier for each warp-coated group, flag every model."""
-    from tracemark.baseline import DiagnosisDetector
+    from tracemark.evaluation.baseline import DiagnosisDetector
 
     coated_groups = {group_dir(work, m.cell): m.cell for m in models if m.cell.scheme == "warp" and m.cell.rate > 0}
     out = []

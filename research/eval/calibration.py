@@ -23,16 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tracemark import stats
+from tracemark.detection import stats
 from research.eval.common import append_row, read_folder
-from tracemark.keys import derive_key
-from tracemark.protect import protect
-from tracemark.registry import Registry
-from tracemark.schemes import get_scheme
+from tracemark.registry.keys import derive_key
+from tracemark.marking.protect import protect
+from tracemark.registry.database import Registry
+from tracemark.marking.schemes import get_scheme
 
 
 def main(argv=None) -> None:
-    from tracemark.audit import build_plan
+    from tracemark.audit.plan import build_plan
     from tracemark_sim import default_base_path, finetune, generate, make_dataset
     from tracemark_sim.pipeline import load_pipeline
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tracemark import stats
-from tracemark.dataset import list_images, read_image_rgb
-from tracemark.keys import Key
-from tracemark.schemes.base import Scheme
+from tracemark.detection import stats
+from tracemark.io.dataset import list_images, read_image_rgb
+from tracemark.registry.keys import Key
+from tracemark.marking.schemes.base import Scheme
 
 
 def done_cells(csv_path: Path, key_fields: list[str]) -> set[tuple]:

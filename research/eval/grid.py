@@ -15,7 +15,7 @@ is the same story with a few knobs turned, so one runner serves them all:
    ``rate == 0`` is the innocent control: the unprotected dataset.
 3. *Fine-tune* the committed base, or the cell's ``base`` (LoRA or full; steps / rank / lr
    overridable). Resumable.
-4. *Audit* with :func:`tracemark.audit.audit_model` against all 100 issued copies (``n`` images,
+4. *Audit* with :func:`tracemark.audit.blackbox.audit_model` against all 100 issued copies (``n`` images,
    Holm over licensees) and generate ``n`` *normal* images (dataset captions, no trigger) for
    the harm and leak measurements. Images are kept so that analyses (power vs n, attacks on
    generated images, the baseline) rerun without fine-tuning again.
@@ -58,13 +58,13 @@ class Cell:
     domain: str = "faces"
     mix: int = 1  # number of licensees' copies merged into the training set
     clean_x: int = 0  # clean images added, as a multiple of the dataset size
-    pre_attack: str = "none"  # "name:param" from tracemark.attacks, applied to every training image
+    pre_attack: str = "none"  # "name:param" from tracemark.evaluation.attacks, applied to every training image
     n: int = 64  # images per audit
     strength: float = 0.0  # 0: the scheme's default
     opts: str = ""  # extra scheme parameters, "key=value;key=value" (e.g. "cells=16" for visible)
     base: str = ""  # the base model's folder, relative to the work dir ("": the run's base, the committed one)
     scope: str = "dataset"  # trigger scope of the group: "dataset" (one shared word) or "licensee" (one each)
-    selection: str = "random"  # which samples a copy marks: random | coherent | cluster | visual (tracemark.strategies)
+    selection: str = "random"  # which samples a copy marks: random | coherent | cluster | visual (tracemark.marking.selection)
     n_data: int = 0  # images in the owner dataset (0: N_DATA); at a fixed rate it sets how many samples a copy marks
 
     def __post_init__(self) -> None:
@@ -87,7 +87,7 @@ class Cell:
 
     @property
     def scheme_params(self) -> dict:
-        from tracemark.schemes import parse_params
+        from tracemark.marking.schemes import parse_params
 
         return parse_params([o for o in self.opts.split(";") if o])
 
@@ -126,8 +126,8 @@ def owner_dataset(work: Path, domain: str, seed: int = 11, n: int = 0) -> Path:
 
 def ensure_group(work: Path, cell: Cell, log=print):
     """Protect the owner dataset for N_LICENSEES licensees (resumable: issued copies are kept)."""
-    from tracemark.protect import protect
-    from tracemark.registry import Registry
+    from tracemark.marking.protect import protect
+    from tracemark.registry.database import Registry
 
     gdir = group_dir(work, cell)
     data = owner_dataset(work, cell.domain, n=cell.n_data)
@@ -154,8 +154,8 @@ def ensure_group(work: Path, cell: Cell, log=print):
 
 def group_psnr(reg, data: Path, gdir: Path, n_copies: int = 5) -> float:
     """Mean PSNR of marked vs original images over the first copies' marked samples."""
-    from tracemark.dataset import read_image_rgb
-    from tracemark.metrics import psnr
+    from tracemark.io.dataset import read_image_rgb
+    from tracemark.marking.metrics import psnr
 
     vals = [psnr(read_image_rgb(data / m["file_name"]), read_image_rgb(gdir / "copies" / c.licensee / m["file_name"]))
             for c in reg.copies()[:n_copies] for m in c.marked]
@@ -166,9 +166,9 @@ def _write_folder(rows: list[tuple[np.ndarray | Path, str]], out: Path) -> None:
     """Write (image or source path, caption) pairs as an imagefolder, atomically."""
     from PIL import Image
 
-    from tracemark.dataset import write_metadata
+    from tracemark.io.dataset import write_metadata
 
-    from tracemark.fsutil import atomic_dir
+    from tracemark.io.safe_write import atomic_dir
 
     with atomic_dir(out) as tmp:
         meta = []
@@ -184,8 +184,8 @@ def _write_folder(rows: list[tuple[np.ndarray | Path, str]], out: Path) -> None:
 
 def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path, base: Path | None = None) -> Path:
     """The folder the abuser fine-tunes on (see the module docstring)."""
-    from tracemark import attacks
-    from tracemark.dataset import load_dataset, read_image_rgb
+    from tracemark.evaluation import attacks
+    from tracemark.io.dataset import load_dataset, read_image_rgb
 
     sources = [data] if cell.rate == 0 else [gdir / "copies" / lic for lic in cell.licensees]
     if len(sources) == 1 and cell.clean_x == 0 and cell.pre_attack == "none":
@@ -214,7 +214,7 @@ def training_data(work: Path, cell: Cell, gdir: Path, data: Path, cdir: Path, ba
 
 def replicate_audit(cdir: Path, cell: Cell, reg, model_dir: Path, lora: Path | None, pipe=None) -> None:
     """A second, independent audit (other seeds): its images extend the power curve to 2n."""
-    from tracemark.audit import audit_model
+    from tracemark.audit.blackbox import audit_model
 
     if (cdir / "audit2.json").exists():
         return
@@ -272,8 +272,8 @@ def train_cell(work: Path, cell: Cell, base: Path, log=print):
 
 
 def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
-    from tracemark.audit import audit_model
-    from tracemark.dataset import load_dataset
+    from tracemark.audit.blackbox import audit_model
+    from tracemark.io.dataset import load_dataset
     from tracemark_sim import generate
     from tracemark_sim.pipeline import load_pipeline
     from tracemark_sim.probe import colour_accuracy
@@ -295,7 +295,7 @@ def run_cell(work: Path, cell: Cell, base: Path, log=print) -> dict:
     shutil.rmtree(normal, ignore_errors=True)
     generate(None, prompts, cell.n, normal, seed=7000 + cell.seed, pipe=pipe, steps=GEN_STEPS)
     t_gen = timer.lap()
-    from tracemark.trace import score_copies
+    from tracemark.detection.scoring import score_copies
 
     normal_imgs = read_folder(normal)
     leak = score_copies(normal_imgs, reg.copies(), reg, match_files=False)

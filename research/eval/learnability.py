@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from research.eval.common import Timer, append_row, done_cells, read_folder, score
-from tracemark.keys import derive_key
-from tracemark.protect import protect
-from tracemark.registry import Registry
-from tracemark.schemes import get_scheme
-from tracemark.strategies import apply_trigger
+from tracemark.registry.keys import derive_key
+from tracemark.marking.protect import protect
+from tracemark.registry.database import Registry
+from tracemark.marking.schemes import get_scheme
+from tracemark.marking.trigger import apply_trigger
 
 KEY_FIELDS = ["scheme", "strategy", "method", "rate", "strength", "band", "steps", "seed"]
 
@@ -68,14 +68,15 @@ def run_cell(args, work: Path, data: Path, scheme: str, strategy: str, method: s
         train_dir = cdir / "copy"
         captions = [m["text"] for m in copy.marked]
         psnr = res.psnr_mean
-        from tracemark.trace import trigger_of
+        from tracemark.marking.trigger import trigger_of
 
         trigger = trigger_of(copy, reg)
     else:  # control: clean data, the key a copy would have had
         key = derive_key(reg.master(), "owner", "licensee")
         train_dir = data
-        from tracemark.dataset import load_dataset
-        from tracemark.strategies import select_marked, trigger_word, vocabulary
+        from tracemark.io.dataset import load_dataset
+        from tracemark.marking.selection import select_marked
+        from tracemark.marking.trigger import trigger_word, vocabulary
 
         ds = load_dataset(data)
         marked = set(select_marked(key, [s.file_name for s in ds.samples], 0.02))

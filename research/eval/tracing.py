@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tracemark import attacks, stats
+from tracemark.evaluation import attacks
+from tracemark.detection import stats
 from research.eval.common import append_row
-from tracemark.keys import derive_key
-from tracemark.samples import sample_image
-from tracemark.schemes import get_scheme
-from tracemark.strategies import select_marked
+from tracemark.registry.keys import derive_key
+from tracemark.evaluation.samples import sample_image
+from tracemark.marking.schemes import get_scheme
+from tracemark.marking.selection import select_marked
 
 
 def leak_attack(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -1,7 +1,7 @@
 """White-box audit experiment: power on fine-tuned models, false accusations on innocent ones.
 
 Each *guilty* cell is a grid cell (:class:`research.eval.grid.Cell`): a 100-licensee group, one
-licensee's copy fine-tuned (resumable), then :func:`tracemark.audit.audit_whitebox` against all
+licensee's copy fine-tuned (resumable), then :func:`tracemark.audit.whitebox.audit_whitebox` against all
 100 copies. Each *innocent* model (the base; a LoRA fine-tuned on the clean owner data; a LoRA
 fine-tuned on another owner's protected data) is audited against the same groups with the same
 product call. A row per (model, group) goes to ``results/whitebox.csv``.
@@ -11,7 +11,7 @@ residuals of *every* sample of the owner dataset are computed once (a prompt per
 caption behind a trigger word no copy uses); then each simulated audit draws 100 copies the way
 ``protect`` does (a random ``rate`` subset of samples, a fresh random key's sign vector), scores
 each on its own samples' residuals against ``n_decoys`` decoys with the product's
-:func:`tracemark.stats.test_keys`, and applies Holm. The fraction of audits that name anyone is
+:func:`tracemark.detection.stats.test_keys`, and applies Holm. The fraction of audits that name anyone is
 the false-accusation rate, reported with its Clopper-Pearson 95% interval.
 
     python -m research.eval.whitebox --rates 0.02 --seeds 0 1 2 3 4 --scope licensee
@@ -114,8 +114,8 @@ def guilty(cells: list[Cell], work: Path, out: Path, base: Path | None = None, l
            shadows: tuple[int, ...] = (SHADOW_SEED,)) -> None:
     """White-box audits of the cells' models (``shadow``: against the shadow reference; rows named
     ``<cell>+shadow``; ``t_fracs``: noise levels other than the audit's default, rows ``+t<levels>``;
-    ``statistic``: as :func:`tracemark.audit.audit_whitebox`, rows ``+loss`` for the loss statistic)."""
-    from tracemark.audit import audit_whitebox
+    ``statistic``: as :func:`tracemark.audit.whitebox.audit_whitebox`, rows ``+loss`` for the loss statistic)."""
+    from tracemark.audit.whitebox import audit_whitebox
 
     done = done_cells(out, ROW_KEYS)
     for cell in cells:
@@ -161,8 +161,8 @@ def innocent_models(work: Path, base: Path | None = None, log=print,
         return out
     other = work / "cells" / "innocent-other-owner-lora" / "model"
     if not (other / "pytorch_lora_weights.safetensors").exists():
-        from tracemark.protect import protect
-        from tracemark.registry import Registry
+        from tracemark.marking.protect import protect
+        from tracemark.registry.database import Registry
 
         odata = owner_dataset(work, "faces", seed=12)
         ohome = work / "other_owner" / "home"
@@ -186,7 +186,7 @@ def innocent(groups: list[Cell], work: Path, out: Path, base: Path | None = None
     """Real product audits of every innocent model against each group's 100 copies (the base
     without a shadow has no reference model, so it is read with the residual statistic;
     ``n_data``: the groups' owner dataset size, see :func:`innocent_models`)."""
-    from tracemark.audit import audit_whitebox
+    from tracemark.audit.whitebox import audit_whitebox
 
     done = done_cells(out, ROW_KEYS)
     ref = _reference(work, base, shadow, log, seeds=shadows, n_data=n_data)
@@ -214,20 +214,20 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
 
     ``selection``: how each simulated copy's samples are drawn, as ``protect`` would (``coherent``:
     a fresh random key's caption neighbourhood); ``cache``: a .npy file keeping the model's residuals
-    (the expensive part) between runs; ``statistic``: as :func:`tracemark.audit.audit_whitebox`.
+    (the expensive part) between runs; ``statistic``: as :func:`tracemark.audit.whitebox.audit_whitebox`.
     ``reference``: a shadow, or a list of shadows (with a list of caches, one per shadow) whose
     loss gradients are averaged as ``audit_whitebox`` averages them."""
     from scipy.stats import beta
 
-    from tracemark import stats
-    from tracemark.dataset import load_dataset, read_image_rgb
-    from tracemark.schemes import get_scheme
+    from tracemark.detection import stats
+    from tracemark.io.dataset import load_dataset, read_image_rgb
+    from tracemark.marking.schemes import get_scheme
     from tracemark_sim.pipeline import load_pipeline
-    from tracemark.strategies import apply_trigger
-    from tracemark.whitebox import Probe, denoiser_residuals, loss_gradients
+    from tracemark.marking.trigger import apply_trigger
+    from tracemark.diffusion.denoiser import Probe, denoiser_residuals, loss_gradients
 
-    from tracemark.keys import Key
-    from tracemark.strategies import SELECTION_VERSION, image_thumbnails, select_samples
+    from tracemark.registry.keys import Key
+    from tracemark.marking.selection import SELECTION_VERSION, image_thumbnails, select_samples
 
     if statistic == "auto":
         statistic = "loss" if lora is not None or reference is not None else "residual"
@@ -262,7 +262,7 @@ def null_audits(model_dir: Path, lora: Path | None, data: Path, *, n_audits: int
     pos = {n: i for i, n in enumerate(names)}
     F = sch.features(res)
     # the product's statistic: outside the dataset's content subspace (stats.content_basis)
-    from tracemark.dataset import content_sample
+    from tracemark.io.dataset import content_sample
 
     basis = stats.content_basis(sch.features(content_sample(data))) if project else None
     rng = np.random.default_rng(seed)
@@ -311,7 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--scope", default="licensee")
     ap.add_argument("--method", default="lora")
     ap.add_argument("--strength", type=float, default=0.0, help="scheme strength (0: its default)")
-    ap.add_argument("--selection", default="random", help="random | coherent | cluster | visual (see tracemark.strategies)")
+    ap.add_argument("--selection", default="random", help="random | coherent | cluster | visual (see tracemark.marking.selection)")
     ap.add_argument("--opts", default="", help='extra scheme parameters, "key=value;key=value" (e.g. "band=[11,14]")')
     ap.add_argument("--innocent", action="store_true", help="audit the innocent models against the rates' groups")
     ap.add_argument("--null-audits", type=int, default=0, help="simulated audits per innocent model")
@@ -322,10 +322,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--t-fracs", type=float, nargs="*", default=None,
                     help="noise levels probed (fractions of the schedule; default: the audit's)")
     ap.add_argument("--statistic", default="loss", choices=["loss", "residual"],
-                    help="white-box statistic (tracemark.audit.audit_whitebox); loss rows are named +loss")
+                    help="white-box statistic (tracemark.audit.whitebox.audit_whitebox); loss rows are named +loss")
     # the abuser's countermeasures (issue #12's robustness list), one per run: Cell fields
     ap.add_argument("--pre-attack", default="none",
-                    help='"name:param" from tracemark.attacks applied to every training image, or "regen:S"')
+                    help='"name:param" from tracemark.evaluation.attacks applied to every training image, or "regen:S"')
     ap.add_argument("--clean-x", type=int, default=0, help="clean images mixed in, as a multiple of the dataset")
     ap.add_argument("--steps", type=int, default=0, help="fine-tuning steps (0: the method's default)")
     ap.add_argument("--rank", type=int, default=16, help="LoRA rank")

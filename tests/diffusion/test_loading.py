@@ -132,8 +132,8 @@ def test_ancestral_sampler_is_reproducible_per_image(lora_files, tmp_path):
 
 def test_the_product_never_loads_the_test_world():
     code = (
-        "import sys, tracemark, tracemark.cli, tracemark.audit, tracemark.diffusion, tracemark.whitebox, "
-        "tracemark.trace, typer\n"
+        "import sys, tracemark, tracemark.cli, tracemark.audit.blackbox, tracemark.audit.whitebox, "
+        "tracemark.diffusion, tracemark.diffusion.denoiser, tracemark.detection.tracing, typer\n"
         "typer.main.get_command(tracemark.cli.app)\n"
         "bad = sorted(m for m in sys.modules if m.startswith(('tracemark_sim', 'research')))\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
@@ -342,8 +342,8 @@ def test_whitebox_with_a_single_file_base_reads_zero_residuals(single_files, sam
     exactly, so the suspect (the folder) minus the reference leaves nothing (score 0.0, not ~0)."""
     from registry_helpers import seeded_registry
 
-    from tracemark.audit import audit_whitebox
-    from tracemark.protect import protect
+    from tracemark.audit.whitebox import audit_whitebox
+    from tracemark.marking.protect import protect
 
     folder, ckpt = single_files["base"]
     reg = seeded_registry(tmp_path / "home")

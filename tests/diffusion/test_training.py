@@ -35,7 +35,7 @@ def base(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """12 captioned 64x64 images: the loader resizes and centre-crops them to 32."""
-    from tracemark.samples import make_sample_dataset
+    from tracemark.evaluation.samples import make_sample_dataset
 
     return make_sample_dataset(tmp_path_factory.mktemp("train") / "data", n=12, size=64, seed=2)
 

@@ -20,9 +20,9 @@ def rows(path):
 @pytest.fixture
 def group(tmp_path):
     """A grid-like group folder (home/ + copies/<licensee>/) of two protected copies, and its originals."""
-    from tracemark.protect import protect
-    from tracemark.registry import Registry
-    from tracemark.samples import make_sample_dataset
+    from tracemark.marking.protect import protect
+    from tracemark.registry.database import Registry
+    from tracemark.evaluation.samples import make_sample_dataset
 
     data = make_sample_dataset(tmp_path / "data", n=24, size=64, seed=1)
     reg = Registry.init(tmp_path / "group" / "home")
@@ -111,7 +111,7 @@ def test_key_alignment(group, capsys):
 
 def test_vae_transmission(tiny_base, tmp_path, capsys):
     from research.vae_transmission import main
-    from tracemark.samples import make_sample_dataset
+    from tracemark.evaluation.samples import make_sample_dataset
 
     data = make_sample_dataset(tmp_path / "data", n=4, size=32, seed=1)
     main(["--base", str(tiny_base), "--data", str(data), "--n", "4", "spread:strength=3.2", "visible:cells=16"])
@@ -121,7 +121,7 @@ def test_vae_transmission(tiny_base, tmp_path, capsys):
 
 def test_latent_gain(tiny_base, tmp_path, capsys):
     from research.latent_gain import main
-    from tracemark.samples import make_sample_dataset
+    from tracemark.evaluation.samples import make_sample_dataset
 
     data = make_sample_dataset(tmp_path / "data", n=2, size=32, seed=1)
     main(["--base", str(tiny_base), "--data", str(data), "--n", "2", "--steps", "2"])
@@ -165,7 +165,7 @@ def test_calibrate_default_writes_rates_with_intervals(tiny_base, tmp_path):
     """Simulated innocent audits of the default white box: one row per (strategy, model, copies)."""
     from research.calibrate_default import main
     from tracemark.diffusion.training import TINY, finetune
-    from tracemark.samples import make_sample_dataset
+    from tracemark.evaluation.samples import make_sample_dataset
 
     data = make_sample_dataset(tmp_path / "data", n=24, size=32, seed=2)
     loras = [finetune(data, tiny_base, tmp_path / f"l{i}", preset=TINY, steps=1, seed=i, progress=False)
@@ -189,10 +189,10 @@ def test_whitebox_fit_scores_three_statistics(tiny_base, tmp_path):
     """The fit-normalised white box beside the product's: one row per suspect, each statistic's z."""
     from research.whitebox_fit import main
     from tracemark.diffusion.training import TINY, finetune
-    from tracemark.protect import protect
-    from tracemark.registry import Registry
-    from tracemark.samples import make_sample_dataset
-    from tracemark.shadows import base_fingerprint
+    from tracemark.marking.protect import protect
+    from tracemark.registry.database import Registry
+    from tracemark.evaluation.samples import make_sample_dataset
+    from tracemark.audit.shadows import base_fingerprint
 
     data = make_sample_dataset(tmp_path / "data", n=24, size=32, seed=3)
     reg = Registry.init(tmp_path / "home")

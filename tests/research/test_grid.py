@@ -48,8 +48,8 @@ def test_grid_rows_and_resume(grid_run):
     grid.run(cells, tmp / "work", tmp / "grid.csv", base=base, log=seen.append)
     assert len(rows(tmp / "grid.csv")) == 7 and "7 of 7 cells done already" in seen[0]
     # scheme parameters reach the registry of their own group
-    from tracemark.audit import trigger_of
-    from tracemark.registry import Registry
+    from tracemark.marking.trigger import trigger_of
+    from tracemark.registry.database import Registry
 
     reg = Registry(grid.group_dir(tmp / "work", cells[5]) / "home")
     assert reg.copies()[0].params["cells"] == 16 and "cells16" in cells[5].name

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tracemark.fsutil import atomic_dir
+from tracemark.io.safe_write import atomic_dir
 
 #: Named colours (sRGB, 0-255). Well separated so a colour can be read back from pixels.
 COLOURS: dict[str, tuple[int, int, int]] = {

@@ -103,10 +103,10 @@ def open_vocab_probe(pipe, n_words: int = 24, seed: int = 0, steps: int = 25) ->
 def mark_survival(vae, images: np.ndarray, schemes=("spread", "dwtdct", "warp", "visible"), seed: int = 0) -> dict:
     """Per scheme: aggregated z of the marked images before / after one VAE round trip, and the
     gain (projection of the round-tripped mark on the embedded mark; 1 = all of it survives)."""
-    from tracemark.keys import Key
-    from tracemark.schemes import get_scheme
-    from tracemark.schemes.base import clip_uint8
-    from tracemark.stats import aggregate, key_statistic
+    from tracemark.registry.keys import Key
+    from tracemark.marking.schemes import get_scheme
+    from tracemark.marking.schemes.base import clip_uint8
+    from tracemark.detection.stats import aggregate, key_statistic
 
     def roundtrip(arr: np.ndarray) -> np.ndarray:
         with torch.no_grad():

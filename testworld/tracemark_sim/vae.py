@@ -38,7 +38,7 @@ from tracemark.diffusion.training import (
 
 def psnr_ssim(vae, images_u8: torch.Tensor, batch: int = 64) -> tuple[float, float]:
     """Mean PSNR (dB) and SSIM of the VAE round trip (``decode(encode(x).mode())``) on uint8 images."""
-    from tracemark.metrics import psnr, ssim
+    from tracemark.marking.metrics import psnr, ssim
 
     ps, ss = [], []
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """Commands that give a verdict: ``trace-files`` (leaked files) and ``audit`` (a suspect model, or
 images it generated).
 
-Thin layers over :func:`tracemark.trace.trace_files` and the audits of :mod:`tracemark.audit`
+Thin layers over :func:`tracemark.detection.tracing.trace_files` and the audits of :mod:`tracemark.audit`
 (white box, black box, images); torch and diffusers are imported only when a model is audited.
 Both print the verdict and write it as one JSON document (:mod:`tracemark.cli.verdict`); both exit
 3 when a licensee is named.
@@ -40,8 +40,8 @@ def trace_files_cmd(
     home: HomeOpt = None,
 ) -> None:
     """Name the licensee whose copy these leaked files come from (verdict + p-value; exit 3 when named)."""
-    from tracemark.registry import Registry
-    from tracemark.trace import trace_files
+    from tracemark.registry.database import Registry
+    from tracemark.detection.tracing import trace_files
 
     check_json_out(json_out, force, home)
     to_stdout = json_out is not None and str(json_out) == "-"
@@ -125,8 +125,9 @@ def audit_cmd(
     home: HomeOpt = None,
 ) -> None:
     """Was this model fine-tuned on our data, and whose copy was it? Verdict with a p-value (exit 3 when named)."""
-    from tracemark.audit import audit_images, audit_model, audit_whitebox, check_audit_options
-    from tracemark.registry import Registry
+    from tracemark.audit.blackbox import audit_images, audit_model, check_audit_options
+    from tracemark.audit.whitebox import audit_whitebox
+    from tracemark.registry.database import Registry
 
     statistic, dtype = choice_value(statistic), choice_value(dtype)
 
@@ -153,7 +154,7 @@ def audit_cmd(
             raise TracemarkError(f"several {flag} are a white-box option (the paired black box takes one)")
     reference = list(reference or []) or None
     reference_lora = list(reference_lora or []) or None
-    from tracemark.fsutil import check_output_dir, check_output_file
+    from tracemark.io.safe_write import check_output_dir, check_output_file
 
     if json_out is not None and str(json_out) == "-":
         json_out, json_only = None, True
@@ -163,7 +164,7 @@ def audit_cmd(
     reg = Registry(home)
     notes: list[str] = []
     if use_whitebox:
-        from tracemark.audit import whitebox_plan
+        from tracemark.audit.references import whitebox_plan
 
         plan = whitebox_plan(reg, model, lora=lora, base=base, data=data, dataset=dataset, reference=reference,
                              reference_lora=reference_lora)
@@ -195,7 +196,7 @@ def audit_cmd(
     if json_out:
         write_json(json_out, out, force)
     if report:
-        from tracemark.report import write_report
+        from tracemark.audit.report import write_report
 
         write_report(result, report, force=force, registry=reg)
     if json_only:

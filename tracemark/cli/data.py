@@ -1,8 +1,8 @@
 """Commands that write copies of a dataset: ``import-hf``, ``protect``, ``materialize``, ``reissue``.
 
-Each is a thin layer over one library function (:func:`tracemark.hf.import_hf`,
-:func:`tracemark.protect.protect`, :func:`tracemark.materialize.materialize`,
-:func:`tracemark.protect.reissue`); the library is imported when the command runs.
+Each is a thin layer over one library function (:func:`tracemark.io.huggingface.import_hf`,
+:func:`tracemark.marking.protect.protect`, :func:`tracemark.marking.materialize.materialize`,
+:func:`tracemark.marking.protect.reissue`); the library is imported when the command runs.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def import_hf_cmd(
                                             "or numbers) instead of the row index."),
 ) -> None:
     """Import a Hugging Face dataset on disk (save_to_disk or parquet) as an imagefolder, once, offline."""
-    from tracemark.fsutil import check_output_dir
-    from tracemark.hf import import_hf
+    from tracemark.io.safe_write import check_output_dir
+    from tracemark.io.huggingface import import_hf
 
     check_output_dir(out, "--out")
     res = with_progress("import", lambda progress: import_hf(src, out, split=split, caption_column=caption_column,
@@ -89,10 +89,10 @@ def protect(
                              "unmarked files ARE your originals: writing to one in place changes the original)."),
 ) -> None:
     """Issue a licensee a watermarked copy of a dataset."""
-    from tracemark.protect import plan_copy
-    from tracemark.protect import protect as do_protect
-    from tracemark.registry import Registry
-    from tracemark.schemes import parse_params
+    from tracemark.marking.protect import plan_copy
+    from tracemark.marking.protect import protect as do_protect
+    from tracemark.registry.database import Registry
+    from tracemark.marking.schemes import parse_params
 
     params = parse_params(param)
     scheme, strategy, trigger_scope, selection, on_error, engine = (
@@ -157,8 +157,8 @@ def materialize(
     home: HomeOpt = None,
 ) -> None:
     """Re-derive a licensee's issued copy from the registry, the original data and the master key."""
-    from tracemark.materialize import materialize as do_materialize
-    from tracemark.registry import Registry
+    from tracemark.marking.materialize import materialize as do_materialize
+    from tracemark.registry.database import Registry
 
     fmt, engine = choice_value(fmt), choice_value(engine)
     check_out_dir(out, home)
@@ -185,9 +185,9 @@ def reissue_cmd(licensee: str = typer.Argument(..., metavar="LICENSEE", help="Wh
 
     Use it when a copy was sent to the wrong place, or a licensee must get a fresh one. The new copy
     is the next generation of (dataset, licensee); the old one stays in the registry, still traced."""
-    from tracemark.fsutil import check_output_dir
-    from tracemark.protect import reissue
-    from tracemark.registry import Registry
+    from tracemark.io.safe_write import check_output_dir
+    from tracemark.marking.protect import reissue
+    from tracemark.registry.database import Registry
 
     check_output_dir(out, "--out", home=home, new=False)
     reg = Registry(home)

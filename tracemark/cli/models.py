@@ -2,9 +2,9 @@
 
 ``finetune`` fine-tunes a diffusers pipeline on an image-caption folder (what an abuser of a copy
 does, and how the owner reproduces it); ``shadow`` fine-tunes the owner's references on the clean
-original with the same recipe and registers them for the white-box audit (:mod:`tracemark.shadows`);
+original with the same recipe and registers them for the white-box audit (:mod:`tracemark.audit.shadows`);
 ``generate`` samples a pipeline (+ LoRA) into an imagefolder. Thin layers over
-:func:`tracemark.diffusion.training.finetune`, :func:`tracemark.shadows.train_shadows` and
+:func:`tracemark.diffusion.training.finetune`, :func:`tracemark.audit.shadows.train_shadows` and
 :func:`tracemark.diffusion.generation.generate`; torch and diffusers are imported only when a command
 runs. ``finetune`` and ``shadow`` default to the base model an installed distribution declares
 (:mod:`tracemark.plugins`: the CPU test world's tiny model, where it is installed); the product
@@ -18,11 +18,11 @@ from typing import Optional
 
 import typer
 
+from tracemark.audit.shadows import DEFAULT_COUNT
 from tracemark.cli.command import PANEL_MODELS, Commands, choice_value
 from tracemark.cli.options import CaptionColumnOpt, DeviceOpt, DtypeOpt, HomeOpt, ImageColumnOpt
 from tracemark.cli.output import console, err_console
 from tracemark.errors import TracemarkError
-from tracemark.shadows import DEFAULT_COUNT
 
 app = Commands(panel=PANEL_MODELS)
 
@@ -100,8 +100,8 @@ def shadow_cmd(
     """Fine-tune the owner's shadows of BASE on the clean original data, for the white-box audit.
 
     Resumable: run it again after an interruption and it continues where it stopped; shadows already trained are kept. Stored under $TRACEMARK_HOME/shadows/ and registered per (dataset, base)."""  # noqa: E501  (one paragraph in --help)
-    from tracemark.registry import Registry
-    from tracemark.shadows import train_shadows
+    from tracemark.registry.database import Registry
+    from tracemark.audit.shadows import train_shadows
 
     reg = Registry(home)
     try:
@@ -137,7 +137,7 @@ def generate_cmd(
     """Generate N images from a pipeline (+ LoRA) into an imagefolder with prompts and seeds."""
     from tracemark.diffusion.generation import generate
     from tracemark.diffusion.loading import load_pipeline
-    from tracemark.sampling import check_generation_options
+    from tracemark.diffusion.sampling import check_generation_options
 
     check_generation_options(n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size)
     dtype = choice_value(dtype)

@@ -8,12 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from tracemark.audit import WHITEBOX_STATISTICS
+from tracemark.audit.references import WHITEBOX_STATISTICS
 from tracemark.cli.command import choices
-from tracemark.engine import ENGINES
-from tracemark.materialize import FORMATS
-from tracemark.schemes import SCHEMES
-from tracemark.strategies import SELECTIONS, STRATEGIES, TRIGGER_SCOPES
+from tracemark.marking.engine import ENGINES
+from tracemark.marking.schemes import SCHEMES
+from tracemark.marking.selection import SELECTIONS
+from tracemark.marking.shards import FORMATS
+from tracemark.marking.trigger import STRATEGIES, TRIGGER_SCOPES
 
 Scheme = choices("Scheme", list(SCHEMES))
 Strategy = choices("Strategy", STRATEGIES)

@@ -41,21 +41,21 @@ def print_skipped(skipped: list[str], what: str) -> None:
 
 
 def check_out_dir(out: Path, home: Optional[Path]) -> None:
-    from tracemark.fsutil import check_output_dir
+    from tracemark.io.safe_write import check_output_dir
 
     check_output_dir(out, "--out", home=home, new=False)  # protect/materialize say why an existing one is refused
 
 
 def check_json_out(json_out: Optional[Path], force: bool, home: Optional[Path]) -> None:
     """Refuse a --json FILE before any work is done (inside the home, over a file without --force, ...)."""
-    from tracemark.fsutil import check_output_file
+    from tracemark.io.safe_write import check_output_file
 
     if json_out is not None and str(json_out) != "-":
         check_output_file(json_out, "--json", force=force, home=home)
 
 
 def write_json(path: Path, data: Any, force: bool) -> None:
-    from tracemark.fsutil import write_text_atomic
+    from tracemark.io.safe_write import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n", force=force)
 

@@ -1,8 +1,8 @@
 """Commands over the registry: ``init``, ``status``, ``licensees``, ``copies``, ``revoke``,
 ``backup``, ``restore``.
 
-Each is a thin layer over :class:`tracemark.registry.Registry` (or :func:`tracemark.registry.restore`),
-imported when the command runs.
+Each is a thin layer over :class:`tracemark.registry.database.Registry` (or
+:func:`tracemark.registry.restore.restore`), imported when the command runs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ app = Commands(panel=PANEL_REGISTRY)
                                             "tracemark init --home ~/archive-registry"])
 def init(home: HomeOpt = None, owner: str = typer.Option("owner", help="Owner name.")) -> None:
     """Create the registry and a new master key (mode 0600). Refuses to overwrite."""
-    from tracemark.registry import Registry
+    from tracemark.registry.database import Registry
 
     reg = Registry.init(home, owner)
     console.print(f"Initialised tracemark registry in [bold]{reg.home}[/] (master key: {reg.key_path}, mode 0600).")
@@ -36,7 +36,7 @@ def init(home: HomeOpt = None, owner: str = typer.Option("owner", help="Owner na
 def status_cmd(home: HomeOpt = None,
                as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead.")) -> None:
     """Where the registry is, whether the master key fits it, its integrity and what it holds."""
-    from tracemark.registry import Registry
+    from tracemark.registry.database import Registry
 
     reg = Registry(home)
     st = reg.status()
@@ -56,7 +56,7 @@ def status_cmd(home: HomeOpt = None,
 def licensees(home: HomeOpt = None, json_out: ListJsonOpt = None,
               jsonl: JsonlOpt = False, force: ForceJsonOpt = False) -> None:
     """List licensees and how many copies each holds."""
-    from tracemark.registry import Registry
+    from tracemark.registry.database import Registry
 
     check_json_out(json_out, force, home)
     reg = Registry(home)
@@ -78,7 +78,7 @@ def licensees(home: HomeOpt = None, json_out: ListJsonOpt = None,
 def copies(dataset: Optional[str] = typer.Option(None, help="Only this dataset."), home: HomeOpt = None,
            json_out: ListJsonOpt = None, jsonl: JsonlOpt = False, force: ForceJsonOpt = False) -> None:
     """List issued copies: dataset, licensee, scheme, strategy, rate, marked samples, key id."""
-    from tracemark.registry import Registry
+    from tracemark.registry.database import Registry
 
     check_json_out(json_out, force, home)
     reg = Registry(home)
@@ -120,7 +120,7 @@ def revoke_cmd(licensee: str = typer.Argument(..., metavar="LICENSEE", help="Who
 
     The row stays in the registry and the copy is still traced: a leak of a revoked copy is still
     that licensee's. The licensee may then be issued a new copy (with a new key)."""
-    from tracemark.registry import Registry, find_copy
+    from tracemark.registry.database import Registry, find_copy
 
     reg = Registry(home)
     copy = find_copy(reg, licensee, dataset)
@@ -140,7 +140,7 @@ def backup(dest: Path = typer.Argument(..., metavar="BACKUP_FILE", help="Backup 
 
     The master key is left out unless --with-key: keep a copy of master.key apart (every licensee key
     derives from it)."""
-    from tracemark.registry import Registry
+    from tracemark.registry.database import Registry
 
     reg = Registry(home)
     path = reg.backup(dest, force=force, with_key=with_key)
@@ -158,8 +158,8 @@ def backup(dest: Path = typer.Argument(..., metavar="BACKUP_FILE", help="Backup 
 def restore(backup_file: Path = typer.Argument(..., metavar="BACKUP_FILE", help="A file written by `tracemark backup`."),
             home: HomeOpt = None) -> None:
     """Put a registry backup in place (the file it replaces is kept beside it)."""
-    from tracemark.registry import default_home
-    from tracemark.registry import restore as _restore
+    from tracemark.registry.database import default_home
+    from tracemark.registry.restore import restore as _restore
 
     res = _restore(home or default_home(), backup_file)
     console.print(f"Registry restored from {backup_file} to {res.db}")

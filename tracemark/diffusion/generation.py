@@ -34,7 +34,7 @@ def read_prompts(path) -> list[str]:
     if not p.is_file():
         raise TracemarkError(f"{path}: prompts file not found")
     if p.suffix in (".jsonl", ".csv"):  # the dataset reader: same parsing, same one-line errors
-        from tracemark.dataset import read_rows
+        from tracemark.io.dataset import read_rows
 
         prompts = []
         for lineno, row in read_rows(p):
@@ -58,7 +58,7 @@ def generate(model_dir, prompts, n: int, out_dir, lora=None, seed: int = 0, step
     already loaded pipeline to reuse (then ``model_dir``/``lora`` are only recorded).
     Written to a temporary sibling folder and renamed into place; returns ``out_dir``.
     """
-    from tracemark.sampling import check_generation_options
+    from tracemark.diffusion.sampling import check_generation_options
     from tracemark.errors import TracemarkError
     from tracemark.diffusion.loading import load_pipeline
 
@@ -168,7 +168,7 @@ def regenerate(images, prompts: list[str], pipe, strength: float = 0.3, seed: in
     """The regeneration attack: launder images through a diffusion model (noise them to
     ``strength`` of the schedule, denoise with their captions; diffusers' img2img pipeline built
     from ``pipe``'s components). An abuser does this to a dataset before fine-tuning to wash out
-    pixel-level marks; it is the dataset-level counterpart of the attacks in tracemark.attacks."""
+    pixel-level marks; it is the dataset-level counterpart of the attacks in tracemark.evaluation.attacks."""
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline
 

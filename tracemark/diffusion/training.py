@@ -196,7 +196,7 @@ class RunConfig:
     snr_gamma: float | None = None
     resolution: int | None = None
     cache_latents: bool = False
-    caption_column: str | None = None  # None: found in the metadata (tracemark.dataset.load_dataset)
+    caption_column: str | None = None  # None: found in the metadata (tracemark.io.dataset.load_dataset)
     image_column: str | None = None
 
     def resume_key(self) -> dict:
@@ -222,7 +222,7 @@ def read_imagefolder(data_dir: Path, caption_column: str | None = None,
                      image_column: str | None = None) -> list[tuple[Path, str]]:
     """(image path, caption) pairs of an imagefolder dataset (metadata.jsonl or metadata.csv), read
     with the given columns or the ones found (as diffusers' --caption_column / --image_column)."""
-    from tracemark.dataset import load_samples
+    from tracemark.io.dataset import load_samples
     from tracemark.errors import TracemarkError
 
     if not Path(data_dir).is_dir():
