@@ -2,3 +2,7 @@
 (:mod:`~tracemark.registry.keys`), and the SQLite registry of datasets, licensees, copies, audits and
 shadows (:mod:`~tracemark.registry.database`), its schema (:mod:`~tracemark.registry.schema`) and the
 restore of a backup (:mod:`~tracemark.registry.restore`)."""
+
+from tracemark.registry.database import Registry, key_check_value
+
+__all__ = ["Registry", "key_check_value"]
