@@ -66,7 +66,8 @@ def test_workflow(sample_dir, tmp_path):
     (["trace-files", "{tmp}"], "no image files"),
     (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--scheme", "visible", "-p", "cells=40"], "cells must be"),
     (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--scheme", "visible", "-p", "size"], "KEY=VALUE"),
-    (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--strength", "2", "-p", "strength=3.2"], "strength once"),
+    (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--strength", "2", "-p", "strength=3.2"],
+     "--strength given twice: --strength 2 and -p strength=3.2"),
 ])
 def test_bad_input_is_one_line_no_traceback(sample_dir, tmp_path, args, needle):
     home = tmp_path / "home"

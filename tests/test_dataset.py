@@ -232,7 +232,7 @@ def test_several_or_no_caption_columns_are_one_line_naming_them_and_the_option(t
     assert "\n" not in str(e.value)
     with pytest.raises(TracemarkError, match="caption column 'label'.*columns: 'file_name', 'title'"):
         load_dataset(root, caption_column="label")
-    with pytest.raises(TracemarkError, match="--caption-column must name a column"):
+    with pytest.raises(TracemarkError, match="^caption_column must name a column"):
         load_dataset(root, caption_column=" ")
 
 
@@ -260,7 +260,7 @@ def test_a_hugging_face_dataset_given_as_an_imagefolder_says_how_to_import_it(tm
     for name in ("state.json", "dataset_info.json"):
         (tmp_path / "hf" / name).write_text("{}")
     with pytest.raises(TracemarkError, match=r"hf: a Hugging Face dataset \(save_to_disk\), not an imagefolder: "
-                                             r"import it once with `tracemark import-hf .*hf --out FOLDER`"):
+                                             r"import it once with import_hf \(`tracemark import-hf .*hf`\) and use the folder it writes"):
         load_dataset(tmp_path / "hf")
     (tmp_path / "x.parquet").write_bytes(b"PAR1")
     with pytest.raises(TracemarkError, match="x.parquet: a parquet file.*tracemark import-hf"):

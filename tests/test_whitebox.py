@@ -79,7 +79,7 @@ def test_shadow_reference_is_loaded_recorded_and_compared_against(wb, sample_dir
     assert res.params["reference"] == "shadow" and res.params["reference_model"] == str(pipe_dir)
     assert res.verdict.named == ["c"], [(s.licensee, round(s.z, 2)) for s in res.verdict.scores]
     assert f"--reference {pipe_dir}" in write_report(res, tmp_path / "r.html").read_text()
-    with pytest.raises(TracemarkError, match="--reference-lora needs --reference"):
+    with pytest.raises(TracemarkError, match="^reference_lora needs reference "):
         audit_whitebox(pipe_dir, reg, sample_dir, reference_lora=tmp_path / "x.safetensors")
     with pytest.raises(TracemarkError, match="not both"):
         audit_whitebox(pipe_dir, reg, sample_dir, base=pipe_dir, reference=pipe_dir)
@@ -245,9 +245,9 @@ def test_reference_pairs_pair_loras_with_their_pipelines(tmp_path):
     assert reference_pairs(b, l1) == [(b, l1)]
     assert reference_pairs([b], [l1, l2]) == [(b, l1), (b, l2)]  # the owner's shadows on the public base
     assert reference_pairs([b, l1], None) == [(b, None), (l1, None)]
-    with pytest.raises(TracemarkError, match="needs --reference"):
+    with pytest.raises(TracemarkError, match="needs reference "):
         reference_pairs(None, [l1])
-    with pytest.raises(TracemarkError, match="one --reference-lora per --reference"):
+    with pytest.raises(TracemarkError, match="one reference_lora per reference"):
         reference_pairs([b, b, b], [l1, l2])
     # written back as the CLI takes them: the shared base once, the LoRAs each
     assert _reference_params(reference_pairs([b], [l1, l2])) == {"reference_model": str(b),

@@ -96,7 +96,7 @@ def build_plan(copies: list[Copy], registry: Registry, n: int, seed: int = 0,
                only: list[int] | None = None, stage: int = 1) -> QueryPlan:
     """Stage-1 plan over all copies (or stage-2 plan over the ``only`` copy ids)."""
     if n <= 0:
-        raise TracemarkError(f"--n must be positive, got {n}")
+        raise TracemarkError(f"n must be positive, got {n}", params=("n",))
     rng = np.random.default_rng(seed + 7919 * stage)
     trig = [c for c in copies if c.strategy == "trigger" and (only is None or c.id in only)]
     prompts: list[str] = []
@@ -244,7 +244,8 @@ def audit_model(
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
     if reference_lora is not None and reference is None:
-        raise TracemarkError("--reference-lora needs --reference (the pipeline the LoRA goes on)")
+        raise TracemarkError("reference_lora needs reference (the pipeline the LoRA goes on)",
+                             params=("reference_lora", "reference"))
     if pipe is None:  # a GPU when there is one (fp16 there), else the CPU in fp32
         pipe = load_pipeline(model_dir, lora=lora, device=device or "auto", dtype=dtype, config=config)
     if reference is not None and ref_pipe is None:
@@ -410,15 +411,15 @@ def audit_whitebox(
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
     pairs = reference_pairs(reference, reference_lora)
     if pairs and base is not None:
-        raise TracemarkError("give --base or --reference, not both")
+        raise TracemarkError("give base or reference, not both", params=("base", "reference"))
     # shadow references: pipelines in hand (ref_pipe), else the (pipeline, LoRA) pairs, each loaded
     # when its turn comes so that one reference at a time is in memory (512 px on a GPU)
     shadows: list = list(ref_pipe) if isinstance(ref_pipe, (list, tuple)) else (
         [ref_pipe] if ref_pipe is not None and pairs else list(pairs))
     if len(shadows) > 1:
         if statistic == "residual":
-            raise TracemarkError("several references are averaged by the loss statistic only; "
-                                 "use --statistic loss (or one --reference)")
+            raise TracemarkError("several references are averaged by statistic loss only; "
+                                 "use statistic loss (or one reference)", params=("statistic", "reference"))
         statistic = "loss"
     probes, subsets = whitebox_probes(copies, registry, data_dir)
     if pipe is None:
@@ -440,8 +441,9 @@ def audit_whitebox(
         statistic = "loss" if ref_pipe is not None or lora is not None else "residual"
     if statistic == "loss":
         if ref_pipe is None and lora is None:
-            raise TracemarkError("the loss statistic needs a reference: --lora (compared with the LoRA switched "
-                                 "off), --base or --reference; or use --statistic residual")
+            raise TracemarkError("statistic loss needs a model to compare with: lora (compared with the LoRA "
+                                 "switched off), base or reference; or use statistic residual",
+                                 params=("statistic", "lora", "base", "reference"))
         # grad[L_S - L_k] per reference k at unit RMS, averaged: the suspect is read once (1 + K passes)
         passes = shadows or [ref_pipe]
         kw = {"t_fracs": t_fracs, "draws": draws, "seed": seed}
@@ -518,15 +520,15 @@ def whitebox_plan(registry: Registry, model: Path, *, lora: Path | None = None, 
                 notes.append(f"dataset: '{names[0]}', the only one with shadows on this base "
                              f"(of {len({c.dataset for c in copies})} with copies; --dataset picks another)")
         if len(names) > 1:
-            raise TracemarkError(f"several datasets have issued copies ({', '.join(names)}): give --dataset NAME "
-                                 "(the white box reads one dataset's marked samples)")
+            raise TracemarkError(f"several datasets have issued copies ({', '.join(names)}): give dataset "
+                                 "(the white box reads one dataset's marked samples)", params=("dataset",))
         dataset = names[0]
     if data is None:
         row = registry.conn.execute("SELECT source_path FROM datasets WHERE name = ?", (dataset,)).fetchone()
         src = row["source_path"] if row else None
         if not src or not Path(src).is_dir():
             raise TracemarkError(f"{src or dataset}: the original data of '{dataset}' recorded when its copies were "
-                                 "issued is not there; give --data DIR")
+                                 "issued is not there; give data, the original's folder", params=("data",))
         data = Path(src)
         notes.append(f"original data: {data} (recorded when the copies were issued)")
     if by_hand:
@@ -558,12 +560,14 @@ def reference_pairs(reference, reference_lora) -> list[tuple[Path, Path | None]]
 
     refs, loras = as_list(reference), as_list(reference_lora)
     if loras and not refs:
-        raise TracemarkError("--reference-lora needs --reference (the pipeline the LoRA goes on)")
+        raise TracemarkError("reference_lora needs reference (the pipeline the LoRA goes on)",
+                             params=("reference_lora", "reference"))
     if len(refs) == 1 and len(loras) > 1:
         refs = refs * len(loras)
     if loras and len(loras) != len(refs):
-        raise TracemarkError(f"give one --reference-lora per --reference, or one --reference for all of them "
-                             f"(got {len(refs)} --reference and {len(loras)} --reference-lora)")
+        raise TracemarkError(f"give one reference_lora per reference, or one reference for all of them "
+                             f"(got {len(refs)} reference and {len(loras)} reference_lora)",
+                             params=("reference_lora", "reference"))
     return list(zip(refs, loras or [None] * len(refs)))
 
 
@@ -601,8 +605,8 @@ def whitebox_probes(copies: list[Copy], registry: Registry, data_dir: Path):
             if name not in images:
                 path = data_dir / name
                 if not path.is_file():
-                    raise TracemarkError(f"{path}: missing; --data must be the original dataset of copy {c.id} "
-                                         f"({c.dataset})")
+                    raise TracemarkError(f"{path}: missing; data_dir must be the original dataset of copy {c.id} "
+                                         f"({c.dataset})", params=("data_dir",))
                 images[name] = read_image_rgb(path)
                 if "dhash" in m and int(int(m["dhash"]) ^ dhash(images[name])).bit_count() > DHASH_MAX_DISTANCE:
                     far += 1
