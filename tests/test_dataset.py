@@ -221,13 +221,13 @@ def test_a_caption_column_named_caption_is_found_and_said(tmp_path):
 def test_several_or_no_caption_columns_are_one_line_naming_them_and_the_option(tmp_path):
     root = write_ds(tmp_path / "d", [{"file_name": "a.png", "text": "x", "prompt": "y"}], {"a.png": rgb()})
     with pytest.raises(TracemarkError, match=r"metadata.jsonl: several possible caption columns \('text', 'prompt'\); "
-                                             r"pass --caption-column NAME$"):
+                                             r"pass caption_column$"):
         load_dataset(root)
     assert load_dataset(root, caption_column="prompt").samples[0].text == "y"
     assert load_dataset(root, caption_column="prompt").samples[0].extra == {"text": "x"}
     root = write_ds(tmp_path / "n", [{"file_name": "a.png", "title": "x"}], {"a.png": rgb()})
     with pytest.raises(TracemarkError, match=r"no caption column \(none of text, caption, prompt, description; "
-                                             r"columns: 'file_name', 'title'\); pass --caption-column NAME") as e:
+                                             r"columns: 'file_name', 'title'\); pass caption_column$") as e:
         load_dataset(root)
     assert "\n" not in str(e.value)
     with pytest.raises(TracemarkError, match="caption column 'label'.*columns: 'file_name', 'title'"):
@@ -244,7 +244,7 @@ def test_the_image_column_can_be_renamed_or_found(tmp_path):
     assert load_dataset(root).image_column == "path"  # the one usual image column present
     assert "images from column 'path'" in load_dataset(root).columns_note()
     with pytest.raises(TracemarkError, match=r"metadata.jsonl:1: missing 'image' \(columns: 'path', 'caption'; "
-                                             r"--image-column\)"):
+                                             r"image_column\)$"):
         load_dataset(root, image_column="image")
     with pytest.raises(TracemarkError, match="cannot be both the image and the caption column"):
         load_dataset(root, caption_column="path")

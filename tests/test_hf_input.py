@@ -91,7 +91,7 @@ def test_splits_ids_and_bad_input_are_one_line_errors(hf_dirs, tmp_path):
     with pytest.raises(TracemarkError, match="both be .*id_column 'caption' is not unique|cannot be a file name"):
         import_hf(hf_dirs / "saved", tmp_path / "x", id_column="caption")
     with pytest.raises(TracemarkError, match=r"no column 'label' \(columns: image, caption, uid, tags\); check "
-                                             r"--caption-column"):
+                                             r"caption_column$"):
         import_hf(hf_dirs / "saved", tmp_path / "x", caption_column="label")
     with pytest.raises(TracemarkError, match="column 'uid' is not an Image column"):
         import_hf(hf_dirs / "saved", tmp_path / "x", image_column="uid")

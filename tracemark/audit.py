@@ -527,7 +527,7 @@ def whitebox_plan(registry: Registry, model: Path, *, lora: Path | None = None, 
         row = registry.conn.execute("SELECT source_path FROM datasets WHERE name = ?", (dataset,)).fetchone()
         src = row["source_path"] if row else None
         if not src or not Path(src).is_dir():
-            raise TracemarkError(f"{src or dataset}: the original data of '{dataset}' recorded when its copies were "
+            raise TracemarkError(f"{src or dataset}: the original dataset '{dataset}' recorded when its copies were "
                                  "issued is not there; give data, the original's folder", params=("data",))
         data = Path(src)
         notes.append(f"original data: {data} (recorded when the copies were issued)")

@@ -35,7 +35,7 @@ def resolve_device(device: str | None = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TracemarkError(f"device {device}: no CUDA device is available here", params=("device",))
+        raise TracemarkError(f"device {device}: CUDA is not available here", params=("device",))
     if device != "cpu" and not device.startswith("cuda"):
         raise TracemarkError(f"device must be auto, cpu or cuda[:N], got {device!r}", params=("device",))
     return device
