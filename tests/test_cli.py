@@ -342,6 +342,10 @@ def test_error_messages_map_each_param_to_its_flag():
     assert said("licensee 'acme' holds copies of several datasets (x, y); pass dataset") == \
         "licensee 'acme' holds copies of several datasets (x, y); pass dataset"  # no params: as is
     assert error_message(ValueError("min_marked")) == "min_marked"
+    import pickle  # an error raised in a worker process keeps its params
+
+    back = pickle.loads(pickle.dumps(TracemarkError("rate must be in (0, 1], got 0", params=("rate",))))
+    assert error_message(back) == "--rate must be in (0, 1], got 0"
     assert [flag(p) for p in ("n_decoys", "data_dir", "dataset_name", "scheme_params", "fmt", "min_marked", "n")] == \
         ["--decoys", "--data", "--dataset", "-p", "--format", "--min-marked", "--n"]
     assert all(f != "--" + p.replace("_", "-") for p, f in FLAGS.items())  # the table holds exceptions only
