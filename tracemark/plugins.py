@@ -61,8 +61,8 @@ def default_base() -> tuple[Path, str]:
                              "tracemark-testworld, provides one): pass base, a model folder", params=("base",))
     if len(eps) > 1:
         raise TracemarkError("no base given and several default ones are installed ("
-                             + ", ".join(f"{ep.name} from {provider(ep)}" for ep in eps) + "): pass base, a model folder",
-                             params=("base",))
+                             + ", ".join(f"{ep.name} from {provider(ep)}" for ep in eps)
+                             + "): pass base, a model folder", params=("base",))
     ep = eps[0]
     obj = ep.load()
     path = Path(obj() if callable(obj) else obj)

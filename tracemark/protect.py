@@ -401,8 +401,8 @@ def _check_trigger_captions(ds: Dataset) -> None:
         s = blank[0]
         more = f" (and {len(blank) - 1} more)" if len(blank) > 1 else ""
         raise TracemarkError(f"{s.metadata_file}:{s.line}: empty caption{more}; with strategy trigger a marked "
-                             "sample's caption would be the trigger word alone: write captions, or use strategy ambient",
-                             params=("strategy",))
+                             "sample's caption would be the trigger word alone: write captions, or use strategy "
+                             "ambient", params=("strategy",))
 
 
 #: Files of each kind listed one by one in ``skipped``; the rest are counted in one line.
@@ -613,8 +613,8 @@ def protect(
         check_name(dataset_name, "dataset_name")
     params = dict(scheme_params or {})
     if "strength" in params and strength is not None and params["strength"] != strength:
-        raise TracemarkError(f"strength given twice: strength {strength:g} and scheme_params strength={params['strength']}",
-                             params=("strength", "scheme_params"))
+        raise TracemarkError(f"strength given twice: strength {strength:g} and scheme_params "
+                             f"strength={params['strength']}", params=("strength", "scheme_params"))
     sch = default_scheme(scheme, strength, params)
     ds: Dataset = load_dataset(data_dir, caption_column, image_column)
     name = dataset_name or data_dir.resolve().name

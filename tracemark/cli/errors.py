@@ -63,11 +63,11 @@ def error_message(exc: BaseException) -> str:
     """The message of an error as a command says it: each argument named in ``exc.params``
     (:class:`~tracemark.errors.TracemarkError`) replaced by its flag (``min_marked`` -> ``--min-marked``)
     where it stands as a word of its own (not inside a path, a quoted value or ``key=value``)."""
-    message = str(exc)
-    for param in getattr(exc, "params", ()):
-        message = re.sub(rf"(?<![\w\-./\\'\"=]){re.escape(param)}(?![\w\-/\\'\"=]|\.\w)",
-                         lambda m, p=param: flag(p), message)
-    return message
+    message, params = str(exc), sorted(getattr(exc, "params", ()), key=len, reverse=True)
+    if not params:
+        return message
+    names = "|".join(re.escape(p) for p in params)  # one pass: a flag put in is never read again
+    return re.sub(rf"(?<![\w\-./\\'\"=])(?:{names})(?![\w\-/\\'\"=]|\.\w)", lambda m: flag(m.group(0)), message)
 
 
 def print_error(message: Any) -> None:
