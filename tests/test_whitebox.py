@@ -161,7 +161,7 @@ def test_loss_statistic_needs_a_reference_and_auto_falls_back_to_the_residual(wb
     from tracemark.audit import audit_whitebox
 
     reg, pipe_dir = wb
-    with pytest.raises(TracemarkError, match="needs a reference"):
+    with pytest.raises(TracemarkError, match="^statistic loss needs a model to compare with: lora .*use statistic residual$"):
         audit_whitebox(pipe_dir, reg, sample_dir, device="cpu", t_fracs=(0.5,), draws=1, statistic="loss")
     res = audit_whitebox(pipe_dir, reg, sample_dir, device="cpu", t_fracs=(0.5,), draws=1)
     assert res.params["statistic"] == "residual" and res.params["reference"] == "data"
