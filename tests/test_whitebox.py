@@ -228,7 +228,7 @@ def test_several_shadows_are_averaged_by_the_loss_statistic(wb, sample_dir, tmp_
         assert two.params["n_references"] == 2 and two.params["statistic"] == "loss"
         assert two.verdict.named == ["a"]
         assert {s.licensee: s.z for s in two.verdict.scores} == pytest.approx(z1, abs=1e-6)
-    with pytest.raises(TracemarkError, match="loss statistic only"):
+    with pytest.raises(TracemarkError, match="^several references are averaged by statistic loss only; use statistic loss \\(or one reference\\)$"):
         audit_whitebox(pipe_dir, reg, sample_dir, ref_pipe=[ref, ref], statistic="residual", **kw)
     # from paths: each loaded in turn, and the report's command gives both back
     res = audit_whitebox(pipe_dir, reg, sample_dir, reference=[pipe_dir, pipe_dir], device="cpu", **kw)
