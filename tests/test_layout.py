@@ -17,6 +17,7 @@ Imports are read with :mod:`ast`, so strings and comments never count.
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from pathlib import Path
 
@@ -185,3 +186,82 @@ def test_research_is_a_plain_package_left_out_of_the_wheel():
     packages = find_packages(str(ROOT), include=find.get("include", ["*"]), exclude=find.get("exclude", ()))
     assert "tracemark" in packages
     assert not [p for p in packages if p.split(".")[0] in ("research", "tests", "bench", "examples")], packages
+
+
+# --- library errors name arguments, not flags ----------------------------------------------------
+#: A command-line flag in a message: ``--min-marked``, ``--data``.
+_FLAG = re.compile(r"--[a-z]")
+
+
+def _strings(node: ast.AST) -> list[ast.Constant]:
+    """The string constants under ``node`` (f-string parts included), keyword ``params=`` left out."""
+    if isinstance(node, ast.Call):
+        parts = [node.func, *node.args, *(k.value for k in node.keywords if k.arg != "params")]
+        return [c for p in parts for c in _strings(p)]
+    return [n for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def flags_in_errors(source: str) -> list[str]:
+    """Every flag (``--name``) a library module's :class:`~tracemark.errors.TracemarkError` messages
+    name, as ``line: text``: in the message of a ``TracemarkError(...)`` call (f-string parts and
+    strings built in the call included), in a variable the function passes to one, or as a plain
+    argument of any call (``check_name(licensee, "--licensee")``: an option name handed to a helper
+    that puts it in its message). Flags belong to the CLI (tracemark/cli/), which maps ``params``."""
+    tree = ast.parse(source)
+    bad: list[str] = []
+
+    def check(const: ast.Constant) -> None:
+        if _FLAG.search(const.value):
+            bad.append(f"{const.lineno}: {const.value}")
+
+    scopes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module))]
+    for scope in scopes:
+        assigned: dict[str, list[ast.AST]] = {}
+        for n in ast.walk(scope):
+            if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and n.value is not None:
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]):
+                    if isinstance(t, ast.Name):
+                        assigned.setdefault(t.id, []).append(n.value)
+        for n in ast.walk(scope):
+            if not isinstance(n, ast.Call):
+                continue
+            name = _dotted(n.func)
+            if name and name[-1] == "TracemarkError":
+                for c in _strings(n):
+                    check(c)
+                for arg in n.args:
+                    for v in (x for x in ast.walk(arg) if isinstance(x, ast.Name)):
+                        for value in assigned.get(v.id, []):
+                            for c in _strings(value):
+                                check(c)
+            else:
+                for arg in [*n.args, *(k.value for k in n.keywords)]:
+                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str) \
+                            and re.fullmatch(r"--[a-z][\w-]*", arg.value):
+                        check(arg)
+    return sorted(set(bad), key=lambda s: int(s.split(":")[0]))
+
+
+def test_the_flag_check_catches_flags_in_library_errors():
+    src = ('from tracemark.errors import TracemarkError\n'
+           'def f(min_marked, x):\n'
+           '    if x:\n'
+           '        raise TracemarkError(f"--min-marked must be >= 0, got {min_marked}")\n'
+           '    msg = "give " + "--data DIR"\n'
+           '    check_name(x, "--licensee")\n'
+           '    raise errors.TracemarkError(msg)\n'
+           'def g(n):\n'
+           '    raise TracemarkError(f"n must be positive, got {n}", params=("n",))\n'
+           'def h():\n'
+           '    say("note: no --base given")  # a note, not an error\n'
+           '    raise TracemarkError("a " + f"{1}" f" then --seed")\n')
+    assert [s.split(":")[0] for s in flags_in_errors(src)] == ["4", "5", "6", "12"]
+
+
+@pytest.mark.parametrize("path", [p for p in _py_files("tracemark") if "cli" not in p.relative_to(ROOT).parts],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_library_errors_name_arguments_not_flags(path):
+    bad = flags_in_errors(path.read_text())
+    assert bad == [], (f"{path.relative_to(ROOT)}: errors name command-line flags {bad}; name the function's "
+                       "argument and list it in params= (TracemarkError(..., params=('min_marked',))): the CLI "
+                       "turns it into the flag (tracemark.cli.errors.FLAGS)")

@@ -60,18 +60,18 @@ def test_no_several_or_a_broken_default_base_is_one_line_asking_for_base(install
     from tracemark.diffusion.training import base_or_default
 
     installed(DEFAULT_BASE_GROUP, {})
-    with pytest.raises(TracemarkError, match="no default base model is installed") as exc:
+    with pytest.raises(TracemarkError, match="^no base given and no default one is installed") as exc:
         base_or_default(None)
-    assert "--base MODEL_DIR" in str(exc.value) and "\n" not in str(exc.value)
+    assert "pass base, a model folder" in str(exc.value) and "\n" not in str(exc.value)
     assert base_or_default(tmp_path / "given") == tmp_path / "given"  # a given base never looks
 
     installed(DEFAULT_BASE_GROUP, {"a": "fake_a:P", "b": "fake_b:P"},
               {"fake_a": f"P = {str(_model(tmp_path / 'a'))!r}\n", "fake_b": f"P = {str(_model(tmp_path / 'b'))!r}\n"})
-    with pytest.raises(TracemarkError, match=r"several default base models are installed \(a from .*, b from .*--base"):
+    with pytest.raises(TracemarkError, match=r"several default ones are installed \(a from .*, b from .*\): pass base, a model folder$"):
         default_base()
 
     installed(DEFAULT_BASE_GROUP, {"empty": "fake_empty:P"}, {"fake_empty": f"P = {str(tmp_path)!r}\n"})
-    with pytest.raises(TracemarkError, match="has no model_index.json; pass --base"):
+    with pytest.raises(TracemarkError, match="has no model_index.json; pass base"):
         default_base()
 
 
@@ -87,7 +87,8 @@ def test_finetune_without_base_or_default_is_one_line_exit_1(tmp_path):
                        env={**os.environ, "COLUMNS": "200"})
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert p.returncode == 1 and len(lines) == 1, p.stdout + p.stderr
-    assert "no default base model is installed" in lines[0] and "--base MODEL_DIR" in lines[0], lines
+    assert lines[0].startswith("error: no --base given and no default one is installed") \
+        and lines[0].endswith("pass --base, a model folder"), lines
 
 
 GROUP_SOURCE = """

@@ -57,15 +57,16 @@ def default_base() -> tuple[Path, str]:
     when several do, or when the folder holds no ``model_index.json``."""
     eps = plugins(DEFAULT_BASE_GROUP)
     if not eps:
-        raise TracemarkError("no --base given and no default base model is installed (the CPU test world, "
-                             "tracemark-testworld, provides one): pass --base MODEL_DIR")
+        raise TracemarkError("no base given and no default one is installed (the CPU test world, "
+                             "tracemark-testworld, provides one): pass base, a model folder", params=("base",))
     if len(eps) > 1:
-        raise TracemarkError("no --base given and several default base models are installed ("
-                             + ", ".join(f"{ep.name} from {provider(ep)}" for ep in eps) + "): pass --base MODEL_DIR")
+        raise TracemarkError("no base given and several default ones are installed ("
+                             + ", ".join(f"{ep.name} from {provider(ep)}" for ep in eps)
+                             + "): pass base, a model folder", params=("base",))
     ep = eps[0]
     obj = ep.load()
     path = Path(obj() if callable(obj) else obj)
     if not (path / "model_index.json").is_file():
-        raise TracemarkError(f"{path}: the default base model of {provider(ep)} has no model_index.json; "
-                             "pass --base MODEL_DIR")
+        raise TracemarkError(f"{path}: the default model of {provider(ep)} has no model_index.json; "
+                             "pass base, a model folder", params=("base",))
     return path, provider(ep)

@@ -123,9 +123,9 @@ def test_a_folder_that_is_not_a_registered_dataset_is_one_line(registry, data, t
     first.write_bytes(sorted(edited.glob("*.png"))[1].read_bytes())
     with pytest.raises(TracemarkError, match="differs from the registered dataset"):
         train_shadows(registry, edited, BASE, count=1, steps=1, progress=False)
-    with pytest.raises(TracemarkError, match="--preset must be one of"):
+    with pytest.raises(TracemarkError, match="^preset must be one of"):
         train_shadows(registry, data, BASE, count=1, steps=1, preset="sdxl", progress=False)
-    with pytest.raises(TracemarkError, match="--count"):
+    with pytest.raises(TracemarkError, match="^count must be at least 1"):
         train_shadows(registry, data, BASE, count=0, progress=False)
 
 

@@ -66,7 +66,8 @@ def test_workflow(sample_dir, tmp_path):
     (["trace-files", "{tmp}"], "no image files"),
     (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--scheme", "visible", "-p", "cells=40"], "cells must be"),
     (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--scheme", "visible", "-p", "size"], "KEY=VALUE"),
-    (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--strength", "2", "-p", "strength=3.2"], "strength once"),
+    (["protect", "{data}", "-l", "x", "-o", "{tmp}/o", "--strength", "2", "-p", "strength=3.2"],
+     "--strength given twice: --strength 2 and -p strength=3.2"),
 ])
 def test_bad_input_is_one_line_no_traceback(sample_dir, tmp_path, args, needle):
     home = tmp_path / "home"
@@ -280,3 +281,107 @@ def test_status_revoke_reissue_and_backup_with_key_from_the_command_line(sample_
     assert "master key carried by the backup" in p.stdout
     p = run("trace-files", tmp_path / "a1", "--json", "-", home=tmp_path / "fresh", check=False)
     assert p.returncode == 3 and json.loads(p.stdout)["named"] == ["acme"]
+
+
+def test_library_errors_name_arguments_and_the_cli_names_flags(sample_dir, tmp_path):
+    """A Python caller reads the argument it passed (min_marked, n_decoys), a command-line user the
+    flag they typed (--min-marked, --decoys): one message, mapped in tracemark.cli.errors."""
+    from registry_helpers import seeded_registry
+
+    from tracemark.audit import audit_model
+    from tracemark.errors import TracemarkError
+    from tracemark.protect import protect
+
+    home = tmp_path / "home"
+    reg = seeded_registry(home)
+    cases = [  # (Python call, its message, the same mistake on the command line, its message)
+        (lambda: protect(sample_dir, tmp_path / "o", "acme", registry=reg, min_marked=-1),
+         "min_marked must be a whole number >= 0, got -1",
+         ["protect", sample_dir, "-l", "acme", "-o", tmp_path / "o", "--min-marked", "-1"],
+         "--min-marked must be a whole number >= 0, got -1"),
+        (lambda: audit_model(tmp_path / "no_such_model", reg, n_decoys=5),
+         "n_decoys must be an integer >= 100, got 5",
+         ["audit", "--images", sample_dir, "--decoys", "5"],
+         "--decoys must be an integer >= 100, got 5"),
+        (lambda: protect(sample_dir, tmp_path / "o", "acme", registry=reg, strength=2, scheme_params={"strength": 3.2}),
+         "strength given twice: strength 2 and scheme_params strength=3.2",
+         ["protect", sample_dir, "-l", "acme", "-o", tmp_path / "o", "--strength", "2", "-p", "strength=3.2"],
+         "--strength given twice: --strength 2 and -p strength=3.2"),
+    ]
+    for call, said, args, flagged in cases:
+        with pytest.raises(TracemarkError) as exc:
+            call()
+        assert str(exc.value) == said and "--" not in said
+        p = run(*args, home=home, check=False)
+        assert p.returncode == 1 and p.stderr.strip() == f"error: {flagged}", p.stderr
+    assert not (tmp_path / "o").exists() and reg.copies() == []
+
+
+def test_error_messages_map_each_param_to_its_flag():
+    """Each param becomes its flag where it stands as a word: not inside a path, a file name, a quoted
+    value, ``key=value`` or another name (``reference`` in ``reference_lora``); only the params listed."""
+    from tracemark.cli.errors import FLAGS, error_message, flag
+    from tracemark.errors import TracemarkError
+
+    def said(message, *params):
+        return error_message(TracemarkError(message, params=params))
+
+    assert said("give base or reference, not both", "base", "reference") == "give --base or --reference, not both"
+    assert said("/data/force: already exists; pass force to overwrite it", "force") == \
+        "/data/force: already exists; pass --force to overwrite it"
+    assert said("force.json: already exists; pass force", "force") == "force.json: already exists; pass --force"
+    assert said("give one reference_lora per reference (got 1 reference and 2 reference_lora)",
+                "reference_lora", "reference") == \
+        "give one --reference-lora per --reference (got 1 --reference and 2 --reference-lora)"
+    assert said("strength given twice: strength 2 and scheme_params strength=3.2", "strength", "scheme_params") == \
+        "--strength given twice: --strength 2 and -p strength=3.2"
+    assert said("id_column 'id_column' is not unique", "id_column") == "--id-column 'id_column' is not unique"
+    assert said("several datasets have copies (a, b): give dataset", "dataset") == \
+        "several datasets have copies (a, b): give --dataset"
+    assert said("n must be positive, got 0; steps as given", "n") == "--n must be positive, got 0; steps as given"
+    assert said("licensee 'acme' holds copies of several datasets (x, y); pass dataset") == \
+        "licensee 'acme' holds copies of several datasets (x, y); pass dataset"  # no params: as is
+    assert error_message(ValueError("min_marked")) == "min_marked"
+    import pickle  # an error raised in a worker process keeps its params
+
+    back = pickle.loads(pickle.dumps(TracemarkError("rate must be in (0, 1], got 0", params=("rate",))))
+    assert error_message(back) == "--rate must be in (0, 1], got 0"
+    assert [flag(p) for p in ("n_decoys", "data_dir", "dataset_name", "scheme_params", "fmt", "min_marked", "n")] == \
+        ["--decoys", "--data", "--dataset", "-p", "--format", "--min-marked", "--n"]
+    assert all(f != "--" + p.replace("_", "-") for p, f in FLAGS.items())  # the table holds exceptions only
+
+
+def _library_params() -> set[str]:
+    """Every name a library module lists in ``params=(...)`` of a TracemarkError, and the ones its
+    helpers are handed (check_name, check_column, pick_column, check_generation_options, hf.py)."""
+    import ast
+    from pathlib import Path
+
+    import tracemark
+
+    root = Path(tracemark.__file__).parent
+    names = {"licensee", "dataset_name", "caption_column", "image_column", "id_column", "split", "n", "steps",
+             "batch_size"}
+    for path in root.rglob("*.py"):
+        if "cli" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "params" and isinstance(node.value, ast.Tuple):
+                names |= {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+    return names
+
+
+def test_every_param_a_library_error_names_is_a_flag_of_the_cli():
+    """The flag each param maps to (tracemark.cli.errors.flag) is an option some command takes: a
+    param the CLI passes under another name (--decoys for n_decoys) must be in FLAGS."""
+    import typer
+
+    from tracemark.cli.app import app
+    from tracemark.cli.errors import flag
+
+    group = typer.main.get_command(app)
+    opts = {o for cmd in group.commands.values() for p in getattr(cmd, "params", []) for o in
+            getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
+    params = _library_params()
+    assert {"min_marked", "n_decoys", "data_dir", "base", "reference"} <= params
+    assert {p: flag(p) for p in params if flag(p) not in opts} == {}

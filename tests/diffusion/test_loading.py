@@ -93,20 +93,20 @@ def test_devices_and_dtypes(lora_files, tmp_path):
         assert resolve_dtype("auto", resolve_device("auto")) == torch.float16  # what SD users run on a GPU
         m.setattr(torch.cuda, "is_available", lambda: False)
         assert resolve_device("auto") == "cpu" and resolve_device(None) == "cpu"
-        with pytest.raises(TracemarkError, match="no CUDA device"):
+        with pytest.raises(TracemarkError, match="^device cuda: CUDA is not available here$"):
             resolve_device("cuda")
         auto = load_pipeline(base, device="auto", dtype="auto")  # no CUDA: the CPU in fp32
         assert auto.device.type == "cpu" and auto.unet.dtype == torch.float32
     assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("fp16", "cpu") == torch.float16
-    with pytest.raises(TracemarkError, match="--device must be"):
+    with pytest.raises(TracemarkError, match="^device must be"):
         resolve_device("tpu")
-    with pytest.raises(TracemarkError, match="--dtype must be"):
+    with pytest.raises(TracemarkError, match="^dtype must be"):
         resolve_dtype("fp8", "cpu")
     pipe = load_pipeline(base, lora=files["kohya"], device="cpu", dtype="bf16")  # half precision on the CPU
     assert pipe.unet.dtype == torch.bfloat16
     out = generate(base, ["a red circle"], 2, tmp_path / "g", steps=2, pipe=pipe)
     assert len(list(out.glob("*.png"))) == 2
-    with pytest.raises(TracemarkError, match="needs --config"):
+    with pytest.raises(TracemarkError, match="needs config "):
         load_pipeline(files["kohya"])  # a .safetensors given as --model is taken for a single-file checkpoint
 
 
@@ -289,8 +289,8 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_one_line_naming_the_file(s
         msg = str(err.value)
         assert msg.startswith(f"{named or path}: ") and needle in msg and "\n" not in msg, msg
 
-    refused(sd_ckpt, base, "does not fit --config")  # another architecture: shapes differ
-    refused(ckpt, sd_like, "does not fit --config")
+    refused(sd_ckpt, base, "does not fit config ")  # another architecture: shapes differ
+    refused(ckpt, sd_like, "does not fit config ")
     # a deeper text encoder: diffusers would skip the extra layer's tensors and load the rest
     deeper = write_single_file(build_tiny_pipeline(tmp_path / "deep", seed=2, config=TinyConfig(text_layers=3)),
                                tmp_path / "deep.safetensors")
@@ -300,8 +300,8 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_one_line_naming_the_file(s
     refused(base / "unet" / "diffusion_pytorch_model.safetensors", base, "not an original-layout")
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     refused(tmp_path / "junk.safetensors", base, "cannot load pipeline")
-    refused(ckpt, base / "unet", "--config must", named=base / "unet")
-    refused(ckpt, None, "needs --config")
+    refused(ckpt, base / "unet", ": config must", named=base / "unet")
+    refused(ckpt, None, "needs config ")
 
 
 def test_cli_audit_of_a_single_file_checkpoint(single_files, sample_dir, tmp_path):
@@ -364,7 +364,7 @@ def test_fp16_on_the_cpu_runs_or_is_one_line(monkeypatch):
             raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'')
 
         m.setattr(torch.nn.functional, "conv2d", no_half)
-        with pytest.raises(TracemarkError, match=r"^--dtype fp16 on the CPU: .*use --dtype fp32 or bf16") as err:
+        with pytest.raises(TracemarkError, match=r"^dtype fp16 on the CPU: .*use dtype fp32 or bf16") as err:
             load_pipeline(default_base_path(), device="cpu", dtype="fp16")
         assert "\n" not in str(err.value)
 

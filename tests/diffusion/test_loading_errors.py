@@ -79,7 +79,7 @@ def test_more_steps_than_the_scheduler_has_is_one_line(base, tmp_path):
 
     pipe = load_pipeline(base)
     limit = pipe.scheduler.config.num_train_timesteps
-    with pytest.raises(TracemarkError, match=f"--steps {limit + 1} exceeds the {limit} timesteps"):
+    with pytest.raises(TracemarkError, match=f"^steps {limit + 1} exceeds the {limit} timesteps"):
         generate(base, ["a red circle"], 1, tmp_path / "g", steps=limit + 1, pipe=pipe)
     assert not (tmp_path / "g").exists()
 

@@ -64,7 +64,7 @@ def test_a_caption_column_dataset_is_protected_keeping_its_column_and_recording_
 def test_explicit_columns_are_recorded_and_materialize_rederives_the_copy_bit_for_bit(base_data, registry, tmp_path):
     # two caption-like columns: ambiguous without --caption-column, so the recorded choice is what counts
     data = relabel(base_data, tmp_path / "photos", image="path", caption="prompt", also=lambda i: {"text": f"n{i}"})
-    with pytest.raises(TracemarkError, match="several possible caption columns.*--caption-column"):
+    with pytest.raises(TracemarkError, match="several possible caption columns.*pass caption_column$"):
         protect(data, tmp_path / "copy", "acme", registry=registry, rate=0.25, min_marked=0, workers=1)
     res = protect(data, tmp_path / "copy", "acme", registry=registry, rate=0.25, min_marked=0, workers=1,
                   caption_column="prompt", image_column="path")

@@ -221,18 +221,18 @@ def test_a_caption_column_named_caption_is_found_and_said(tmp_path):
 def test_several_or_no_caption_columns_are_one_line_naming_them_and_the_option(tmp_path):
     root = write_ds(tmp_path / "d", [{"file_name": "a.png", "text": "x", "prompt": "y"}], {"a.png": rgb()})
     with pytest.raises(TracemarkError, match=r"metadata.jsonl: several possible caption columns \('text', 'prompt'\); "
-                                             r"pass --caption-column NAME$"):
+                                             r"pass caption_column$"):
         load_dataset(root)
     assert load_dataset(root, caption_column="prompt").samples[0].text == "y"
     assert load_dataset(root, caption_column="prompt").samples[0].extra == {"text": "x"}
     root = write_ds(tmp_path / "n", [{"file_name": "a.png", "title": "x"}], {"a.png": rgb()})
     with pytest.raises(TracemarkError, match=r"no caption column \(none of text, caption, prompt, description; "
-                                             r"columns: 'file_name', 'title'\); pass --caption-column NAME") as e:
+                                             r"columns: 'file_name', 'title'\); pass caption_column$") as e:
         load_dataset(root)
     assert "\n" not in str(e.value)
     with pytest.raises(TracemarkError, match="caption column 'label'.*columns: 'file_name', 'title'"):
         load_dataset(root, caption_column="label")
-    with pytest.raises(TracemarkError, match="--caption-column must name a column"):
+    with pytest.raises(TracemarkError, match="^caption_column must name a column"):
         load_dataset(root, caption_column=" ")
 
 
@@ -244,7 +244,7 @@ def test_the_image_column_can_be_renamed_or_found(tmp_path):
     assert load_dataset(root).image_column == "path"  # the one usual image column present
     assert "images from column 'path'" in load_dataset(root).columns_note()
     with pytest.raises(TracemarkError, match=r"metadata.jsonl:1: missing 'image' \(columns: 'path', 'caption'; "
-                                             r"--image-column\)"):
+                                             r"image_column\)$"):
         load_dataset(root, image_column="image")
     with pytest.raises(TracemarkError, match="cannot be both the image and the caption column"):
         load_dataset(root, caption_column="path")
@@ -260,7 +260,7 @@ def test_a_hugging_face_dataset_given_as_an_imagefolder_says_how_to_import_it(tm
     for name in ("state.json", "dataset_info.json"):
         (tmp_path / "hf" / name).write_text("{}")
     with pytest.raises(TracemarkError, match=r"hf: a Hugging Face dataset \(save_to_disk\), not an imagefolder: "
-                                             r"import it once with `tracemark import-hf .*hf --out FOLDER`"):
+                                             r"import it once with import_hf \(`tracemark import-hf .*hf`\) and use the folder it writes"):
         load_dataset(tmp_path / "hf")
     (tmp_path / "x.parquet").write_bytes(b"PAR1")
     with pytest.raises(TracemarkError, match="x.parquet: a parquet file.*tracemark import-hf"):

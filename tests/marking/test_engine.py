@@ -25,10 +25,10 @@ def square(job):
 
 
 def test_unknown_engine_is_a_one_line_error(tmp_path, registry):
-    with pytest.raises(TracemarkError, match="--engine must be one of local, ray"):
+    with pytest.raises(TracemarkError, match="^engine must be one of local, ray"):
         check_engine("spark")
     data = make_sample_dataset(tmp_path / "d", n=4, size=32, seed=0)
-    with pytest.raises(TracemarkError, match="--engine"):
+    with pytest.raises(TracemarkError, match="^engine must be one of"):
         protect(data, tmp_path / "c", "acme", registry=registry, engine="spark")
     assert not (tmp_path / "c").exists() and registry.copies() == []
 
@@ -53,7 +53,7 @@ def test_an_address_where_no_cluster_listens_fails_fast(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t = time.perf_counter()
-    with pytest.raises(TracemarkError, match=f"--address 127.0.0.1:{port}: no Ray cluster answers there"):
+    with pytest.raises(TracemarkError, match=f"^address 127.0.0.1:{port}: no Ray cluster answers there"):
         _probe(f"127.0.0.1:{port}")
     assert time.perf_counter() - t < 6
     _probe("auto")  # Ray's own resolution: nothing to probe

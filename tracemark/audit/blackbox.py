@@ -104,7 +104,8 @@ def audit_model(
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
     if reference_lora is not None and reference is None:
-        raise TracemarkError("--reference-lora needs --reference (the pipeline the LoRA goes on)")
+        raise TracemarkError("reference_lora needs reference (the pipeline the LoRA goes on)",
+                             params=("reference_lora", "reference"))
     if pipe is None:  # a GPU when there is one (fp16 there), else the CPU in fp32
         pipe = load_pipeline(model_dir, lora=lora, device=device or "auto", dtype=dtype, config=config)
     if reference is not None and ref_pipe is None:

@@ -77,7 +77,7 @@ def build_plan(copies: list[Copy], registry: Registry, n: int, seed: int = 0,
                only: list[int] | None = None, stage: int = 1) -> QueryPlan:
     """Stage-1 plan over all copies (or stage-2 plan over the ``only`` copy ids)."""
     if n <= 0:
-        raise TracemarkError(f"--n must be positive, got {n}")
+        raise TracemarkError(f"n must be positive, got {n}", params=("n",))
     rng = np.random.default_rng(seed + 7919 * stage)
     trig = [c for c in copies if c.strategy == "trigger" and (only is None or c.id in only)]
     prompts: list[str] = []

@@ -57,15 +57,15 @@ def whitebox_plan(registry: Registry, model: Path, *, lora: Path | None = None, 
                 notes.append(f"dataset: '{names[0]}', the only one with shadows on this base "
                              f"(of {len({c.dataset for c in copies})} with copies; --dataset picks another)")
         if len(names) > 1:
-            raise TracemarkError(f"several datasets have issued copies ({', '.join(names)}): give --dataset NAME "
-                                 "(the white box reads one dataset's marked samples)")
+            raise TracemarkError(f"several datasets have issued copies ({', '.join(names)}): give dataset "
+                                 "(the white box reads one dataset's marked samples)", params=("dataset",))
         dataset = names[0]
     if data is None:
         row = registry.conn.execute("SELECT source_path FROM datasets WHERE name = ?", (dataset,)).fetchone()
         src = row["source_path"] if row else None
         if not src or not Path(src).is_dir():
-            raise TracemarkError(f"{src or dataset}: the original data of '{dataset}' recorded when its copies were "
-                                 "issued is not there; give --data DIR")
+            raise TracemarkError(f"{src or dataset}: the original dataset '{dataset}' recorded when its copies were "
+                                 "issued is not there; give data, the original's folder", params=("data",))
         data = Path(src)
         notes.append(f"original data: {data} (recorded when the copies were issued)")
     if by_hand:
@@ -97,12 +97,14 @@ def reference_pairs(reference, reference_lora) -> list[tuple[Path, Path | None]]
 
     refs, loras = as_list(reference), as_list(reference_lora)
     if loras and not refs:
-        raise TracemarkError("--reference-lora needs --reference (the pipeline the LoRA goes on)")
+        raise TracemarkError("reference_lora needs reference (the pipeline the LoRA goes on)",
+                             params=("reference_lora", "reference"))
     if len(refs) == 1 and len(loras) > 1:
         refs = refs * len(loras)
     if loras and len(loras) != len(refs):
-        raise TracemarkError(f"give one --reference-lora per --reference, or one --reference for all of them "
-                             f"(got {len(refs)} --reference and {len(loras)} --reference-lora)")
+        raise TracemarkError(f"give one reference_lora per reference, or one reference for all of them "
+                             f"(got {len(refs)} reference and {len(loras)} reference_lora)",
+                             params=("reference_lora", "reference"))
     return list(zip(refs, loras or [None] * len(refs)))
 
 

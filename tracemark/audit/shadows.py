@@ -84,7 +84,8 @@ def registered_dataset(registry: Registry, data_dir: Path, dataset_name: str | N
     rows = {r["name"]: r for r in registry.datasets()}
     if name not in rows:
         raise TracemarkError(f"{data_dir}: not a registered dataset (no dataset '{name}' in {registry.db_path}); "
-                             "shadows are trained on an original you have protected (or pass --dataset NAME)")
+                             "shadows are trained on an original you have protected (or pass dataset_name)",
+                             params=("dataset_name",))
     columns = recorded_columns(registry, name, columns)
     chash = content_hash(load_dataset(data_dir, *columns))
     if chash != rows[name]["content_hash"]:
@@ -138,9 +139,9 @@ def train_shadows(registry: Registry, data_dir: Path, base: Path | None, count: 
     say = say or (lambda _line: None)
     data_dir = Path(data_dir)
     if count < 1:
-        raise TracemarkError(f"--count must be at least 1, got {count}")
+        raise TracemarkError(f"count must be at least 1, got {count}", params=("count",))
     if steps is not None and steps <= 0:
-        raise TracemarkError(f"--steps must be positive, got {steps}")
+        raise TracemarkError(f"steps must be positive, got {steps}", params=("steps",))
     if base is not None and not Path(base).exists():
         raise TracemarkError(f"{base}: model folder not found")
     name, chash = registered_dataset(registry, data_dir, dataset_name, (caption_column, image_column))  # (before torch)

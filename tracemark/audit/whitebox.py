@@ -90,15 +90,15 @@ def audit_whitebox(
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to audit against")
     pairs = reference_pairs(reference, reference_lora)
     if pairs and base is not None:
-        raise TracemarkError("give --base or --reference, not both")
+        raise TracemarkError("give base or reference, not both", params=("base", "reference"))
     # shadow references: pipelines in hand (ref_pipe), else the (pipeline, LoRA) pairs, each loaded
     # when its turn comes so that one reference at a time is in memory (512 px on a GPU)
     shadows: list = list(ref_pipe) if isinstance(ref_pipe, (list, tuple)) else (
         [ref_pipe] if ref_pipe is not None and pairs else list(pairs))
     if len(shadows) > 1:
         if statistic == "residual":
-            raise TracemarkError("several references are averaged by the loss statistic only; "
-                                 "use --statistic loss (or one --reference)")
+            raise TracemarkError("several references are averaged by statistic loss only; "
+                                 "use statistic loss (or one reference)", params=("statistic", "reference"))
         statistic = "loss"
     probes, subsets = whitebox_probes(copies, registry, data_dir)
     if pipe is None:
@@ -120,8 +120,9 @@ def audit_whitebox(
         statistic = "loss" if ref_pipe is not None or lora is not None else "residual"
     if statistic == "loss":
         if ref_pipe is None and lora is None:
-            raise TracemarkError("the loss statistic needs a reference: --lora (compared with the LoRA switched "
-                                 "off), --base or --reference; or use --statistic residual")
+            raise TracemarkError("statistic loss needs a model to compare with: lora (compared with the LoRA "
+                                 "switched off), base or reference; or use statistic residual",
+                                 params=("statistic", "lora", "base", "reference"))
         # grad[L_S - L_k] per reference k at unit RMS, averaged: the suspect is read once (1 + K passes)
         passes = shadows or [ref_pipe]
         kw = {"t_fracs": t_fracs, "draws": draws, "seed": seed}
@@ -181,8 +182,8 @@ def whitebox_probes(copies: list[Copy], registry: Registry, data_dir: Path):
             if name not in images:
                 path = data_dir / name
                 if not path.is_file():
-                    raise TracemarkError(f"{path}: missing; --data must be the original dataset of copy {c.id} "
-                                         f"({c.dataset})")
+                    raise TracemarkError(f"{path}: missing; data_dir must be the original dataset of copy {c.id} "
+                                         f"({c.dataset})", params=("data_dir",))
                 images[name] = read_image_rgb(path)
                 if "dhash" in m and int(int(m["dhash"]) ^ dhash(images[name])).bit_count() > DHASH_MAX_DISTANCE:
                     far += 1

@@ -9,6 +9,7 @@ command module that fails to import, is a traceback.
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 from typing import Any
@@ -41,7 +42,37 @@ def exit_for(verdict: Any) -> None:
         raise typer.Exit(EXIT_NAMED)
 
 
+#: The flag of each library argument whose flag is not ``--`` + its name with ``-`` for ``_``
+#: (:func:`flag`): the commands pass these arguments under other names.
+FLAGS = {
+    "n_decoys": "--decoys",  # trace-files, audit
+    "data_dir": "--data",  # materialize, reissue, trace-files, audit (protect's DATA_DIR is no option)
+    "dataset_name": "--dataset",  # protect, shadow
+    "scheme_params": "-p",  # protect
+    "fmt": "--format",  # materialize
+    "num_threads": "--threads",  # finetune
+}
+
+
+def flag(param: str) -> str:
+    """The command-line flag of the library argument ``param``."""
+    return FLAGS.get(param) or "--" + param.replace("_", "-")
+
+
+def error_message(exc: BaseException) -> str:
+    """The message of an error as a command says it: each argument named in ``exc.params``
+    (:class:`~tracemark.errors.TracemarkError`) replaced by its flag (``min_marked`` -> ``--min-marked``)
+    where it stands as a word of its own (not inside a path, a quoted value or ``key=value``)."""
+    message, params = str(exc), sorted(getattr(exc, "params", ()), key=len, reverse=True)
+    if not params:
+        return message
+    names = "|".join(re.escape(p) for p in params)  # one pass: a flag put in is never read again
+    return re.sub(rf"(?<![\w\-./\\'\"=])(?:{names})(?![\w\-/\\'\"=]|\.\w)", lambda m: flag(m.group(0)), message)
+
+
 def print_error(message: Any) -> None:
+    if isinstance(message, BaseException):
+        message = error_message(message)
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 

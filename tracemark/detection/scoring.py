@@ -148,9 +148,9 @@ def check_test_parameters(alpha: float, n_decoys: int) -> None:
     import math
 
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0 < alpha < 1):
-        raise TracemarkError(f"--alpha must be between 0 and 1 (exclusive), got {alpha}")
+        raise TracemarkError(f"alpha must be between 0 and 1 (exclusive), got {alpha}", params=("alpha",))
     if not isinstance(n_decoys, int) or n_decoys < MIN_DECOYS:
-        raise TracemarkError(f"--decoys must be an integer >= {MIN_DECOYS}, got {n_decoys}")
+        raise TracemarkError(f"n_decoys must be an integer >= {MIN_DECOYS}, got {n_decoys}", params=("n_decoys",))
 
 
 def score_copies(

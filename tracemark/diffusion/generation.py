@@ -64,14 +64,14 @@ def generate(model_dir, prompts, n: int, out_dir, lora=None, seed: int = 0, step
 
     check_generation_options(n=n, steps=steps, guidance=guidance, batch_size=batch_size)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64 - n:  # torch: 64-bit
-        raise TracemarkError(f"--seed must be a non-negative integer below 2**64 - n, got {seed}")
+        raise TracemarkError(f"seed must be a non-negative integer below 2**64 - n, got {seed}", params=("seed",))
     if isinstance(prompts, (str, os.PathLike)):
         prompts = read_prompts(prompts)
     prompts = list(prompts)
     if not prompts:
         raise TracemarkError("no prompts given")
     if n <= 0:
-        raise TracemarkError(f"--n must be positive, got {n}")
+        raise TracemarkError(f"n must be positive, got {n}", params=("n",))
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TracemarkError(f"{out}: already exists and is not an empty folder")
@@ -127,7 +127,8 @@ def check_steps(pipe, steps: int) -> None:
 
     limit = getattr(getattr(pipe, "scheduler", None), "config", {}).get("num_train_timesteps")
     if isinstance(limit, int) and steps > limit:
-        raise TracemarkError(f"--steps {steps} exceeds the {limit} timesteps this model's scheduler was trained with")
+        raise TracemarkError(f"steps {steps} exceeds the {limit} timesteps this model's scheduler was trained with",
+                             params=("steps",))
 
 
 def _generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, device) -> np.ndarray:

@@ -35,9 +35,9 @@ def resolve_device(device: str | None = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TracemarkError(f"--device {device}: no CUDA device is available here")
+        raise TracemarkError(f"device {device}: CUDA is not available here", params=("device",))
     if device != "cpu" and not device.startswith("cuda"):
-        raise TracemarkError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+        raise TracemarkError(f"device must be auto, cpu or cuda[:N], got {device!r}", params=("device",))
     return device
 
 
@@ -49,7 +49,7 @@ def resolve_dtype(dtype: str | None, device: str):
 
     dtype = dtype or "auto"
     if dtype not in DTYPES:
-        raise TracemarkError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise TracemarkError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", params=("dtype",))
     if dtype == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
@@ -290,8 +290,9 @@ def _check_cpu_half(device: str | None, dtype) -> None:
         x = torch.ones(1, 2, 4, 4, dtype=torch.float16)
         torch.nn.functional.group_norm(torch.nn.functional.conv2d(x, torch.ones(2, 2, 3, 3, dtype=torch.float16)), 1)
     except RuntimeError as exc:
-        raise TracemarkError(f"--dtype fp16 on the CPU: this PyTorch has no CPU float16 kernels "
-                             f"({_one_line(exc, 120)}); use --dtype fp32 or bf16, or --device cuda") from None
+        raise TracemarkError(f"dtype fp16 on the CPU: this PyTorch has no CPU float16 kernels "
+                             f"({_one_line(exc, 120)}); use dtype fp32 or bf16, or device cuda",
+                             params=("dtype", "device")) from None
 
 
 #: Where an original-layout (CompVis / A1111, "LDM") SD checkpoint keeps each component.
@@ -309,11 +310,13 @@ def _load_single_file(cls, path: Path, config, kwargs: dict):
     from tracemark.errors import TracemarkError
 
     if config is None:
-        raise TracemarkError(f"{path}: a single-file checkpoint needs --config DIR (a pipeline folder "
-                             "of the same architecture, e.g. SD 1.5's) when nothing can be downloaded")
+        raise TracemarkError(f"{path}: a single-file checkpoint needs config (a pipeline folder "
+                             "of the same architecture, e.g. SD 1.5's) when nothing can be downloaded",
+                             params=("config",))
     if not is_pipeline_dir(config):
-        raise TracemarkError(f"{config}: --config must be a diffusers pipeline folder (model_index.json, unet/, "
-                             "vae/, text_encoder/, tokenizer/, scheduler/) of the checkpoint's architecture")
+        raise TracemarkError(f"{config}: config must be a diffusers pipeline folder (model_index.json, unet/, "
+                             "vae/, text_encoder/, tokenizer/, scheduler/) of the checkpoint's architecture",
+                             params=("config",))
     keys = _checkpoint_keys(path)
     if keys is not None and not any(k.startswith(LDM_PREFIXES["unet"]) for k in keys):
         raise TracemarkError(f"{path}: not an original-layout (CompVis / A1111) Stable Diffusion checkpoint "
@@ -331,7 +334,7 @@ def _load_single_file(cls, path: Path, config, kwargs: dict):
             why = "the config's components have weights this checkpoint lacks"
         else:
             why = _one_line(text.split(". If you want")[0], 200)
-        raise TracemarkError(f"{path}: does not fit --config {config} ({why})") from exc
+        raise TracemarkError(f"{path}: does not fit config {config} ({why})", params=("config",)) from exc
     _check_single_file(pipe, path, config, keys)
     return pipe
 
@@ -360,15 +363,15 @@ def _check_single_file(pipe, path: Path, config, keys: list[str] | None) -> None
         state = {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
         empty = [k for k, v in state.items() if v.device.type == "meta"]
         if empty:
-            raise TracemarkError(f"{path}: does not fit --config {config} (its {part} has no weights for {empty[0]} "
-                                 f"and {len(empty) - 1} more)")
+            raise TracemarkError(f"{path}: does not fit config {config} (its {part} has no weights for {empty[0]} "
+                                 f"and {len(empty) - 1} more)", params=("config",))
         if keys is None:  # a pickled .ckpt: its keys are not readable without loading it again
             continue
         n_file = sum(1 for k in keys if k.startswith(prefix) and not k.endswith("position_ids")
                      and not k.startswith("first_stage_model.loss."))
         if n_file and n_file != len(state):
-            raise TracemarkError(f"{path}: does not fit --config {config} (its {part} has {n_file} tensors, the "
-                                 f"config's {len(state)})")
+            raise TracemarkError(f"{path}: does not fit config {config} (its {part} has {n_file} tensors, the "
+                                 f"config's {len(state)})", params=("config",))
 
 
 def lora_state_dict(lora) -> tuple[dict, str, Path]:

@@ -23,11 +23,11 @@ def check_generation_options(*, n: int | None = None, seed: int | None = None, s
     """One-line errors for sampling options, checked before any model is loaded (``--steps 0`` used to
     fail in the scheduler with a ZeroDivisionError, ``--seed -1`` in numpy, ``--guidance nan`` was
     accepted and gave black images). ``None``: not given."""
-    for flag, value in (("--n", n), ("--steps", steps), ("--batch-size", batch_size)):
+    for param, value in (("n", n), ("steps", steps), ("batch_size", batch_size)):
         if value is not None and (not _is_int(value) or value < 1):
-            raise TracemarkError(f"{flag} must be a positive integer, got {value}")
+            raise TracemarkError(f"{param} must be a positive integer, got {value}", params=(param,))
     if seed is not None and (not _is_int(seed) or not 0 <= seed <= MAX_SEED):
-        raise TracemarkError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed}")
+        raise TracemarkError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed}", params=("seed",))
     if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.floating))
                                  or not math.isfinite(guidance) or guidance < 0):
-        raise TracemarkError(f"--guidance must be a finite number >= 0, got {guidance}")
+        raise TracemarkError(f"guidance must be a finite number >= 0, got {guidance}", params=("guidance",))

@@ -136,7 +136,7 @@ def preset_for_base(base, name: str = "auto") -> Preset:
 
     if name != "auto":
         if name not in PRESETS:
-            raise TracemarkError(f"--preset must be one of auto, {', '.join(PRESETS)}, got {name!r}")
+            raise TracemarkError(f"preset must be one of auto, {', '.join(PRESETS)}, got {name!r}", params=("preset",))
         return PRESETS[name]
     cfg = Path(base) / "unet" / "config.json"
     if not cfg.is_file():
@@ -484,7 +484,8 @@ def run_training(rc: RunConfig, *, pipe=None, progress: bool = True, resume: boo
         if diff:
             raise TracemarkError(f"{ckpt_path}: cannot resume, settings differ (saved, now): {diff}")
     elif out.exists() and any(out.iterdir()):
-        raise TracemarkError(f"{out}: already exists and is not empty (use --resume to continue a run)")
+        raise TracemarkError(f"{out}: already exists and is not empty (pass resume to continue a run)",
+                             params=("resume",))
 
     mixed = rc.mixed_precision
     if mixed == "auto":
@@ -669,7 +670,7 @@ def run_training(rc: RunConfig, *, pipe=None, progress: bool = True, resume: boo
             dirty = False
             lv, step_loss = step_loss, 0.0
             if not math.isfinite(lv):
-                raise TracemarkError(f"training diverged at step {step} (loss {lv}); lower --lr")
+                raise TracemarkError(f"training diverged at step {step} (loss {lv}); lower lr", params=("lr",))
             running = lv if running is None else 0.98 * running + 0.02 * lv
             if step % 50 == 0 or step == rc.steps:
                 loss_hist.append(round(running, 5))
@@ -826,7 +827,7 @@ def finetune(data_dir, base, out, method: str = "lora", preset: Preset = SD15, *
     from tracemark.errors import TracemarkError
 
     if method not in ("lora", "full"):
-        raise TracemarkError(f"--method must be lora or full, got {method!r}")
+        raise TracemarkError(f"method must be lora or full, got {method!r}", params=("method",))
     if not preset.center_crop:
         raise TracemarkError(f"preset {preset.name}: only centre crops are implemented (center_crop=True)")
     targets = list(preset.lora_targets) if lora_targets is None else lora_targets
@@ -837,7 +838,7 @@ def finetune(data_dir, base, out, method: str = "lora", preset: Preset = SD15, *
     lora = method == "lora"
     steps = steps if steps is not None else (preset.steps if lora else preset.full_steps)
     if steps <= 0:
-        raise TracemarkError(f"--steps must be positive, got {steps}")
+        raise TracemarkError(f"steps must be positive, got {steps}", params=("steps",))
     rank = preset.rank if rank is None else rank
     rc = RunConfig(
         method=method, data_dir=str(data_dir), out_dir=str(out), base=str(base), steps=steps,

@@ -82,7 +82,7 @@ class Dataset:
 def check_column(value: str | None, option: str) -> str | None:
     """A column name as given (None: find it); an empty or blank name is a mistake, not a default."""
     if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise TracemarkError(f"{option} must name a column, got {value!r}")
+        raise TracemarkError(f"{option} must name a column, got {value!r}", params=(option,))
     return value
 
 
@@ -101,9 +101,9 @@ def pick_column(columns: list[str], given: str | None, candidates: tuple[str, ..
     shown = ", ".join(repr(c) for c in columns) or "none"
     if not found:
         raise TracemarkError(f"{where}: no {what} column (none of {', '.join(candidates)}; columns: {shown}); "
-                             f"pass {option} NAME")
+                             f"pass {option}", params=(option,))
     raise TracemarkError(f"{where}: several possible {what} columns ({', '.join(repr(c) for c in found)}); "
-                         f"pass {option} NAME")
+                         f"pass {option}", params=(option,))
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -202,13 +202,13 @@ def load_dataset(root: str | Path, caption_column: str | None = None, image_colu
     ``captions=False`` (readers of the images only): a caption column that cannot be found is no
     error, and captions are read as ``""``.
     """
-    check_column(caption_column, "--caption-column")
-    check_column(image_column, "--image-column")
+    check_column(caption_column, "caption_column")
+    check_column(image_column, "image_column")
     root = Path(root)
     if not root.is_dir():
         if root.is_file() and root.suffix == ".parquet":
             raise TracemarkError(f"{root}: a parquet file, not an imagefolder dataset: import it once with "
-                                 f"`tracemark import-hf {root} --out FOLDER` and use FOLDER")
+                                 f"import_hf (`tracemark import-hf {root}`) and use the folder it writes")
         raise TracemarkError(f"{root}: dataset folder not found")
     metas = []
     for p in root.rglob("*"):  # symlinked folders are not followed: a link to a parent cannot loop here
@@ -221,7 +221,7 @@ def load_dataset(root: str | Path, caption_column: str | None = None, image_colu
         kind = hf_kind(root)
         if kind is not None:
             raise TracemarkError(f"{root}: a Hugging Face dataset ({kind}), not an imagefolder: import it once with "
-                                 f"`tracemark import-hf {root} --out FOLDER` and use FOLDER")
+                                 f"import_hf (`tracemark import-hf {root}`) and use the folder it writes")
         raise TracemarkError(f"{root}: no metadata.jsonl or metadata.csv (imagefolder layout expected)")
     kinds = {m.suffix for m in metas}
     if len(kinds) > 1:  # Hugging Face imagefolder refuses mixed metadata too
@@ -233,12 +233,12 @@ def load_dataset(root: str | Path, caption_column: str | None = None, image_colu
         raise TracemarkError(f"{root}: dataset is empty (no rows in {', '.join(m.name for m in metas)})")
     columns = list(dict.fromkeys(k for _, rows in table for _, row in rows for k in row))  # first seen first
     where = metas[0] if len(metas) == 1 else root
-    image_col, image_found = pick_column(columns, image_column, IMAGE_COLUMNS, "--image-column", "image", where,
+    image_col, image_found = pick_column(columns, image_column, IMAGE_COLUMNS, "image_column", "image", where,
                                          prefer=DEFAULT_IMAGE_COLUMN)
     try:
         caption_col, caption_found = pick_column(columns, caption_column, tuple(c for c in CAPTION_COLUMNS
                                                                                 if c != image_col),
-                                                 "--caption-column", "caption", where)
+                                                 "caption_column", "caption", where)
     except TracemarkError:
         if captions:
             raise
@@ -255,13 +255,15 @@ def load_dataset(root: str | Path, caption_column: str | None = None, image_colu
             if not isinstance(name, str) or not name:
                 raise TracemarkError(f"{meta}:{lineno}: missing '{image_col}'"
                                      + ("" if image_col in row or image_column is None else
-                                        f" (columns: {', '.join(repr(c) for c in row)}; --image-column)"))
+                                        f" (columns: {', '.join(repr(c) for c in row)}; image_column)"),
+                                     params=("image_column",))
             caption = row.get(caption_col) if caption_col else ""
             if not isinstance(caption, str):
                 if captions:
                     raise TracemarkError(f"{meta}:{lineno}: missing or non-string caption column '{caption_col}'"
                                          + ("" if caption_col in row else
-                                            f" (columns: {', '.join(repr(c) for c in row)}; --caption-column)"))
+                                            f" (columns: {', '.join(repr(c) for c in row)}; caption_column)"),
+                                         params=("caption_column",))
                 caption = ""
             path = (meta.parent / name)
             try:

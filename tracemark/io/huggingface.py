@@ -88,10 +88,10 @@ def _open(src: Path, kind: str, split: str | None, cache_dir: str):
             split = splits[0]
         if split not in loaded:
             got = f"no split '{split}'" if split is not None else "several splits"
-            raise TracemarkError(f"{src}: {got} ({', '.join(splits)}); pass --split NAME")
+            raise TracemarkError(f"{src}: {got} ({', '.join(splits)}); pass split", params=("split",))
         return loaded[split], split
     if split is not None:
-        raise TracemarkError(f"{src}: a single dataset without splits; leave out --split")
+        raise TracemarkError(f"{src}: a single dataset without splits; leave out split", params=("split",))
     return loaded, None
 
 
@@ -105,18 +105,19 @@ def _columns(ds, src: Path, image_column: str | None, caption_column: str | None
         raise TracemarkError(f"{src}: the dataset declares no features (column types)")
     names = list(features)
     images = [c for c, f in features.items() if isinstance(f, datasets.Image)]
-    for given, option in ((image_column, "--image-column"), (caption_column, "--caption-column"),
-                          (id_column, "--id-column")):
+    for given, option in ((image_column, "image_column"), (caption_column, "caption_column"),
+                          (id_column, "id_column")):
         if given is not None and given not in features:
-            raise TracemarkError(f"{src}: no column '{given}' (columns: {', '.join(names)}); check {option}")
+            raise TracemarkError(f"{src}: no column '{given}' (columns: {', '.join(names)}); check {option}",
+                                 params=(option,))
     if not images:
         raise TracemarkError(f"{src}: no column of type Image (columns: {', '.join(names)})")
-    image_col, image_found = pick_column(images, image_column, tuple(images), "--image-column", "image", src)
+    image_col, image_found = pick_column(images, image_column, tuple(images), "image_column", "image", src)
     if not isinstance(features[image_col], datasets.Image):
         raise TracemarkError(f"{src}: column '{image_col}' is not an Image column ({features[image_col]!r})")
     strings = [c for c, f in features.items()
                if isinstance(f, datasets.Value) and f.dtype in ("string", "large_string")]
-    caption_col, caption_found = pick_column(strings, caption_column, CAPTION_COLUMNS, "--caption-column", "caption",
+    caption_col, caption_found = pick_column(strings, caption_column, CAPTION_COLUMNS, "caption_column", "caption",
                                              src)
     if caption_col not in strings:
         raise TracemarkError(f"{src}: column '{caption_col}' is not a text column ({features[caption_col]!r})")
@@ -177,13 +178,14 @@ def _file_stem(row: dict, i: int, id_column: str | None, src: Path) -> str:
         return f"{i:08d}"
     value = row.get(id_column)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise TracemarkError(f"{src}: row {i}: --id-column '{id_column}' holds {value!r}, not a name or a number")
+        raise TracemarkError(f"{src}: row {i}: id_column '{id_column}' holds {value!r}, not a name or a number",
+                             params=("id_column",))
     stem = str(value)
     if Path(stem).suffix.lower() in FORMAT_EXT.values() or Path(stem).suffix.lower() == ".jpeg":
         stem = stem[: -len(Path(stem).suffix)]
     if not _SAFE_ID.match(stem):
-        raise TracemarkError(f"{src}: row {i}: --id-column value {value!r} cannot be a file name (letters, digits, "
-                             "'.', '_', '-' only, no leading dot)")
+        raise TracemarkError(f"{src}: row {i}: id_column value {value!r} cannot be a file name (letters, digits, "
+                             "'.', '_', '-' only, no leading dot)", params=("id_column",))
     return stem
 
 
@@ -196,8 +198,8 @@ def import_hf(src: str | Path, out: str | Path, *, split: str | None = None, cap
     from tracemark.io.dataset import check_column, is_inside
     from tracemark.io.safe_write import atomic_dir
 
-    for value, option in ((caption_column, "--caption-column"), (image_column, "--image-column"),
-                          (id_column, "--id-column"), (split, "--split")):
+    for value, option in ((caption_column, "caption_column"), (image_column, "image_column"),
+                          (id_column, "id_column"), (split, "split")):
         check_column(value, option)
     src, out = Path(src), Path(out)
     if not src.exists():
@@ -224,7 +226,7 @@ def import_hf(src: str | Path, out: str | Path, *, split: str | None = None, cap
                 name = _file_stem(row, i, id_column, src) + _ext(data, src, i)
                 if name.lower() in seen:
                     raise TracemarkError(f"{src}: rows {seen[name.lower()]} and {i} would both be {name}: "
-                                         f"--id-column '{id_column}' is not unique")
+                                         f"id_column '{id_column}' is not unique", params=("id_column",))
                 seen[name.lower()] = i
                 caption = row[caption_col]
                 if not isinstance(caption, str):

@@ -97,7 +97,8 @@ def check_output_file(path: Path | None, what: str, *, force: bool = False, home
             raise TracemarkError(f"{path}: is not a regular file (a device, fifo or socket); {what} needs a "
                                  "new file name")
         if not force:
-            raise TracemarkError(f"{path}: already exists; pass --force to overwrite it, or name a new file")
+            raise TracemarkError(f"{path}: already exists; pass force to overwrite it, or name a new file",
+                                 params=("force",))
     parent = path.parent
     while not parent.exists():
         parent = parent.parent

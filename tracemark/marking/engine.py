@@ -23,7 +23,7 @@ PROGRESS_EVERY = 16
 def check_engine(engine: str) -> None:
     """One-line errors for an unknown engine, or ``ray`` without ray installed, before any work."""
     if engine not in ENGINES:
-        raise TracemarkError(f"--engine must be one of {', '.join(ENGINES)}, got '{engine}'")
+        raise TracemarkError(f"engine must be one of {', '.join(ENGINES)}, got '{engine}'", params=("engine",))
     if engine == "ray":
         _import_ray()
 
@@ -32,8 +32,8 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise TracemarkError("--engine ray: ray is not installed (pip install 'tracemark[ray]'), "
-                             "or use --engine local") from None
+        raise TracemarkError("engine ray: ray is not installed (pip install 'tracemark[ray]'), "
+                             "or use engine local", params=("engine",)) from None
     return ray
 
 
@@ -104,8 +104,8 @@ def _probe(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise TracemarkError(f"--address {address}: no Ray cluster answers there "
-                             f"({exc.strerror or exc.__class__.__name__})") from None
+        raise TracemarkError(f"address {address}: no Ray cluster answers there "
+                             f"({exc.strerror or exc.__class__.__name__})", params=("address",)) from None
 
 
 def _run_chunk(fn: Callable[[Any], dict], chunk: Sequence[Any]) -> list[dict]:
@@ -130,8 +130,9 @@ def _run_ray(jobs: Sequence[Any], fn: Callable[[Any], dict], workers: int | None
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-            raise TracemarkError(f"--engine ray: cannot start or reach {where} "
-                                 f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})") from None
+            raise TracemarkError(f"engine ray: cannot start or reach {where} "
+                                 f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})",
+                                 params=("engine",)) from None
         started = True
     try:
         n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -156,7 +157,8 @@ def _run_ray(jobs: Sequence[Any], fn: Callable[[Any], dict], workers: int | None
             for ref in pending:
                 ray.cancel(ref, force=True)
             if isinstance(exc, ray.exceptions.RayError):  # a worker died, or could not import tracemark
-                raise TracemarkError(f"--engine ray: a task failed ({str(exc).strip().splitlines()[-1]})") from None
+                raise TracemarkError(f"engine ray: a task failed ({str(exc).strip().splitlines()[-1]})",
+                                     params=("engine",)) from None
             raise
     finally:
         if started:

@@ -53,11 +53,12 @@ def _source(registry: Registry, copy: Copy, data_dir: str | Path | None) -> tupl
         raise TracemarkError(f"dataset '{copy.dataset}' is not in the registry ({registry.db_path})")
     if data_dir is None:
         if not row["source_path"]:
-            raise TracemarkError(f"dataset '{copy.dataset}' has no recorded source folder; pass --data ORIGINAL")
+            raise TracemarkError(f"dataset '{copy.dataset}' has no recorded source folder; pass data_dir, the original",
+                                 params=("data_dir",))
         data_dir = Path(row["source_path"])
         if not data_dir.is_dir():
             raise TracemarkError(f"{data_dir}: the recorded source folder of dataset '{copy.dataset}' is gone; "
-                                 "pass --data ORIGINAL")
+                                 "pass data_dir, the original", params=("data_dir",))
     return Path(data_dir), row["content_hash"]
 
 
@@ -103,9 +104,10 @@ def materialize(
     (``link``: how, :data:`tracemark.marking.protect.LINK_MODES`)."""
     check_link(link)
     if fmt not in FORMATS:
-        raise TracemarkError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+        raise TracemarkError(f"fmt must be one of {', '.join(FORMATS)}, got '{fmt}'", params=("fmt",))
     if fmt == "webdataset" and (not isinstance(shard_size, int) or shard_size < 1):
-        raise TracemarkError(f"--shard-size must be a positive number of samples, got {shard_size}")
+        raise TracemarkError(f"shard_size must be a positive number of samples, got {shard_size}",
+                             params=("shard_size",))
     check_engine(engine)
     if isinstance(copy, str):
         copy = find_copy(registry, copy, dataset)

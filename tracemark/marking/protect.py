@@ -128,7 +128,7 @@ def default_scheme(scheme: str, strength: float | None, params: dict):
 
 def check_min_marked(min_marked: int) -> int:
     if isinstance(min_marked, bool) or not isinstance(min_marked, int) or min_marked < 0:
-        raise TracemarkError(f"--min-marked must be a whole number >= 0, got {min_marked!r}")
+        raise TracemarkError(f"min_marked must be a whole number >= 0, got {min_marked!r}", params=("min_marked",))
     return min_marked
 
 
@@ -220,7 +220,7 @@ _FICLONE = 0x40049409  # Linux ioctl: clone a file's extents
 
 def check_link(link: str) -> str:
     if link not in LINK_MODES:
-        raise TracemarkError(f"--link must be one of {', '.join(LINK_MODES)}, got {link!r}")
+        raise TracemarkError(f"link must be one of {', '.join(LINK_MODES)}, got {link!r}", params=("link",))
     return link
 
 
@@ -350,18 +350,24 @@ def _remove_stale_temps(out_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _params(what: str) -> tuple[str, ...]:
+    """``what`` as the ``params`` of an error: an argument's name, or () for a description."""
+    return (what,) if what.isidentifier() else ()
+
+
 def check_name(value: str, what: str) -> str:
     """A licensee or dataset name: non-empty, no leading or trailing whitespace, and no control or
     invisible format characters (a newline or ESC in a name would reach every terminal and report
     that prints it, and two names differing only by an invisible character would look alike)."""
     if not isinstance(value, str) or not value:
-        raise TracemarkError(f"{what} must be a non-empty name")
+        raise TracemarkError(f"{what} must be a non-empty name", params=_params(what))
     shown = ascii(value)
     if value != value.strip():
-        raise TracemarkError(f"{what} {shown}: leading or trailing whitespace")
+        raise TracemarkError(f"{what} {shown}: leading or trailing whitespace", params=_params(what))
     bad = next((ch for ch in value if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp")), None)
     if bad is not None:
-        raise TracemarkError(f"{what} {shown}: control or invisible character U+{ord(bad):04X} not allowed in a name")
+        raise TracemarkError(f"{what} {shown}: control or invisible character U+{ord(bad):04X} not allowed in a name",
+                             params=_params(what))
     return value
 
 
@@ -374,8 +380,9 @@ def _check_trigger_captions(ds: Dataset) -> None:
     if blank:
         s = blank[0]
         more = f" (and {len(blank) - 1} more)" if len(blank) > 1 else ""
-        raise TracemarkError(f"{s.metadata_file}:{s.line}: empty caption{more}; with --strategy trigger a marked "
-                             "sample's caption would be the trigger word alone: write captions, or use --strategy ambient")
+        raise TracemarkError(f"{s.metadata_file}:{s.line}: empty caption{more}; with strategy trigger a marked "
+                             "sample's caption would be the trigger word alone: write captions, or use strategy "
+                             "ambient", params=("strategy",))
 
 
 #: Files of each kind listed one by one in ``skipped``; the rest are counted in one line.
@@ -580,13 +587,14 @@ def protect(
     check_rate(rate)
     check_min_marked(min_marked)
     if on_error not in ("fail", "skip"):
-        raise TracemarkError("--on-error must be 'fail' or 'skip'")
-    check_name(licensee, "--licensee")
+        raise TracemarkError(f"on_error must be 'fail' or 'skip', got {on_error!r}", params=("on_error",))
+    check_name(licensee, "licensee")
     if dataset_name is not None:
-        check_name(dataset_name, "--dataset")
+        check_name(dataset_name, "dataset_name")
     params = dict(scheme_params or {})
     if "strength" in params and strength is not None and params["strength"] != strength:
-        raise TracemarkError(f"give the strength once: --strength {strength:g} and -p strength={params['strength']}")
+        raise TracemarkError(f"strength given twice: strength {strength:g} and scheme_params "
+                             f"strength={params['strength']}", params=("strength", "scheme_params"))
     sch = default_scheme(scheme, strength, params)
     ds: Dataset = load_dataset(data_dir, caption_column, image_column)
     name = dataset_name or data_dir.resolve().name
@@ -594,13 +602,13 @@ def protect(
         try:
             check_name(name, "dataset name")
         except TracemarkError as exc:
-            raise TracemarkError(f"{exc} (the folder's name): give --dataset NAME") from None
+            raise TracemarkError(f"{exc} (the folder's name): give dataset_name", params=("dataset_name",)) from None
     if strategy == "trigger":
         _check_trigger_captions(ds)
     replaces = registry.issued_copy_id(name, licensee)
     if replaces is not None and not reissue:
-        raise TracemarkError(f"licensee '{licensee}' already holds a copy of dataset '{name}'; `tracemark reissue "
-                             f"{licensee} --out DIR` issues a new copy with a new key and revokes that one")
+        raise TracemarkError(f"licensee '{licensee}' already holds a copy of dataset '{name}'; reissue (`tracemark "
+                             f"reissue {licensee}`) issues a new copy with a new key and revokes that one")
     if replaces is None and reissue:
         raise TracemarkError(f"licensee '{licensee}' holds no issued copy of dataset '{name}' to reissue")
     generation = registry.next_generation(name, licensee)
@@ -623,7 +631,8 @@ def protect(
                                     thumbnails=lambda: image_thumbnails([s.path for s in valid], checks=checks),
                                     selection_version=SELECTION_VERSION if selection == "visual" else None))
     if trigger_scope not in TRIGGER_SCOPES:
-        raise TracemarkError(f"--trigger-scope must be one of {', '.join(TRIGGER_SCOPES)}")
+        raise TracemarkError(f"trigger_scope must be one of {', '.join(TRIGGER_SCOPES)}, got {trigger_scope!r}",
+                             params=("trigger_scope",))
     trig_key = key if trigger_scope == "licensee" else registry.key_for(name, DATASET_TRIGGER_ID)
     avoid = vocabulary(s.text for s in ds.samples)
     if strategy == "trigger" and trigger_scope == "licensee":
@@ -706,7 +715,7 @@ def reissue(registry: Registry, licensee: str, out_dir: str | Path, *, dataset: 
         data_dir = row[0] if row else None
         if not data_dir or not Path(data_dir).is_dir():
             raise TracemarkError(f"{data_dir or copy.dataset}: the original data of '{copy.dataset}' is not where it "
-                                 "was when the copy was issued; give --data DIR")
+                                 "was when the copy was issued; give data_dir", params=("data_dir",))
     p = copy.params
     sp = {k: v for k, v in scheme_params(copy).items() if k != "strength"}
     return protect(data_dir, out_dir, licensee, registry=registry, dataset_name=copy.dataset, scheme=copy.scheme,

@@ -19,7 +19,7 @@ from tracemark.registry.keys import Key
 
 def check_rate(rate: float) -> float:
     if not 0.0 < rate <= 1.0:
-        raise TracemarkError(f"--rate must be in (0, 1], got {rate}")
+        raise TracemarkError(f"rate must be in (0, 1], got {rate}", params=("rate",))
     return float(rate)
 
 
@@ -423,16 +423,16 @@ def select_samples(key: Key, sample_ids: Sequence[str], captions: Sequence[str],
     if selection == "random":
         return select_marked(key, sample_ids, rate)
     if selection in ("coherent", "cluster") and len(sample_ids) > MAX_CONCEPT_SAMPLES:
-        raise TracemarkError(f"--selection {selection} is experimental and builds dense per-sample vectors: at most "
+        raise TracemarkError(f"selection {selection} is experimental and builds dense per-sample vectors: at most "
                              f"{MAX_CONCEPT_SAMPLES:,} samples (this dataset has {len(sample_ids):,}); use random "
-                             "or visual")
+                             "or visual", params=("selection",))
     if selection == "coherent":
         return select_coherent(key, sample_ids, captions, rate)
     if selection == "cluster":
         return select_cluster(key, sample_ids, captions, rate)
     if selection == "visual":
         if thumbnails is None:
-            raise TracemarkError("--selection visual needs the images' thumbnails")
+            raise TracemarkError("selection visual needs the images' thumbnails", params=("selection",))
         return select_visual(key, sample_ids, thumbnails() if callable(thumbnails) else thumbnails, rate,
                              selection_version=selection_version)
-    raise TracemarkError(f"--selection must be one of {', '.join(SELECTIONS)}")
+    raise TracemarkError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}", params=("selection",))

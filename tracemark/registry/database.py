@@ -397,7 +397,7 @@ class Registry:
             if row["content_hash"] != content_hash:
                 raise TracemarkError(
                     f"{source}: dataset name '{name}' is already registered with different content; "
-                    "pass --dataset with a new name"
+                    "pass dataset_name with a new name", params=("dataset_name",)
                 )
             return int(row["id"])
         cur = c.execute(
@@ -727,7 +727,8 @@ def find_copy(registry: Registry, licensee: str, dataset: str | None = None) -> 
         raise TracemarkError(f"licensee '{licensee}' holds no issued copy{where} ({registry.db_path})")
     if len(found) > 1:
         names = ", ".join(sorted(c.dataset for c in found))
-        raise TracemarkError(f"licensee '{licensee}' holds copies of several datasets ({names}); pass --dataset")
+        raise TracemarkError(f"licensee '{licensee}' holds copies of several datasets ({names}); pass dataset",
+                             params=("dataset",))
     return found[0]
 
 

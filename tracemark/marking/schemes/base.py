@@ -48,9 +48,11 @@ class Scheme(ABC):
         try:
             value = float(self.default_strength if strength is None else strength)
         except (TypeError, ValueError):
-            raise TracemarkError(f"{self.name} scheme: --strength must be a number, got {strength!r}") from None
+            raise TracemarkError(f"{self.name} scheme: strength must be a number, got {strength!r}",
+                                 params=("strength",)) from None
         if not (math.isfinite(value) and 0 < value <= self.max_strength):
-            raise TracemarkError(f"{self.name} scheme: --strength must be in (0, {self.max_strength:g}], got {strength}")
+            raise TracemarkError(f"{self.name} scheme: strength must be in (0, {self.max_strength:g}], got {strength}",
+                                 params=("strength",))
         self.strength = value
 
     # --- embedding -------------------------------------------------------------------------
