@@ -288,9 +288,9 @@ def test_library_errors_name_arguments_and_the_cli_names_flags(sample_dir, tmp_p
     flag they typed (--min-marked, --decoys): one message, mapped in tracemark.cli.errors."""
     from registry_helpers import seeded_registry
 
-    from tracemark.audit import audit_model
+    from tracemark.audit.blackbox import audit_model
     from tracemark.errors import TracemarkError
-    from tracemark.protect import protect
+    from tracemark.marking.protect import protect
 
     home = tmp_path / "home"
     reg = seeded_registry(home)
