@@ -113,12 +113,14 @@ def _best_per_sample(img: np.ndarray, sid: np.ndarray, dist: np.ndarray, named: 
 
 def _subsets_by_match(copies: Sequence[Copy], names: Sequence[str], hashes: np.ndarray,
                       margins: np.ndarray | None = None,
-                      images: Sequence[np.ndarray] | None = None) -> dict[int, np.ndarray]:
+                      images: Sequence[np.ndarray] | None = None,
+                      assigned: dict | None = None) -> dict[int, np.ndarray]:
     """For every copy with marked samples, the indices of the images matched to them (possibly
     none): each image to its best sample (:meth:`SampleTable.match`), each sample to its best file(s)
     (:func:`_best_per_sample`). One pass over each dataset's sample table, then a set-membership
     test per copy: the cost does not grow with copies x marked samples. The match uses image
-    content and names, never the key, so the null is unchanged."""
+    content and names, never the key, so the null is unchanged. ``assigned`` (a dict, filled in):
+    image index -> (sample table, sample id) of the sample each kept image was matched to."""
     out: dict[int, np.ndarray] = {}
     pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for copy in copies:
@@ -129,6 +131,9 @@ def _subsets_by_match(copies: Sequence[Copy], names: Sequence[str], hashes: np.n
             img, sid, dist, named = copy.samples.match(list(names), hashes, MATCH_MAX_DISTANCE, margins)
             keep = _best_per_sample(img, sid, dist, named, images) if len(img) else np.zeros(0, dtype=bool)
             pairs[t] = (img[keep], sid[keep])
+            if assigned is not None:
+                for i, j in zip(pairs[t][0].tolist(), pairs[t][1].tolist()):
+                    assigned.setdefault(i, (copy.samples, j))
         img, sid = pairs[t]
         marked = copy.marked_ids  # sorted: a binary search per matched image
         if not len(img):
@@ -137,6 +142,28 @@ def _subsets_by_match(copies: Sequence[Copy], names: Sequence[str], hashes: np.n
         pos = np.minimum(np.searchsorted(marked, sid), len(marked) - 1)
         out[copy.id] = np.unique(img[marked[pos] == sid])
     return out
+
+
+def _original_pairs(assigned: dict, images: Sequence[np.ndarray], originals: str | Path) -> tuple[list, list]:
+    """(image indices, their originals) for the matched images whose original file is readable in
+    ``originals``; an original that is missing or unreadable leaves its image to blind scoring."""
+    from tracemark.io.dataset import read_image_rgb
+
+    folder = Path(originals)
+    idx, origs = [], []
+    cache: dict[str, np.ndarray | None] = {}
+    for i in sorted(assigned):
+        table, sid = assigned[i]
+        name = table.file_names[int(table.positions(np.array([sid]))[0])]
+        if name not in cache:
+            try:
+                cache[name] = read_image_rgb(folder / name)
+            except (TracemarkError, OSError):
+                cache[name] = None
+        if cache[name] is not None:
+            idx.append(i)
+            origs.append(cache[name])
+    return idx, origs
 
 
 #: Fewer decoys than this cannot calibrate a p-value (the fitted null needs a spread to fit).
@@ -166,12 +193,17 @@ def score_copies(
     seed: int = 0,
     family: int | None = None,
     content: Sequence[np.ndarray] | None = None,
+    originals: str | Path | None = None,
 ) -> Verdict:
     """Test every copy's key on ``images`` (decoy-calibrated, Holm over copies, or over a larger
     ``family`` of copies that these were selected from: see :func:`tracemark.detection.stats.holm`).
 
     ``content``: unmarked images of the dataset (the owner's originals); correlation schemes then
-    test outside their content subspace (:func:`tracemark.detection.stats.content_basis`)."""
+    test outside their content subspace (:func:`tracemark.detection.stats.content_basis`).
+    ``originals``: the folder of the original dataset; each file matched to a marked sample is then
+    scored as the file minus that sample's original (non-blind, where the scheme can: see
+    :meth:`tracemark.marking.schemes.spread.SpreadScheme.residual_features`), so that no key is
+    ever scored against the content of the images it marked."""
     check_test_parameters(alpha, n_decoys)
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to test against")
@@ -190,7 +222,10 @@ def score_copies(
     # pass 1: each copy's scheme, key and images; copies that read the same images with the same
     # scheme form one group, tested with one pooled vector, one decoy pass and one key-matrix product
     groups: dict[tuple, list] = {}
-    matched = _subsets_by_match(copies, names, hashes, margins, images) if match_files else {}
+    assigned: dict[int, tuple] = {}
+    matched = _subsets_by_match(copies, names, hashes, margins, images, assigned) if match_files else {}
+    pairs = _original_pairs(assigned, images, originals) if originals is not None and match_files else ([], [])
+    n_residual = 0
     warnings: list[str] = []
     if match_files and not any(len(v) for v in matched.values()):
         # nothing to match on: score every image for every copy (calibrated, but weaker), and say so
@@ -205,7 +240,13 @@ def score_copies(
             sch = get_scheme(copy.scheme, **params)
             basis = (stats.content_basis(sch.features(content)) if content is not None and len(content)
                      and sch.kind == "correlation" else None)
-            feats[sig] = (sch, sch.features(images), sch.random_vectors(n_decoys, rng), basis)
+            F = sch.features(images)
+            res = sch.residual_features([images[i] for i in pairs[0]], pairs[1]) if pairs[0] else None
+            if res is not None:
+                idx = np.asarray(pairs[0])[res[1]]
+                F[idx] = res[0][res[1]]
+                n_residual = max(n_residual, len(idx))
+            feats[sig] = (sch, F, sch.random_vectors(n_decoys, rng), basis)
         try:
             key = registry.key_for_copy(copy)
         except TracemarkError as exc:  # one bad row must not stop the others from being traced
@@ -253,6 +294,7 @@ def score_copies(
     named = [r.licensee for r in sorted(rows, key=lambda r: r.p_value) if r.named]
     return Verdict(
         used=bool(named), p_value=float(p_holm.min()), alpha=alpha, n_images=len(images), n_decoys=n_decoys,
-        named=named, scores=rows, null=nulls, timings={"scoring_s": round(time.perf_counter() - t0, 3)},
+        named=named, scores=rows, null=nulls,
+        timings={"scoring_s": round(time.perf_counter() - t0, 3), "non_blind_images": n_residual},
         untested=untested, warnings=warnings,
     )

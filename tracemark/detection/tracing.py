@@ -32,9 +32,12 @@ def trace_files(
 ) -> Verdict:
     """Which licensee's copy are these leaked files? Reads images only, never modifies them.
 
-    ``data_dir``: the original dataset, to test outside its content subspace (recommended: a key
-    that happens to align with the domain's content cannot then be accused by unrelated images of
-    that domain; :func:`tracemark.detection.stats.content_basis`)."""
+    ``data_dir``: the original dataset (default: the folder recorded when the copies were issued,
+    when it is still there). Each leaked file matched to a marked sample is then scored as the file
+    minus its original (non-blind): the images' content, which a key can happen to align with, is
+    gone, so a licensee cannot be accused by the content of the samples their copy marked, and the
+    mark is read without the content's noise. Also tests outside the content subspace
+    (:func:`tracemark.detection.stats.content_basis`)."""
     leaked_dir = Path(leaked_dir)
     paths = list_images(leaked_dir)
     copies = registry.copies(dataset)
@@ -48,7 +51,8 @@ def trace_files(
             progress(i + 1, len(paths))
     names = [p.relative_to(leaked_dir).as_posix() for p in paths]
     content, used = content_for(registry, copies, data_dir)
-    verdict = score_copies(images, copies, registry, names=names, n_decoys=n_decoys, alpha=alpha, content=content)
+    verdict = score_copies(images, copies, registry, names=names, n_decoys=n_decoys, alpha=alpha, content=content,
+                           originals=used)
     verdict.timings["content_from"] = used
     verdict.timings["load_s"] = round(time.perf_counter() - t0 - verdict.timings["scoring_s"], 3)
     return verdict

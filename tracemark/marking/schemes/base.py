@@ -72,6 +72,11 @@ class Scheme(ABC):
     def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Key-independent detector features, shape (n_images, D), float64."""
 
+    def residual_features(self, images: Sequence[np.ndarray], originals: Sequence[np.ndarray]):
+        """Non-blind features (each image minus its original) and a mask of the images they were
+        taken for; ``None`` where the scheme reads images blind only."""
+        return None
+
     @abstractmethod
     def key_vectors(self, keys: Sequence[Key]) -> np.ndarray:
         """Image-independent key predictions, shape (n_keys, D)."""

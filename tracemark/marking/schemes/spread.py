@@ -59,6 +59,24 @@ def band_mask(grid: int, lo: float, hi: float, flip_invariant: bool = True) -> t
     return mask, np.rint(r[mask]).astype(int)
 
 
+#: Non-blind detection (:meth:`SpreadScheme.residual_features`) subtracts an image's original only
+#: where the fitted original explains at least this fraction of the image's variance on the grid
+#: (a mark or a re-encode leaves well under 1% unexplained; a crop or a flip-and-shift far more).
+RESIDUAL_EXPLAINED = 0.9
+
+
+def _fit_residual(image: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """``image - (a * original + b)`` per channel, a and b by least squares (grid x grid x 3)."""
+    out = np.empty_like(image)
+    for c in range(image.shape[-1]):
+        x, y = original[..., c].ravel(), image[..., c].ravel()
+        xc = x - x.mean()
+        den = float(xc @ xc)
+        a = float(xc @ (y - y.mean())) / den if den > 1e-9 else 0.0
+        out[..., c] = (y - y.mean() - a * xc).reshape(image.shape[:2])
+    return out
+
+
 class SpreadScheme(Scheme):
     name = "spread"
     kind = "correlation"
@@ -146,10 +164,12 @@ class SpreadScheme(Scheme):
 
     # image side -----------------------------------------------------------------------------
     def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        out = np.zeros((len(images), self.dim))
+        return self._grid_features([self._grid_image(np.asarray(im, dtype=np.float32)) for im in images])
+
+    def _grid_features(self, grids: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(grids), self.dim))
         nbins = int(self._radius.max()) + 1
-        for i, im in enumerate(images):
-            g = self._grid_image(np.asarray(im, dtype=np.float32))
+        for i, g in enumerate(grids):
             coeffs = np.stack([dctn(g[..., c], norm="ortho")[self._mask] for c in range(3)])  # 3 x B
             # whiten by the image's own radial power spectrum (key-independent, so the null holds)
             power = np.bincount(np.tile(self._radius, 3), weights=coeffs.ravel() ** 2, minlength=nbins)
@@ -157,3 +177,32 @@ class SpreadScheme(Scheme):
             sigma2 = power / np.maximum(count, 1)
             out[i] = (coeffs / np.maximum(sigma2[self._radius], 1e-6)[None, :]).ravel()
         return out
+
+    def residual_features(self, images: Sequence[np.ndarray], originals: Sequence[np.ndarray],
+                          explained: float = RESIDUAL_EXPLAINED) -> tuple[np.ndarray, np.ndarray]:
+        """Features of each image minus its original (non-blind detection), and which images used it.
+
+        On the grid, the original (as is, mirrored, or in grey) is fitted to the image per channel
+        (gain and offset: a re-save, a tone change) and subtracted, so the image's content, which a
+        key can happen to align with, is gone and what is left is the mark and the damage. An image
+        the original does not explain to ``explained`` of its variance (a crop, a heavy edit) keeps
+        its own features. Nothing here reads a key, so the null is unchanged."""
+        grids, used = [], np.zeros(len(images), dtype=bool)
+        for i, (im, orig) in enumerate(zip(images, originals)):
+            gl = self._grid_image(np.asarray(im, dtype=np.float32)).astype(np.float64)
+            o = np.asarray(orig, dtype=np.float32)
+            best = None
+            for cand in (o, o[:, ::-1]):
+                go = self._grid_image(np.ascontiguousarray(cand)).astype(np.float64)
+                for g in (go, np.repeat(go.mean(axis=-1, keepdims=True), 3, axis=-1)):
+                    res = _fit_residual(gl, g)
+                    e = float((res ** 2).sum())
+                    if best is None or e < best[0]:
+                        best = (e, res)
+            var = float(((gl - gl.mean(axis=(0, 1))) ** 2).sum())
+            if best is not None and var > 0 and best[0] <= (1.0 - explained) * var:
+                grids.append(best[1])
+                used[i] = True
+            else:
+                grids.append(gl)
+        return self._grid_features(grids), used
