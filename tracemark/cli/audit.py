@@ -35,8 +35,9 @@ def trace_files_cmd(
     dataset: Optional[str] = typer.Option(None, help="Only test copies of this dataset."),
     alpha: AlphaOpt = 0.01,
     decoys: DecoysOpt = 1000,
-    data: Optional[Path] = typer.Option(None, "--data", help="The original dataset (recommended): test outside "
-                                        "its content subspace, so no key aligned by chance with the domain is accused."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The original dataset (default: the folder recorded "
+                                        "at issue, if still there): each matched file is scored minus its original "
+                                        "(non-blind: stronger, and no key is scored against the images' content)."),
     home: HomeOpt = None,
 ) -> None:
     """Name the licensee whose copy these leaked files come from (verdict + p-value; exit 3 when named)."""
@@ -51,8 +52,9 @@ def trace_files_cmd(
         verdict = trace_files(leaked_dir, reg, dataset=dataset, n_decoys=decoys, alpha=alpha,
                               progress=lambda d, t: bar.update(task, completed=d, total=t), data_dir=data)
     if not verdict.timings.get("content_from"):
-        err_console.print("[yellow]note:[/] the original dataset was not found (pass --data): tested without the "
-                          "content projection, so a key aligned by chance with the domain is not guarded against",
+        err_console.print("[yellow]note:[/] the original dataset was not found (pass --data): the files were scored "
+                          "blind, without their originals or the content projection, so a key aligned by chance "
+                          "with the images' content is not guarded against; prefer a stricter --alpha",
                           highlight=False, soft_wrap=True)
     d = verdict.to_dict()
     result = verdict_document("trace-files", str(leaked_dir), verdict, {
