@@ -241,6 +241,7 @@ class Registry:
         self.db_path = self.home / "registry.sqlite"
         self.key_path = self.home / "master.key"
         self._master: bytes | None = None
+        self._keys: dict[tuple[bytes, str, str, int], Key] = {}  # derived once per master key, then carried
         if not self.db_path.exists():
             if self.key_path.exists():
                 raise TracemarkError(f"{self.db_path}: the registry is missing but the master key is here; put the "
@@ -380,7 +381,14 @@ class Registry:
         return master
 
     def key_for(self, dataset: str, licensee: str, generation: int = 0) -> Key:
-        return derive_key(self.master(), dataset, licensee_key_id(licensee, generation))
+        """The key of (dataset, licensee, generation), derived once per master key: an audit asks for
+        each copy's key several times (its trigger word, its pattern). The master key file is still
+        read and checked on every call, so a key swapped under a running process is refused."""
+        master = self.master()
+        k = (master, dataset, licensee, int(generation))
+        if k not in self._keys:
+            self._keys[k] = derive_key(master, dataset, licensee_key_id(licensee, generation))
+        return self._keys[k]
 
     def key_for_copy(self, copy: Copy) -> Key:
         key = self.key_for(copy.dataset, copy.licensee, copy.generation)
