@@ -28,7 +28,7 @@ STAGES = {
     "tracemark.marking": 4, "tracemark.diffusion": 4,
     "tracemark.registry": 5,
     "tracemark.io": 6, "tracemark.plugins": 6,
-    "tracemark.errors": 7, "tracemark.version": 7,
+    "tracemark.errors": 7, "tracemark.version": 7, "tracemark.lazy": 7,
 }
 
 

@@ -23,8 +23,7 @@ the registry), :mod:`tracemark.io` (files), :mod:`tracemark.marking` (issuing co
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from tracemark.lazy import lazy_exports
 
 from tracemark.errors import TracemarkError
 from tracemark.version import __version__
@@ -53,13 +52,4 @@ __all__ = ["__version__", "TracemarkError", "Key", "derive_key", "protect", "mat
            "write_report"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)

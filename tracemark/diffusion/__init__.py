@@ -12,8 +12,7 @@ light submodule (``sampling``) does not import torch.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from tracemark.lazy import lazy_exports
 
 #: The package's names, each from the module that defines it.
 _LAZY = {
@@ -32,13 +31,4 @@ __all__ = ["load_pipeline", "load_lora", "generate", "generate_images", "read_pr
            "resolve_device", "resolve_dtype", "LORA_WEIGHT_NAME"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
