@@ -215,3 +215,36 @@ def test_a_coherent_selection_copy_is_rederived_bit_for_bit(small_data, registry
     shutil.rmtree(tmp_path / "copy")
     got = materialize(registry, "acme", tmp_path / "copy", workers=1)
     assert file_hashes(tmp_path / "copy") == issued and got.skipped == []
+
+
+def test_a_copy_that_records_no_jpeg_writer_re_derives_with_writer_1(registry, tmp_path, monkeypatch):
+    """Copies issued before the fixed-pattern JPEG writer record none: they re-derive with the
+    pixel-difference writer, bit for bit, while new copies record and use writer 2. The images are
+    half white, where the two writers differ (tests/io/test_jpegdct.py), so the test fails if the
+    recorded writer is not followed."""
+    from tracemark.io.jpegdct import JPEG_WRITER
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for i in range(10):
+        arr = np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        arr[:24] = 255
+        Image.fromarray(arr).save(data / f"{i}.jpg", quality=90)
+        rows.append(json.dumps({"file_name": f"{i}.jpg", "text": f"photo {i}"}))
+    (data / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr("tracemark.marking.protect.JPEG_WRITER", 1)
+    protect(data, tmp_path / "old", "old", registry=registry, rate=1.0, workers=1)
+    monkeypatch.undo()
+    protect(data, tmp_path / "new", "new", registry=registry, rate=1.0, workers=1)
+    old, new = registry.copies()
+    assert (old.params["jpeg_writer"], new.params["jpeg_writer"]) == (1, JPEG_WRITER) and JPEG_WRITER >= 2
+    params = dict(old.params)
+    del params["jpeg_writer"]  # what a copy issued before the writer was recorded holds
+    registry.conn.execute("UPDATE copies SET params = ? WHERE id = ?", (json.dumps(params), old.id))
+    registry.conn.commit()
+    issued = file_hashes(tmp_path / "old")
+    materialize(registry, "old", tmp_path / "old_again", workers=1)
+    assert file_hashes(tmp_path / "old_again") == issued
+    materialize(registry, "new", tmp_path / "new_again", workers=1)
+    assert file_hashes(tmp_path / "new_again") == file_hashes(tmp_path / "new")

@@ -149,7 +149,7 @@ def materialize(
         written = write_copy(ds, valid, recorded, files, scheme_name=sch.name, scheme_params=params, secret=key.secret,
                              trigger=trig, on_error="skip", skipped=skipped, max_pixels=max_pixels, workers=workers,
                              engine=engine, address=address, progress=progress, ssim_sample=0, checks=checks,
-                             link=link, measure=False)
+                             link=link, measure=False, jpeg_writer=int(copy.params.get("jpeg_writer", 1)))
         checks.save()
         if written.failed_marked:
             raise TracemarkError(next((line for line in skipped if any(f in line for f in written.failed_marked)),

@@ -33,6 +33,7 @@ from tracemark.errors import TracemarkError
 from tracemark.io.dataset import (MAX_PIXELS, Dataset, FileChecks, Sample, check_image_header, content_hash, is_inside,
                                   load_dataset, read_image, unlisted_files, write_metadata)
 from tracemark.io.imaging import dhash, save_like
+from tracemark.io.jpegdct import JPEG_WRITER
 from tracemark.marking.engine import PROGRESS_EVERY, check_engine, run_jobs
 from tracemark.marking.forecast import Forecast, forecast
 from tracemark.marking.metrics import ssim
@@ -44,7 +45,8 @@ from tracemark.registry.database import Registry
 from tracemark.registry.keys import Key
 
 
-#: SSIM is ~5x the cost of marking; above this many marked images it is measured on a sample.
+#: SSIM costs about what marking a file costs (512 px JPEG: ~13 ms vs ~10 ms); above this many marked
+#: images it is measured on a sample (the PSNR on every file).
 SSIM_SAMPLE = 16
 
 # The product's defaults are the configuration measured to be detected through a LoRA fine-tune
@@ -161,29 +163,39 @@ def _cached_scheme(name: str, params: dict):
 
 
 def mark_file(src: str, dst: str, scheme_name: str, scheme_params: dict, secret: bytes,
-              max_pixels: int = MAX_PIXELS, with_ssim: bool = True, measure: bool = True) -> dict:
+              max_pixels: int = MAX_PIXELS, with_ssim: bool = True, measure: bool = True,
+              jpeg_writer: int = 1) -> dict:
     """Mark one image file (runs in a worker process). Errors are returned, not raised. The harm
     (PSNR, SSIM) is measured on the file as written, decoded back; ``measure=False`` (re-deriving a
-    copy whose harm is on record) skips that decode."""
+    copy whose harm is on record) skips that decode. ``jpeg_writer``: the DCT-domain writer the copy
+    records (:data:`tracemark.io.jpegdct.JPEG_WRITER`): from 2 on, a JPEG marked by a fixed pattern
+    gets the pattern's coefficient change computed once per key, size and tables."""
     from tracemark.errors import TracemarkError as _TE
 
     try:
         original, pil = read_image(Path(src), max_pixels, dtype=np.uint8)
         scheme = _cached_scheme(scheme_name, scheme_params)
-        marked = scheme.embed_uint8(original, Key(secret))
-        if not (pil.format == "JPEG" and _write_jpeg_dct(src, dst, marked.astype(np.float64) - original)):
-            save_like(marked, pil, Path(dst))
+        key = Key(secret)
+        h, w = original.shape[:2]
+        written = (pil.format == "JPEG" and jpeg_writer >= 2 and scheme.additive_pattern(key, h, w) is not None
+                   and _write_jpeg_pattern(src, dst, scheme, key, scheme_name, scheme_params))
+        if not written:
+            marked = scheme.embed_uint8(original, key)
+            if not (pil.format == "JPEG" and _write_jpeg_dct(src, dst, marked.astype(np.float64) - original)):
+                save_like(marked, pil, Path(dst))
+        out = {"src": src, "psnr": float("nan"), "ssim": None, "dhash": dhash(pil), "error": None,
+               "pixels": int(h * w)}
         if not measure:
-            return {"src": src, "psnr": float("nan"), "ssim": None, "dhash": dhash(pil), "error": None,
-                    "pixels": int(original.shape[0] * original.shape[1])}
+            return out
         marked, _ = read_image(Path(dst), max_pixels, dtype=np.uint8)  # the harm of what the user gets
         diff = marked.astype(np.int16)
         diff -= original
         np.square(diff, out=diff)  # |diff| <= 255 would overflow only for absurd strengths
         mse = float(diff.sum(dtype=np.int64)) / diff.size
-        return {"src": src, "psnr": 10 * np.log10(255.0**2 / mse) if mse > 0 else float("inf"),
-                "ssim": ssim(original, marked) if with_ssim else None,
-                "dhash": dhash(pil), "error": None, "pixels": int(original.shape[0] * original.shape[1])}
+        out["psnr"] = 10 * np.log10(255.0**2 / mse) if mse > 0 else float("inf")
+        if with_ssim:
+            out["ssim"] = ssim(original, marked)
+        return out
     except _TE as exc:
         return {"src": src, "error": str(exc)}
     except OSError as exc:
@@ -204,6 +216,20 @@ def _write_jpeg_dct(src: str, dst: str, delta: np.ndarray) -> bool:
         return False
     tmp = Path(dst).with_name(Path(dst).name + ".part")
     if not jpegdct.write_marked_jpeg(src, tmp, delta):
+        return False
+    os.replace(tmp, dst)
+    return True
+
+
+def _write_jpeg_pattern(src: str, dst: str, scheme, key: Key, scheme_name: str, scheme_params: dict) -> bool:
+    """A fixed-pattern mark in the DCT domain (writer 2); False where that writer cannot."""
+    from tracemark.io import jpegdct
+
+    if not jpegdct.available():
+        return False
+    tmp = Path(dst).with_name(Path(dst).name + ".part")
+    pattern_id = (key.key_id, scheme_name, repr(sorted(scheme_params.items())))
+    if not jpegdct.write_pattern_jpeg(src, tmp, lambda h, w: scheme.additive_pattern(key, h, w), pattern_id):
         return False
     os.replace(tmp, dst)
     return True
@@ -453,7 +479,7 @@ def write_copy(ds: Dataset, valid: list[Sample], marked_ids: set[str], tmp: Path
                max_pixels: int = MAX_PIXELS, workers: int | None = None, engine: str = "local",
                address: str | None = None, progress: Callable[[int, int], None] | None = None,
                ssim_sample: int = SSIM_SAMPLE, checks: FileChecks | None = None, link: str = "copy",
-               measure: bool = True) -> WrittenCopy:
+               measure: bool = True, jpeg_writer: int = 1) -> WrittenCopy:
     """The writing stage of a copy, shared by ``protect`` and ``materialize`` so that a copy
     re-derived from the registry is the issued one bit for bit: mark ``marked_ids`` and copy the
     other ``valid`` samples into ``tmp`` (jobs on ``engine``), then write the metadata files with
@@ -464,7 +490,8 @@ def write_copy(ds: Dataset, valid: list[Sample], marked_ids: set[str], tmp: Path
     once per dataset: with ``checks`` an unmarked file that decoded fully before and is unchanged
     since (size, mtime, inode) is only copied (in this process: the kernel copies it), so a copy
     at 2% decodes its marked samples and the files never checked. ``link``: how the unmarked files
-    are written (:data:`LINK_MODES`)."""
+    are written (:data:`LINK_MODES`). ``jpeg_writer``: the copy's DCT-domain writer
+    (:data:`tracemark.io.jpegdct.JPEG_WRITER` for a new copy; 1 for copies that record none)."""
     check_link(link)
     to_mark = [s for s in valid if s.file_name in marked_ids]
     valid_ids = {s.file_name for s in valid}
@@ -478,7 +505,7 @@ def write_copy(ds: Dataset, valid: list[Sample], marked_ids: set[str], tmp: Path
             made.add(parent)
         if s.file_name in marked_ids:
             jobs.append(("mark", str(s.path), str(tmp / s.file_name), scheme_name, scheme_params, secret, max_pixels,
-                         n_mark < ssim_sample, measure))
+                         n_mark < ssim_sample, measure, jpeg_writer))
             n_mark += 1
             job_samples.append(s)
         elif checks is not None and checks.decoded(s.path, max_pixels):
@@ -654,7 +681,8 @@ def protect(
         params = {k: v for k, v in sch.params().items() if k != "scheme"}
         written = write_copy(ds, valid, marked_ids, tmp, scheme_name=sch.name, scheme_params=params, secret=key.secret,
                              trigger=trig, on_error=on_error, skipped=skipped, max_pixels=max_pixels, workers=workers,
-                             engine=engine, address=address, progress=progress, checks=checks, link=link)
+                             engine=engine, address=address, progress=progress, checks=checks, link=link,
+                             jpeg_writer=JPEG_WRITER)
         marked_records, skipped_files = written.marked, written.failed_marked
         psnrs = np.array([m["psnr"] for m in marked_records])
         ssims = np.array([m["ssim"] for m in marked_records if m["ssim"] is not None] or [np.nan])
@@ -671,7 +699,7 @@ def protect(
                                                                  else {}),
                         **({"min_marked": int(min_marked)} if min_marked else {}),
                         **({"selection_version": SELECTION_VERSION} if selection == "visual" else {}),
-                        "caption_column": ds.caption_column, "image_column": ds.image_column},
+                        "jpeg_writer": JPEG_WRITER, "caption_column": ds.caption_column, "image_column": ds.image_column},
                 marked=[{"file_name": m["file_name"], "dhash": m["dhash"], "text": m["text"],
                          "sha256": sha.get(m["file_name"])} for m in marked_records],
                 out_path=str(out_dir.resolve()), status="pending", generation=generation,

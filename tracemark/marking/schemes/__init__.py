@@ -72,4 +72,4 @@ def scheme_params(copy: Copy) -> dict:
 
 #: Keys of a copy's params record that describe the copy, not its scheme's constructor.
 COPY_PARAMS = ("scheme", "trigger_attempt", "trigger_scope", "selection", "selection_version", "min_marked",
-               "caption_column", "image_column")
+               "caption_column", "image_column", "jpeg_writer")

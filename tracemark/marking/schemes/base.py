@@ -64,6 +64,12 @@ class Scheme(ABC):
         """Mark a uint8 H x W x 3 image and return uint8 (schemes may override with a faster path)."""
         return clip_uint8(self.embed(image.astype(np.float32), key))
 
+    def additive_pattern(self, key: Key, height: int, width: int) -> np.ndarray | None:
+        """The mark as a fixed pixel difference (int16 H x W x 3, before clipping) when it is one:
+        the same for every image of this size, so a writer may compute its encoding once
+        (:func:`tracemark.io.jpegdct.write_pattern_jpeg`). ``None``: the mark depends on the image."""
+        return None
+
     def embed_batch(self, images: Sequence[np.ndarray], key: Key) -> list[np.ndarray]:
         return [self.embed(im, key) for im in images]
 

@@ -151,15 +151,18 @@ class SpreadScheme(Scheme):
         h, w = image.shape[:2]
         return image.astype(np.float32) + self.strength * self._cached(key, h, w)
 
-    def embed_uint8(self, image: np.ndarray, key: Key) -> np.ndarray:
-        """Fast path for protect: add the pattern pre-rounded to int16, clip once."""
-        h, w = image.shape[:2]
-        ck = ("q", key.key_id, h, w)
+    def additive_pattern(self, key: Key, height: int, width: int) -> np.ndarray:
+        """The pattern at this strength, rounded to int16 (what :meth:`embed_uint8` adds)."""
+        ck = ("q", key.key_id, height, width)
         q = self._pattern_cache.get(ck)
         if q is None:
-            q = self._pattern_cache[ck] = np.rint(self.strength * self._cached(key, h, w)).astype(np.int16)
+            q = self._pattern_cache[ck] = np.rint(self.strength * self._cached(key, height, width)).astype(np.int16)
+        return q
+
+    def embed_uint8(self, image: np.ndarray, key: Key) -> np.ndarray:
+        """Fast path for protect: add the pattern pre-rounded to int16, clip once."""
         out = image.astype(np.int16)
-        out += q
+        out += self.additive_pattern(key, *image.shape[:2])
         np.clip(out, 0, 255, out=out)
         return out.astype(np.uint8)
 
