@@ -43,12 +43,16 @@ from tracemark.marking.materialize import materialize
 
 def decode_encode(src: str, dst: str) -> None:
     """Decode, then encode with the source's own settings (what protect's writer keeps)."""
+    im = Image.open(src)
+    _encode_like(np.asarray(im.convert("RGB")), im, src, dst)
+
+
+def _encode_like(arr: np.ndarray, im: Image.Image, src: str, dst: str) -> None:
+    """Encode an RGB array with the settings of the source ``im`` (read from ``src``)."""
     from PIL import JpegImagePlugin
 
     from tracemark.io.imaging import png_chunks, png_zlib_level
 
-    im = Image.open(src)
-    arr = np.asarray(im.convert("RGB"))
     out = Image.fromarray(arr)
     if im.format == "JPEG":
         out.save(dst, "JPEG", qtables=im.quantization, subsampling=JpegImagePlugin.get_sampling(im))
@@ -76,6 +80,20 @@ def iwm_embed(src: str, dst: str) -> None:
     enc.set_watermark("bytes", b"tmrk")
     out = enc.encode(bgr, "dwtDct")
     cv2.imwrite(dst, out, [cv2.IMWRITE_JPEG_QUALITY, 95] if dst.endswith(".jpg") else [])
+
+
+def iwm_embed_like(src: str, dst: str) -> None:
+    """invisible-watermark's dwtDct embedding, written with the source's own settings (the JPEG's
+    tables and subsampling, the PNG's zlib level) like decode_encode: its marking cost apart from
+    cv2's writer, whose defaults (JPEG q95 here, PNG zlib level 1) differ from the source's."""
+    import cv2
+    from imwatermark import WatermarkEncoder
+
+    im = Image.open(src)
+    bgr = np.ascontiguousarray(np.asarray(im.convert("RGB"))[..., ::-1])
+    enc = WatermarkEncoder()
+    enc.set_watermark("bytes", b"tmrk")
+    _encode_like(np.ascontiguousarray(enc.encode(bgr, "dwtDct")[..., ::-1]), im, src, dst)
 
 
 def timed_pool(fn, files, out_dir: Path, workers: int) -> float:
@@ -109,6 +127,10 @@ def scale_rows(n: int, size: int, workers: int) -> list[dict]:
             protect(data, tmp / f"copy_{fmt}", "bench", registry=reg, rate=0.02, min_marked=0, workers=workers)
             pr = n / (time.perf_counter() - t)
             t = time.perf_counter()
+            protect(data, tmp / f"hard_{fmt}", "linked", registry=reg, rate=0.02, min_marked=0, workers=workers,
+                    link="hard")
+            hard = n / (time.perf_counter() - t)
+            t = time.perf_counter()
             shutil.copytree(data, tmp / f"plain_{fmt}")
             cp = n / (time.perf_counter() - t)
             t = time.perf_counter()
@@ -117,6 +139,7 @@ def scale_rows(n: int, size: int, workers: int) -> list[dict]:
             rows.append({"format": fmt, "scale": True, "n": n, "size": size, "decode_encode_ips": round(de, 1),
                          "first_copy_ips": round(first, 1), "protect_2pct_ips": round(pr, 1),
                          "protect_2pct_vs_decode_encode": round(pr / de, 2), "copytree_ips": round(cp, 1),
+                         "protect_2pct_hard_ips": round(hard, 1), "protect_2pct_hard_vs_decode_encode": round(hard / de, 2),
                          "materialize_2pct_ips": round(mat, 1), "materialize_2pct_vs_copytree": round(mat / cp, 3)})
             reg.close()
     return rows
@@ -183,8 +206,11 @@ def main() -> None:
             try:
                 iw1 = timed_pool(iwm_embed, files, tmp / f"iwm1_{fmt}", 1)
                 iw2 = timed_pool(iwm_embed, files, tmp / f"iwm2_{fmt}", workers)
+                iw3 = timed_pool(iwm_embed_like, files, tmp / f"iwm3_{fmt}", workers)
                 row.update({"iwm_dwtdct_ips_1proc": round(iw1, 1), "iwm_dwtdct_ips_pool": round(iw2, 1),
-                            "protect_vs_iwm_pool": round(pr / iw2, 2), "protect_vs_iwm_1proc": round(pr / iw1, 2)})
+                            "protect_vs_iwm_pool": round(pr / iw2, 2), "protect_vs_iwm_1proc": round(pr / iw1, 2),
+                            "iwm_dwtdct_source_settings_ips_pool": round(iw3, 1),
+                            "protect_vs_iwm_source_settings_pool": round(pr / iw3, 2)})
             except ImportError:
                 row["iwm"] = "invisible-watermark not installed"
             # materialize the two issued copies again vs copying the dataset as it is
@@ -212,9 +238,11 @@ def main() -> None:
           "'protect/s' marks every image (rate 1.0); '@2%/s' a further copy at 2% after the dataset's one-time pass, "
           "'1st @2%/s' the first one (pass included), '@2% m50/s' the default (2%, at least 50 marked); ratios are "
           "to 'dec+enc/s' (source settings); 'vs iwm' = protect (rate 1.0) / invisible-watermark dwtDct, both on the "
-          "process pool")
+          "process pool; 'iwm src' = dwtDct written with the source's settings like dec+enc (cv2 writes JPEG q95 and "
+          "PNG zlib level 1), 'vs src' protect / that")
     print(f"{'format':6} {'dec+enc/s':>9} {'fast/s':>7} {'protect/s':>9} {'ratio':>5} {'1st@2%/s':>8} {'ratio':>5} "
-          f"{'@2%/s':>7} {'ratio':>5} {'@2%m50/s':>8} {'iwm/s 1p':>8} {'iwm pool':>8} {'vs iwm':>6} {'PSNR':>6} "
+          f"{'@2%/s':>7} {'ratio':>5} {'@2%m50/s':>8} {'iwm/s 1p':>8} {'iwm pool':>8} {'vs iwm':>6} {'iwm src':>7} "
+          f"{'vs src':>6} {'PSNR':>6} "
           f"{'min':>6} {'SSIM':>7}")
     for r in rows:
         print(f"{r['format']:6} {r['decode_encode_ips']:9.1f} {r['decode_encode_fast_ips']:7.1f} {r['protect_ips']:9.1f} "
@@ -223,6 +251,8 @@ def main() -> None:
               f"{r['protect_default_rate_vs_decode_encode']:5.2f} {r['protect_min50_ips']:8.1f} "
               f"{r.get('iwm_dwtdct_ips_1proc', float('nan')):8.1f} "
               f"{r.get('iwm_dwtdct_ips_pool', float('nan')):8.1f} {r.get('protect_vs_iwm_pool', float('nan')):6.2f} "
+              f"{r.get('iwm_dwtdct_source_settings_ips_pool', float('nan')):7.1f} "
+              f"{r.get('protect_vs_iwm_source_settings_pool', float('nan')):6.2f} "
               f"{r['psnr_mean']:6.2f} {r['psnr_min']:6.2f} {r['ssim_mean']:7.4f}")
     print(f"\nre-deriving copies (materialize) vs storing them (shutil.copytree of the dataset), and protect at rate "
           f"1.0 on Ray vs the process pool ({workers} CPUs each"
@@ -242,11 +272,12 @@ def main() -> None:
         print(f"\nat scale: {args.n_large} images of {args.size}x{args.size}, a copy at 2% ({args.n_large // 50} "
               "marked, min_marked=0) once the one-time pass is in the registry, vs decoding and re-encoding the "
               "dataset (source settings) and copying it")
-        print(f"{'format':6} {'dec+enc/s':>9} {'pass/s':>8} {'@2%/s':>8} {'ratio':>6} {'copytree/s':>10} "
-              f"{'mat@2%/s':>9} {'ratio':>6}")
+        print(f"{'format':6} {'dec+enc/s':>9} {'pass/s':>8} {'@2%/s':>8} {'ratio':>6} {'linked/s':>8} {'ratio':>6} "
+              f"{'copytree/s':>10} {'mat@2%/s':>9} {'ratio':>6}   ('linked': --link hard)")
         for r in scale:
             print(f"{r['format']:6} {r['decode_encode_ips']:9.1f} {r['first_copy_ips']:8.1f} {r['protect_2pct_ips']:8.1f} "
-                  f"{r['protect_2pct_vs_decode_encode']:6.2f} {r['copytree_ips']:10.1f} "
+                  f"{r['protect_2pct_vs_decode_encode']:6.2f} {r['protect_2pct_hard_ips']:8.1f} "
+                  f"{r['protect_2pct_hard_vs_decode_encode']:6.2f} {r['copytree_ips']:10.1f} "
                   f"{r['materialize_2pct_ips']:9.1f} {r['materialize_2pct_vs_copytree']:6.2f}")
         rows += scale
     print(f"rerun: make bench   (or .venv/bin/python bench/bench_protect.py --n {args.n} --size {args.size} "

@@ -54,16 +54,19 @@ def _die_with_parent() -> None:
 
 
 def run_jobs(jobs: Sequence[Any], fn: Callable[[Any], dict], engine: str = "local", workers: int | None = None,
-             address: str | None = None, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+             address: str | None = None, progress: Callable[[int, int], None] | None = None,
+             meanwhile: Callable[[], None] | None = None) -> list[dict]:
     """``[fn(job) for job in jobs]``, in job order, on the chosen engine.
 
     ``fn`` must be a module-level function (it is pickled by reference) that returns errors
-    instead of raising them, so one bad file does not abort the batch.
+    instead of raising them, so one bad file does not abort the batch. ``meanwhile`` runs in this
+    process while the jobs run elsewhere (once they are all handed out: no process is started
+    after it begins), or after them when they run here; it is called exactly once.
     """
     check_engine(engine)
     if engine == "ray":
-        return _run_ray(jobs, fn, workers, address, progress)
-    return _run_local(jobs, fn, workers, progress)
+        return _run_ray(jobs, fn, workers, address, progress, meanwhile)
+    return _run_local(jobs, fn, workers, progress, meanwhile)
 
 
 def _tick(progress: Callable[[int, int], None] | None, done: int, total: int) -> None:
@@ -72,7 +75,7 @@ def _tick(progress: Callable[[int, int], None] | None, done: int, total: int) ->
 
 
 def _run_local(jobs: Sequence[Any], fn: Callable[[Any], dict], workers: int | None,
-               progress: Callable[[int, int], None] | None) -> list[dict]:
+               progress: Callable[[int, int], None] | None, meanwhile: Callable[[], None] | None = None) -> list[dict]:
     """A process pool (up to 2 workers by default); small batches run in this process, where a
     pool would cost more to start than the work."""
     from concurrent.futures import ProcessPoolExecutor
@@ -82,13 +85,20 @@ def _run_local(jobs: Sequence[Any], fn: Callable[[Any], dict], workers: int | No
     results: list[dict] = []
     if n_workers > 1 and total >= 8:
         with ProcessPoolExecutor(max_workers=n_workers, initializer=_die_with_parent) as pool:
-            for r in pool.map(fn, jobs, chunksize=max(1, total // (8 * n_workers))):
+            # map() submits every chunk now, and a fork-context pool starts all its workers at the first
+            # submit, so the caller's work below runs beside the workers, never while one is forked
+            mapped = pool.map(fn, jobs, chunksize=max(1, total // (8 * n_workers)))
+            if meanwhile:
+                meanwhile()
+            for r in mapped:
                 results.append(r)
                 _tick(progress, len(results), total)
     else:
         for job in jobs:
             results.append(fn(job))
             _tick(progress, len(results), total)
+        if meanwhile:
+            meanwhile()
     return results
 
 
@@ -114,7 +124,7 @@ def _run_chunk(fn: Callable[[Any], dict], chunk: Sequence[Any]) -> list[dict]:
 
 
 def _run_ray(jobs: Sequence[Any], fn: Callable[[Any], dict], workers: int | None, address: str | None,
-             progress: Callable[[int, int], None] | None) -> list[dict]:
+             progress: Callable[[int, int], None] | None, meanwhile: Callable[[], None] | None = None) -> list[dict]:
     """Chunks of jobs as Ray tasks, gathered in order. Connects to ``address`` (a running cluster)
     or starts a local one with ``workers`` CPUs; an already initialised Ray is used as it is."""
     ray = _import_ray()
@@ -143,6 +153,8 @@ def _run_ray(jobs: Sequence[Any], fn: Callable[[Any], dict], workers: int | None
         sizes = {ref: len(chunk) for ref, chunk in zip(refs, chunks)}
         pending, done = list(refs), 0
         try:
+            if meanwhile:
+                meanwhile()
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
                 for ref in ready:

@@ -514,15 +514,25 @@ def write_copy(ds: Dataset, valid: list[Sample], marked_ids: set[str], tmp: Path
             jobs.append(("copy", str(s.path), str(tmp / s.file_name), max_pixels, True, link))
             job_samples.append(s)
     total = len(jobs) + len(direct)
-    job_results = run_jobs(jobs, process_file, engine=engine, workers=workers, address=address,
-                           progress=(lambda done, _: progress(done, total)) if progress else None)
-    # after the pool, not beside it: a thread running while the pool forks its workers is unsafe
-    direct_results = []
-    for s in direct:
-        direct_results.append(copy_file(str(s.path), str(tmp / s.file_name), max_pixels, False, link))
-        done = len(jobs) + len(direct_results)
-        if progress and (done % PROGRESS_EVERY == 0 or done == total):
+    counts = [0, 0]  # jobs done, direct copies done
+
+    def tick(which: int, n: int) -> None:
+        counts[which] = n
+        done = counts[0] + counts[1]
+        if progress and (n % PROGRESS_EVERY == 0 or done == total):
             progress(done, total)
+
+    direct_results: list[dict] = []
+
+    def copy_direct() -> None:
+        """The files the dataset pass vouches for are only copied, in this process (the kernel
+        copies them) while the workers mark: in this thread, never in another one beside a fork."""
+        for s in direct:
+            direct_results.append(copy_file(str(s.path), str(tmp / s.file_name), max_pixels, False, link))
+            tick(1, len(direct_results))
+
+    job_results = run_jobs(jobs, process_file, engine=engine, workers=workers, address=address,
+                           progress=(lambda done, _: tick(0, done)) if progress else None, meanwhile=copy_direct)
     by_name = {s.file_name: r for s, r in zip(job_samples, job_results)}
     by_name.update({s.file_name: r for s, r in zip(direct, direct_results)})
     results = [by_name[s.file_name] for s in valid]
