@@ -312,3 +312,102 @@ def test_the_plan_picks_the_one_dataset_with_shadows_when_several_have_copies(sa
     assert plan.dataset == "other" and plan.reference_lora == [folder]
     assert any("only one with shadows" in n for n in plan.notes)
     assert whitebox_plan(reg, base, lora=tmp_path / "l.safetensors", dataset=sample_dir.name).reference is None
+
+
+@pytest.fixture(scope="module")
+def ambient_copies(tmp_path_factory, sample_dir):
+    """Three ambient copies marking 30 of the 50 samples each (overlapping at random)."""
+    tmp = tmp_path_factory.mktemp("cap")
+    reg = seeded_registry(tmp / "home")
+    for lic in ("p", "q", "r"):
+        protect(sample_dir, tmp / f"c_{lic}", lic, registry=reg, rate=0.6, workers=1, strategy="ambient",
+                selection="random")
+    return reg, reg.copies()
+
+
+def _read(probes, subsets, copy_id):
+    """The (prompt, image bytes) each probe of a copy reads: what it was tested on."""
+    return [(probes[i].prompt, probes[i].image.tobytes()) for i in subsets[copy_id]]
+
+
+def _as_copy(copy, copy_id, marked):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(id=copy_id, dataset=copy.dataset, licensee=copy.licensee, strategy="ambient",
+                           params={}, marked=marked)
+
+
+def test_the_probe_cap_is_honoured_and_recorded(wb, sample_dir, tmp_path):
+    from tracemark.audit.report import write_report
+    from tracemark.audit.whitebox import audit_whitebox, whitebox_probes
+
+    reg, pipe_dir = wb
+    copies = reg.copies()
+    probes, subsets = whitebox_probes(copies, reg, sample_dir, max_probes_per_copy=3)
+    assert sorted(len(v) for v in subsets.values()) == [3, 3, 3, 3]
+    assert len(probes) == 3 * 3 + 3  # three trigger copies' own prompts, one ambient copy
+    full, all_sub = whitebox_probes(copies, reg, sample_dir, max_probes_per_copy=None)
+    assert sorted(len(v) for v in all_sub.values()) == [5, 5, 5, 5] and len(full) == 20
+    for c in copies:  # the capped samples are the copy's own marked samples, read with its prompts
+        assert set(_read(probes, subsets, c.id)) <= set(_read(full, all_sub, c.id))
+    res = audit_whitebox(pipe_dir, reg, sample_dir, device="cpu", t_fracs=(0.5,), draws=1, max_probes_per_copy=3)
+    d = res.to_dict()
+    assert sorted(s["n_images"] for s in d["licensees"]) == [3, 3, 3, 3] and d["params"]["n_probes"] == 12
+    assert d["params"]["max_probes_per_copy"] == 3
+    assert d["params"]["marked_read"] == {str(c.id): [3, 5] for c in copies}
+    assert "--max-probes-per-copy 3 " in write_report(res, tmp_path / "r.html").read_text()
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(TracemarkError, match="^max_probes_per_copy must be a whole number") as e:
+            audit_whitebox(pipe_dir, reg, sample_dir, max_probes_per_copy=bad)
+        assert e.value.params == ("max_probes_per_copy",)
+
+
+def test_a_copys_capped_subset_is_deterministic_and_the_same_whatever_else_is_audited(ambient_copies, sample_dir,
+                                                                                      tmp_path):
+    from tracemark.audit.whitebox import whitebox_probes
+
+    reg, copies = ambient_copies
+    alone = {c.id: _read(*whitebox_probes([c], reg, sample_dir, max_probes_per_copy=7), c.id) for c in copies}
+    together = whitebox_probes(copies[::-1], reg, sample_dir, max_probes_per_copy=7)
+    again = whitebox_probes(copies, reg, sample_dir, max_probes_per_copy=7)
+    for c in copies:
+        assert len(alone[c.id]) == 7
+        assert set(alone[c.id]) == set(_read(*together, c.id)) == set(_read(*again, c.id))
+    # the order is keyed by the registry's secret: another master key keeps other samples
+    other = seeded_registry(tmp_path / "other_home", seed=5)
+    c = copies[0]
+    from tracemark.audit.whitebox import probe_order, probe_subset
+
+    names = [m["file_name"] for m in c.marked]
+    mine = [m["file_name"] for m in probe_subset(c, probe_order(reg, c.dataset, names), 7)]
+    theirs = [m["file_name"] for m in probe_subset(c, probe_order(other, c.dataset, names), 7)]
+    assert set(mine) == {n for n, _ in sorted(probe_order(reg, c.dataset, names).items(), key=lambda kv: kv[1])[:7]}
+    assert set(mine) != set(theirs)
+
+
+def test_copies_that_marked_the_same_samples_read_the_same_probes(ambient_copies, sample_dir):
+    """Ambient copies share a probe per sample; a per-copy choice of the capped subset would give
+    copies with the same marked samples different subsets and twice the probes."""
+    from tracemark.audit.whitebox import whitebox_probes
+
+    reg, copies = ambient_copies
+    c = copies[0]
+    same = [_as_copy(c, 101, list(c.marked)), _as_copy(c, 102, list(c.marked)[::-1])]
+    probes, subsets = whitebox_probes(same, reg, sample_dir, max_probes_per_copy=8)
+    assert len(probes) == 8 and sorted(subsets[101]) == sorted(subsets[102])
+    # a copy marking more samples keeps, of the other's samples, only ones the other keeps too
+    from tracemark.audit.whitebox import probe_order, probe_subset
+
+    fewer, more = list(c.marked)[:20], list(c.marked)
+    order = probe_order(reg, c.dataset, [m["file_name"] for m in more])
+    kept_fewer = {m["file_name"] for m in probe_subset(_as_copy(c, 1, fewer), order, 8)}
+    kept_more = {m["file_name"] for m in probe_subset(_as_copy(c, 2, more), order, 8)}
+    assert len(kept_fewer) == len(kept_more) == 8
+    assert kept_more & {m["file_name"] for m in fewer} <= kept_fewer
+    probes, subsets = whitebox_probes([_as_copy(c, 1, fewer), _as_copy(c, 2, more)], reg, sample_dir,
+                                      max_probes_per_copy=8)
+    assert len(probes) == len(kept_fewer | kept_more) < 16
+    # real copies overlapping at random: each sample read by several copies is one probe
+    probes, subsets = whitebox_probes(copies, reg, sample_dir, max_probes_per_copy=10)
+    keys = [(p.prompt, p.image.tobytes()) for p in probes]
+    assert len(keys) == len(set(keys)) < sum(len(v) for v in subsets.values())

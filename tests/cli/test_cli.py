@@ -166,6 +166,8 @@ def test_audit_cli_images_json_report_and_usage_errors(sample_dir, tmp_path):
                          ([tmp_path, "--dataset", "other"], "not in the registry"),
                          (["--images", tmp_path / "acme", "--base", tmp_path], "--base is an option of the white box"),
                          (["--images", tmp_path / "acme", "--statistic", "loss"], "--statistic is an option of the white"),
+                         (["--images", tmp_path / "acme", "--max-probes-per-copy", 3],
+                          "--max-probes-per-copy is an option of the white"),
                          (["--images", tmp_path / "acme", "--reference", tmp_path], "--reference needs MODEL"),
                          ([tmp_path, "--blackbox", "--reference", tmp_path, "--reference", tmp_path],
                           "several --reference are a white-box option")):

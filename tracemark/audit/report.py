@@ -365,6 +365,8 @@ def _reference_flags(p: dict) -> str:
 def _command(r: dict) -> str:
     """The ``tracemark audit`` command line that reruns this audit (MODEL positional, white box by
     default, ``--blackbox`` for generation audits, ``--images DIR`` for a folder of images)."""
+    from tracemark.audit.whitebox import DEFAULT_MAX_PROBES_PER_COPY
+
     p = r["params"]
     if r["kind"] not in ("model", "whitebox"):
         cmd = f"tracemark audit --images {_q(p['images'])}"
@@ -382,6 +384,8 @@ def _command(r: dict) -> str:
         cmd += _reference_flags(p)
         if p.get("statistic"):
             cmd += f" --statistic {p['statistic']}"
+        if "max_probes_per_copy" in p and p["max_probes_per_copy"] != DEFAULT_MAX_PROBES_PER_COPY:
+            cmd += f" --max-probes-per-copy {p['max_probes_per_copy'] or 0}"
         cmd += f" --seed {p['seed']}"
     if p.get("config"):  # the single-file checkpoint's pipeline folder
         cmd += f" --config {_q(p['config'])}"

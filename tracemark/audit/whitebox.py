@@ -20,6 +20,18 @@ from tracemark.io.dataset import read_image_rgb
 from tracemark.marking.trigger import apply_trigger, trigger_of
 from tracemark.registry.database import Copy, Registry
 
+#: Marked samples a white-box audit reads per copy at most (:func:`whitebox_probes`). A copy's z grows
+#: like the square root of the samples read and the audit's time linearly with the probes: the CPU
+#: world's copies were named from 50 samples (z 3.4-5.0, docs/learnability.md), so 256 forecast about
+#: 2.3x that z, while a copy of a 10^6-image dataset at 2% has 20,000 marked samples (a trigger
+#: copy's are all probes of its own). Datasets below 12,800 images are read whole at the default rate.
+DEFAULT_MAX_PROBES_PER_COPY = 256
+#: The registry key that orders a dataset's samples for the cap: secret (a fine-tuner who knew the
+#: order could leave out the few samples every capped audit reads), one per dataset (so that copies
+#: keep the same samples where they marked the same ones); no licensee can have this name.
+PROBE_ORDER_ID = "\x00whitebox-probe-order"
+_PROBE_ORDER_DOMAIN = "tracemark/v1/whitebox-probe-order"
+
 
 def audit_whitebox(
     model_dir: str | Path,
@@ -42,6 +54,7 @@ def audit_whitebox(
     dtype: str | None = "auto",
     config: str | Path | None = None,
     statistic: str = DEFAULT_WHITEBOX_STATISTIC,
+    max_probes_per_copy: int | None = DEFAULT_MAX_PROBES_PER_COPY,
     progress: Callable[[int, int], None] | None = None,
 ) -> AuditResult:
     """White box: read every copy's marked samples through the suspect's denoiser (no sampling).
@@ -73,6 +86,10 @@ def audit_whitebox(
     the shadows' own fine-tuning noise averages out. CPU world, 2% / 38 dB, five models: mean z 2.63
     with one shadow, 3.28 with four (docs/research/learnability_log.md); the loss statistic only.
 
+    ``max_probes_per_copy``: marked samples read per copy at most (None: all); see
+    :func:`whitebox_probes` and :data:`DEFAULT_MAX_PROBES_PER_COPY`. The params record it and, per
+    copy id, ``[read, marked]``.
+
     ``progress(done, total)``: marked samples read so far and in all (one pass per shadow).
     """
     from tracemark.diffusion.loading import load_pipeline
@@ -81,6 +98,7 @@ def audit_whitebox(
 
     check_test_parameters(alpha, n_decoys)
     check_generation_options(seed=seed)
+    check_max_probes_per_copy(max_probes_per_copy)
     if statistic not in WHITEBOX_STATISTICS:
         raise TracemarkError(f"white-box statistic must be one of {', '.join(WHITEBOX_STATISTICS)}, got {statistic!r}")
     t0 = time.perf_counter()
@@ -100,7 +118,7 @@ def audit_whitebox(
             raise TracemarkError("several references are averaged by statistic loss only; "
                                  "use statistic loss (or one reference)", params=("statistic", "reference"))
         statistic = "loss"
-    probes, subsets = whitebox_probes(copies, registry, data_dir)
+    probes, subsets = whitebox_probes(copies, registry, data_dir, max_probes_per_copy=max_probes_per_copy)
     if pipe is None:
         pipe = load_pipeline(model_dir, lora=lora, device=device or "auto", dtype=dtype, config=config)
 
@@ -149,7 +167,8 @@ def audit_whitebox(
               **_reference_params(pairs),
               "n_references": len(shadows) if shadows else int(kind != "data"),
               "t_fracs": list(t_fracs), "draws": draws, "data": str(data_dir), "n_probes": len(probes),
-              "statistic": statistic}
+              "statistic": statistic, "max_probes_per_copy": max_probes_per_copy,
+              "marked_read": {str(c.id): [len(subsets[c.id]), len(c.marked)] for c in copies}}
     timings = {"load_s": round(t_load - t0, 2), "residuals_s": round(t_res - t_load, 2),
                "total_s": round(time.perf_counter() - t0, 2)}
     gain = 8.0 if statistic == "residual" else 16.0  # residuals in gray levels; loss gradients at unit RMS
@@ -158,26 +177,65 @@ def audit_whitebox(
                        images=shown, n_images=len(residuals))
 
 
-def whitebox_probes(copies: list[Copy], registry: Registry, data_dir: Path):
+def check_max_probes_per_copy(value: int | None) -> int | None:
+    """``max_probes_per_copy`` as :func:`whitebox_probes` takes it: a whole number >= 1, or None."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise TracemarkError(f"max_probes_per_copy must be a whole number >= 1 (or None: all), got {value!r}",
+                             params=("max_probes_per_copy",))
+    return value
+
+
+def probe_order(registry: Registry, dataset: str, names) -> dict[str, bytes]:
+    """Each file name's place in ``dataset``'s probe order (smaller first): a keyed hash of the name
+    alone (:data:`PROBE_ORDER_ID`), so the same whatever the copy, the suspect or the other copies."""
+    key = registry.key_for(dataset, PROBE_ORDER_ID)
+    return {n: key.prf(_PROBE_ORDER_DOMAIN, n.encode("utf-8")) for n in names}
+
+
+def probe_subset(copy: Copy, order: dict[str, bytes], max_probes_per_copy: int | None) -> list[dict]:
+    """The copy's marked samples that a capped audit reads: the ``max_probes_per_copy`` first in the
+    dataset's probe order (:func:`probe_order`), in the order the copy lists them; all when uncapped
+    or when the copy has no more. Two copies that marked the same samples read the same ones."""
+    marked = list(copy.marked)
+    if max_probes_per_copy is None or len(marked) <= max_probes_per_copy:
+        return marked
+    keep = set(sorted(range(len(marked)), key=lambda i: (order[marked[i]["file_name"]], i))[:max_probes_per_copy])
+    return [m for i, m in enumerate(marked) if i in keep]
+
+
+def whitebox_probes(copies: list[Copy], registry: Registry, data_dir: Path, *,
+                    max_probes_per_copy: int | None = DEFAULT_MAX_PROBES_PER_COPY):
     """One probe per (marked sample, prompt) over all copies, and each copy's probe indices.
 
-    The originals are checked against the perceptual hashes the registry kept of the marked files,
-    so a wrong ``data_dir`` is an error instead of a silent "nothing detected"."""
+    ``max_probes_per_copy``: each copy reads at most this many of its marked samples (None: all), the
+    first in a keyed order of the file names that depends on the dataset alone (:func:`probe_order`):
+    the subset is the same whichever copies are audited with it, and samples that several copies
+    marked are kept by all of them, so ambient copies share their probes. Only those images are
+    decoded. The originals are checked against the perceptual hashes the registry kept of the
+    marked files, so a wrong ``data_dir`` is an error instead of a silent "nothing detected"."""
     from tracemark.io.imaging import dhash
     from tracemark.detection.scoring import DHASH_MAX_DISTANCE
     from tracemark.diffusion.denoiser import Probe
 
+    check_max_probes_per_copy(max_probes_per_copy)
     if not data_dir.is_dir():
         raise TracemarkError(f"{data_dir}: dataset folder not found (the white-box audit needs the original data)")
     index: dict[tuple[str, str], int] = {}
     probes: list[Probe] = []
     subsets: dict[int, np.ndarray] = {}
     images: dict[str, np.ndarray] = {}
+    orders: dict[str, dict[str, bytes]] = {}
     far = 0
     for c in copies:
         word = trigger_of(c, registry)
         idx = []
-        for m in c.marked:
+        order: dict[str, bytes] = {}
+        if max_probes_per_copy is not None and len(c.marked) > max_probes_per_copy:
+            order = orders.setdefault(c.dataset, {})
+            new = {m["file_name"] for m in c.marked} - order.keys()
+            if new:
+                order.update(probe_order(registry, c.dataset, sorted(new)))
+        for m in probe_subset(c, order, max_probes_per_copy):
             name = m["file_name"]
             if name not in images:
                 path = data_dir / name

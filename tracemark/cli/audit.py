@@ -102,6 +102,11 @@ def audit_cmd(
                                   "suspect fits each marked sample than the reference does, as a gradient) | "
                                   "residual (its clean-image prediction minus the reference's) | auto (loss when "
                                   "there is a reference).", rich_help_panel="Advanced"),
+    max_probes_per_copy: Optional[int] = typer.Option(None, "--max-probes-per-copy", min=0, help="White box: marked "
+                                                      "samples read per copy at most (default 256; 0: all), the "
+                                                      "same for every copy that marked them. z grows like the "
+                                                      "square root of the samples read, the time linearly.",
+                                                      rich_help_panel="Advanced", show_default=False),
     n: int = typer.Option(64, "--n", help="--blackbox: images to generate per stage (a second stage of N more "
                           "runs when the trigger words get fewer than 16 images each).", rich_help_panel="Black box"),
     seed: int = typer.Option(0, "--seed", help="Seed of the query plan, generations and white-box noise."),
@@ -128,7 +133,7 @@ def audit_cmd(
 ) -> None:
     """Was this model fine-tuned on our data, and whose copy was it? Verdict with a p-value (exit 3 when named)."""
     from tracemark.audit.blackbox import audit_images, audit_model, check_audit_options
-    from tracemark.audit.whitebox import audit_whitebox
+    from tracemark.audit.whitebox import DEFAULT_MAX_PROBES_PER_COPY, audit_whitebox
     from tracemark.registry.database import Registry
 
     statistic, dtype = choice_value(statistic), choice_value(dtype)
@@ -149,6 +154,8 @@ def audit_cmd(
         raise TracemarkError("--base is an option of the white box (MODEL without --blackbox)")
     if not use_whitebox and statistic != "auto":
         raise TracemarkError("--statistic is an option of the white box (MODEL without --blackbox)")
+    if not use_whitebox and max_probes_per_copy is not None:
+        raise TracemarkError("--max-probes-per-copy is an option of the white box (MODEL without --blackbox)")
     for flag, value in (("--reference", reference), ("--reference-lora", reference_lora)):
         if model is None and value:
             raise TracemarkError(f"{flag} needs MODEL (a model in hand; images alone cannot be paired)")
@@ -180,7 +187,9 @@ def audit_cmd(
             result = audit_whitebox(model, reg, plan.data, lora=lora, base=plan.base, reference=plan.reference,
                                     reference_lora=plan.reference_lora, dataset=plan.dataset, seed=seed, alpha=alpha,
                                     n_decoys=decoys, device=device, dtype=dtype, config=config,
-                                    statistic=statistic, progress=lambda d, t: bar.update(task, completed=d, total=t))
+                                    statistic=statistic, progress=lambda d, t: bar.update(task, completed=d, total=t),
+                                    max_probes_per_copy=(DEFAULT_MAX_PROBES_PER_COPY if max_probes_per_copy is None
+                                                         else max_probes_per_copy or None))
         result.params["notes"] = notes
     elif model is not None:
         with progress("generating images") as bar:
