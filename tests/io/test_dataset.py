@@ -265,3 +265,25 @@ def test_a_hugging_face_dataset_given_as_an_imagefolder_says_how_to_import_it(tm
     (tmp_path / "x.parquet").write_bytes(b"PAR1")
     with pytest.raises(TracemarkError, match="x.parquet: a parquet file.*tracemark import-hf"):
         load_dataset(tmp_path / "x.parquet")
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png"])
+def test_the_content_sample_is_read_lazily_and_reduced(tmp_path, ext):
+    """The content basis reads up to 2,000 originals: held at full size as float32 they took 6 GB
+    for 512 px files (96 GB at 4 MP). They are decoded one at a time, at most CONTENT_SIDE on a
+    side, and what the detector reads of them (the 32 x 32 grid) is what the full image gives."""
+    from tracemark.evaluation.samples import make_sample_dataset
+    from tracemark.io.dataset import CONTENT_SIDE, ContentImages, content_sample, read_image_rgb
+    from tracemark.marking.schemes.spread import to_grid
+
+    data = make_sample_dataset(tmp_path / "d", n=3, size=CONTENT_SIDE * 2, seed=1,
+                               fmt="jpeg" if ext == "jpg" else "png")
+    content = content_sample(data)
+    assert isinstance(content, ContentImages) and len(content) == 3 and len(content[:2]) == 2
+    img = content[0]
+    assert img.shape == (CONTENT_SIDE, CONTENT_SIDE, 3) and img.dtype == np.float32
+    full = read_image_rgb(content.paths[0])
+    assert full.shape == (CONTENT_SIDE * 2, CONTENT_SIDE * 2, 3)
+    assert np.abs(to_grid(img, 32) - to_grid(full, 32)).max() < 2.0  # gray levels, of 0..255
+    small = read_image_rgb(content.paths[0], max_side=100)
+    assert small.shape == (100, 100, 3)

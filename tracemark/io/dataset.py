@@ -21,6 +21,7 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -419,20 +420,31 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS, dtype=np.float32) -> tu
     return np.asarray(rgb, dtype=dtype), im
 
 
-def read_image_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode any readable image to float32 RGB for scoring (lenient about modes)."""
+def read_image_rgb(path: Path, max_pixels: int = MAX_PIXELS, max_side: int | None = None) -> np.ndarray:
+    """Decode any readable image to float32 RGB for scoring (lenient about modes). ``max_side``:
+    reduce it (area average; JPEGs decoded at a reduced scale) so its longer side is at most that."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.size[0] * im.size[1] > max_pixels:
                     raise TracemarkError(f"{path}: exceeds the pixel limit of {max_pixels:,}")
+                target = None
+                if max_side is not None and max(im.size) > max_side:
+                    scale = max_side / max(im.size)
+                    target = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
+                    im.draft("RGB", target)  # JPEG: DCT-domain downscale to >= target, no-op otherwise
                 im.load()
                 if im.mode in ("I;16", "I;16B", "I"):
                     arr = np.asarray(im, dtype=np.float32)
                     arr = arr / max(arr.max(), 1.0) * 255.0
+                    if target is not None:
+                        arr = np.asarray(Image.fromarray(arr, "F").resize(target, Image.Resampling.BOX))
                     return np.repeat(arr[..., None], 3, axis=2)
-                return np.asarray(im.convert("RGB"), dtype=np.float32)
+                rgb = im.convert("RGB")
+                if target is not None and rgb.size != target:
+                    rgb = rgb.resize(target, Image.Resampling.BOX)
+                return np.asarray(rgb).astype(np.float32)
     except TracemarkError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
@@ -562,16 +574,37 @@ def is_inside(child: Path, parent: Path) -> bool:
 
 #: Images of the owner's dataset used to estimate its content subspace (stats.content_basis).
 CONTENT_SAMPLE = 2000
+#: Longest side the content images are read at (JPEGs decoded at reduced size): the detectors' grids
+#: are 32 (spread) to 256, and any key-independent basis keeps the null exact, so a smaller copy of
+#: the content only costs resolution the statistic does not read.
+CONTENT_SIDE = 256
+
+
+class ContentImages(Sequence):
+    """The content sample, decoded when read (one image in memory at a time) and at most
+    :data:`CONTENT_SIDE` on a side: 2,000 originals of 4 MP held as float32 would take 96 GB."""
+
+    def __init__(self, paths: list[Path], side: int = CONTENT_SIDE) -> None:
+        self.paths, self.side = paths, side
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return ContentImages(self.paths[i], self.side)
+        return read_image_rgb(self.paths[i], max_side=self.side)
 
 
 def content_sample(data_dir: str | Path | None, n: int = CONTENT_SAMPLE, seed: int = 0,
-                   image_column: str | None = None) -> list[np.ndarray] | None:
-    """Up to ``n`` original images of the owner's dataset (a fixed sample), or None without data.
-    Only the images are read: captions, or a caption column that cannot be told, do not matter."""
+                   image_column: str | None = None) -> ContentImages | None:
+    """Up to ``n`` original images of the owner's dataset (a fixed sample, read lazily and reduced:
+    :class:`ContentImages`), or None without data. Only the images are read: captions, or a
+    caption column that cannot be told, do not matter."""
     if data_dir is None:
         return None
     samples = load_dataset(data_dir, image_column=image_column, captions=False).samples
     if len(samples) > n:
         idx = np.sort(np.random.default_rng(seed).choice(len(samples), size=n, replace=False))
         samples = [samples[i] for i in idx]
-    return [read_image_rgb(s.path) for s in samples]
+    return ContentImages([s.path for s in samples])
