@@ -42,16 +42,18 @@ def test_the_turbo_build_writes_the_bytes_libjpeg_6b_writes(tmp_path, kw):
     assert out["6b"] == out[jpegdct._LIBJPEG]
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L"])
-def test_the_pattern_writer_writes_what_the_pixel_writer_writes_where_nothing_clips(tmp_path, mode):
+@pytest.mark.parametrize("mode,shape,kw", [("RGB", (72, 72), {}), ("L", (72, 72), {}),
+                                           ("RGB", (37, 50), {}), ("RGB", (45, 61), {"subsampling": 0})])
+def test_the_pattern_writer_writes_what_the_pixel_writer_writes_where_nothing_clips(tmp_path, mode, shape, kw):
     """Writer 2 adds the pattern unclipped: on an image far from 0 and 255 that is the very same
-    coefficient change writer 1 makes from the clipped pixel difference, so the same bytes."""
-    arr = _photo(2, 72, lo=60, hi=190)
+    coefficient change writer 1 makes from the clipped pixel difference, so the same bytes (odd
+    sizes and 4:4:4 too: partial blocks and chroma subsampling go through the same arithmetic)."""
+    arr = _photo(2, 72, lo=60, hi=190)[:shape[0], :shape[1]]
     src = tmp_path / "src.jpg"
-    Image.fromarray(arr).convert(mode).save(src, "JPEG", quality=90)
+    Image.fromarray(arr).convert(mode).save(src, "JPEG", quality=90, **kw)
     decoded = np.asarray(Image.open(src).convert("RGB"))
     scheme, key = get_scheme("spread", strength=3.2), Key(b"k" * 32)
-    q = scheme.additive_pattern(key, 72, 72)
+    q = scheme.additive_pattern(key, *shape)
     assert q is not None and np.abs(q).max() < 60  # so nothing clips
     marked = scheme.embed_uint8(decoded, key)
     assert np.array_equal(marked.astype(np.int16) - decoded, q)
