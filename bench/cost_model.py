@@ -104,6 +104,24 @@ def measure(sizes: list[int], workers: int, tmp: Path) -> dict:
     return out
 
 
+def ambient_probes(images: int, licensees: int, rate: float, cap: int, seed: int = 0) -> int:
+    """Distinct samples that capped ambient audits of ``licensees`` copies read: each copy marks a
+    random ``rate`` of the samples and reads its first ``cap`` in the dataset's shared probe order,
+    i.e. the samples it marked up to the rank of its cap-th one (a negative binomial draw). A rank is
+    read when some copy whose cut-off lies beyond it marked it. Expected count, one draw of the
+    cut-offs."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if cap >= images * rate:
+        cut = np.full(licensees, images)
+    else:
+        cut = np.minimum(cap + rng.negative_binomial(cap, rate, size=licensees), images)
+    ranks = np.arange(int(cut.max()))
+    covering = licensees - np.searchsorted(np.sort(cut), ranks, side="right")  # copies with cut-off > rank
+    return int(round(float((1.0 - (1.0 - rate) ** covering).sum())))
+
+
 def model(m: dict, images: int, licensees: int, ray_cores: int, audit: dict | None) -> list[str]:
     r1, r2 = m["rows"][0], m["rows"][-1]
     n1, n2 = r1["n"], r2["n"]
@@ -155,18 +173,23 @@ def model(m: dict, images: int, licensees: int, ray_cores: int, audit: dict | No
                  f"hard-linked {_hms(hard_t * licensees)}; storage {licensees * images * bytes_per / 2**40:,.1f} TiB "
                  f"copied, {licensees * images * 0.02 * bytes_per / 2**40:,.2f} TiB hard-linked (marked files only)")
     scale = ray_cores / w
-    lines.append(f"  on a Ray cluster of {ray_cores} cores ({scale:.0f}x this machine's workers), copies issued "
-                 f"{ray_cores // w} at a time (one protect per licensee; the marking of each on the engine): "
-                 f"copies {_hms(copy_t * licensees / scale)}, hard-linked {_hms(hard_t * licensees / scale)}, "
-                 f"pass {_hms(pass_t / scale)}")
+    lines.append(f"  {ray_cores} cores ({scale:.0f}x this machine's workers): a copy's per-image work runs where its "
+                 f"`protect` runs (its marks on the engine), so copies scale by running {ray_cores // w} protects side "
+                 f"by side against one registry (its writes are serialised, a few ms per copy): copies "
+                 f"{_hms(copy_t * licensees / scale)}, hard-linked {_hms(hard_t * licensees / scale)} (the one-time "
+                 f"pass, once per dataset, decodes on the engine but hashes and thumbnails where protect runs)")
     if audit:
-        c, probes = audit["c_s"], 50
+        c = audit["c_s"]
+        cap = 256  # tracemark.audit.whitebox.DEFAULT_MAX_PROBES_PER_COPY (not imported: it loads torch)
+        per_copy = min(cap, int(images * 0.02))
+        ambient = ambient_probes(images, licensees, 0.02, per_copy)
         lines.append(f"  white-box audit ({c * 1e3:.0f} ms per probe per model pass, from {audit['where']}), "
-                     f"the suspect and 2 shadows = 3 passes: ambient copies share probes (at most one per marked "
-                     f"sample of the dataset, {probes} read per copy), trigger copies do not:")
-        lines.append(f"    ambient: <= min({licensees:,} x {probes}, {images:,}) probes x 3 x c = "
-                     f"{_hms(min(licensees * probes, images) * 3 * c)}; trigger: {licensees:,} x {probes} x 3 x c = "
-                     f"{_hms(licensees * probes * 3 * c)} (on this CPU; docs/audit.md forecasts SD 1.5 on a GPU)")
+                     f"the suspect and 2 shadows = 3 passes, {per_copy} marked samples read per copy (the cap):")
+        lines.append(f"    ambient copies share probes, and the cap keeps the first samples of one keyed order per "
+                     f"dataset, so {licensees:,} copies read {ambient:,} distinct samples (simulated): "
+                     f"{_hms(ambient * 3 * c)}; trigger copies read their own: {licensees:,} x {per_copy} x 3 x c = "
+                     f"{_hms(licensees * per_copy * 3 * c)} (this CPU's tiny model; docs/audit.md forecasts SD 1.5 "
+                     f"on a GPU)")
     return lines
 
 
@@ -179,11 +202,17 @@ def main() -> int:
     ap.add_argument("--ray-cores", type=int, default=256)
     ap.add_argument("--audit-json", type=Path, default=Path("results/bench_audit_licensees.json"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="recompute the model from an earlier run's --json (no measuring)")
     args = ap.parse_args()
-    load = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmpd:
-        m = measure(sorted(args.sizes), args.workers, Path(tmpd))
-    m["load_before"], m["load_after"] = load, os.getloadavg()
+    if args.from_json:
+        m = json.loads(args.from_json.read_text())
+        load = tuple(m["load_before"])
+    else:
+        load = os.getloadavg()
+        with tempfile.TemporaryDirectory() as tmpd:
+            m = measure(sorted(args.sizes), args.workers, Path(tmpd))
+        m["load_before"], m["load_after"] = load, os.getloadavg()
     audit = None
     if args.audit_json.is_file():
         try:
@@ -200,7 +229,7 @@ def main() -> int:
     print(f"rerun: .venv/bin/python bench/cost_model.py --sizes {' '.join(map(str, m['sizes']))} "
           f"--images {args.images} --licensees {args.licensees} --ray-cores {args.ray_cores}")
     if args.json:
-        args.json.write_text(json.dumps({**m, "model": lines}, indent=2))
+        args.json.write_text(json.dumps({**{k: v for k, v in m.items() if k != "model"}, "model": lines}, indent=2))
     return 0
 
 
