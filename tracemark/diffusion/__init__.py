@@ -20,6 +20,7 @@ _LAZY = {
     "generate_images": "tracemark.diffusion.generation",
     "read_prompts": "tracemark.diffusion.generation",
     "regenerate": "tracemark.diffusion.generation",
+    "vae_roundtrip": "tracemark.diffusion.generation",
     "LORA_WEIGHT_NAME": "tracemark.diffusion.loading",
     "load_lora": "tracemark.diffusion.loading",
     "load_pipeline": "tracemark.diffusion.loading",
@@ -28,7 +29,7 @@ _LAZY = {
 }
 
 __all__ = ["load_pipeline", "load_lora", "generate", "generate_images", "read_prompts", "regenerate",
-           "resolve_device", "resolve_dtype", "LORA_WEIGHT_NAME"]
+           "vae_roundtrip", "resolve_device", "resolve_dtype", "LORA_WEIGHT_NAME"]
 
 
 __getattr__, __dir__ = lazy_exports(globals(), _LAZY)

@@ -187,3 +187,40 @@ def regenerate(images, prompts: list[str], pipe, strength: float = 0.3, seed: in
                     guidance_scale=guidance, generator=gens, output_type="np")
         out += list(np.clip(np.round(r.images * 255.0), 0, 255).astype(np.uint8))
     return out
+
+
+def vae_roundtrip(images, pipe, batch_size: int = 16) -> list[np.ndarray]:
+    """Regeneration through the public VAE: encode each image with ``pipe``'s autoencoder and decode
+    the latent mean back to pixels (no noise, no denoiser, no caption). Marks that live in detail the
+    latent cannot represent are washed out; the content survives. Images are batched by size, padded
+    (mirrored) to a multiple of the VAE's downsampling factor and cropped back, so each output has its
+    input's height and width (uint8, H x W x 3)."""
+    arrs = [np.asarray(im, np.float32) for im in images]
+    vae = pipe.vae
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    dev = getattr(pipe, "_execution_device", None) or vae.device
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:  # SD's VAE overflows in fp16: run it in fp32 as diffusers does, and put it back
+        vae.to(torch.float32)
+    out: list[np.ndarray | None] = [None] * len(arrs)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, a in enumerate(arrs):
+        by_shape.setdefault(a.shape, []).append(i)
+    try:
+        for shape, idx in by_shape.items():
+            h, w = shape[:2]
+            ph, pw = -h % factor, -w % factor
+            for start in range(0, len(idx), batch_size):
+                part = idx[start:start + batch_size]
+                x = np.stack([np.pad(arrs[i], ((0, ph), (0, pw), (0, 0)), mode="symmetric") for i in part])
+                t = torch.from_numpy(x).permute(0, 3, 1, 2).to(dev, vae.dtype) / 127.5 - 1.0
+                with torch.no_grad():
+                    y = vae.decode(vae.encode(t).latent_dist.mode()).sample
+                y = ((y.float().clamp(-1, 1) + 1.0) * 127.5).round().permute(0, 2, 3, 1).cpu().numpy()
+                for i, im in zip(part, y):
+                    out[i] = im[:h, :w].astype(np.uint8)
+    finally:
+        if upcast:
+            vae.to(dtype)
+    return out  # type: ignore[return-value]
