@@ -290,7 +290,7 @@ def _draw_clean(clean_dir, k: int, seed: int) -> list:
     clean = load_dataset(clean_dir)
     if len(clean) < k:
         raise TracemarkError(f"{clean_dir}: {len(clean)} clean samples, fewer than the {k} the mix needs "
-                             f"(factor x the copy's size)", params=("clean_dir", "param"))
+                             f"(factor x the copy's size)")
     pick = sorted(np.random.default_rng(seed).choice(len(clean), size=k, replace=False).tolist())
     return [clean.samples[i] for i in pick]
 
@@ -337,40 +337,37 @@ def attack_copy(copy_dir, out_dir, name: str, param: float, *, pipe=None, clean_
     import shutil
     from pathlib import Path
 
-    from tracemark.errors import TracemarkError
+    from tracemark.errors import TracemarkError  # a Python API only: its errors name no CLI flags (no params)
     from tracemark.io.dataset import is_inside, load_dataset
     from tracemark.io.safe_write import atomic_dir, check_output_dir
 
     if name not in ALL_GRIDS:
-        raise TracemarkError(f"unknown attack '{name}'; choose one of {', '.join(ALL_GRIDS)}", params=("name",))
+        raise TracemarkError(f"unknown attack '{name}'; choose one of {', '.join(ALL_GRIDS)}")
     if isinstance(param, bool) or not isinstance(param, (int, float, np.integer, np.floating)) \
             or not math.isfinite(param):
-        raise TracemarkError(f"param must be a finite number, got {param!r}", params=("param",))
+        raise TracemarkError(f"param must be a finite number, got {param!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise TracemarkError(f"seed must be a non-negative integer, got {seed!r}", params=("seed",))
+        raise TracemarkError(f"seed must be a non-negative integer, got {seed!r}")
     if name in MODEL_ATTACKS and pipe is None:
         raise TracemarkError(f"attack '{name}' runs the base model: pass pipe (a loaded pipeline, "
-                             "tracemark.diffusion.loading.load_pipeline)", params=("pipe",))
+                             "tracemark.diffusion.loading.load_pipeline)")
     if name == "img2img" and not 0 < param <= 1:
-        raise TracemarkError(f"img2img strength must be in (0, 1], got {param}", params=("param",))
+        raise TracemarkError(f"img2img strength must be in (0, 1], got {param}")
     if name == "clean_mix":
         if clean_dir is None:
-            raise TracemarkError("clean_mix adds the abuser's clean data: pass clean_dir (an imagefolder)",
-                                 params=("clean_dir",))
+            raise TracemarkError("clean_mix adds the abuser's clean data: pass clean_dir (an imagefolder)")
         if param <= 0:
-            raise TracemarkError(f"clean_mix factor must be positive, got {param}", params=("param",))
+            raise TracemarkError(f"clean_mix factor must be positive, got {param}")
     copy_dir, out = Path(copy_dir), Path(out_dir)
     needs_captions = name in MODEL_ATTACKS or name == "clean_mix"
     ds = load_dataset(copy_dir, caption_column, image_column, captions=needs_captions)
     if os.path.islink(out) or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
-        raise TracemarkError(f"{out}: already exists and is not an empty folder; out_dir must be new",
-                             params=("out_dir",))
+        raise TracemarkError(f"{out}: already exists and is not an empty folder; out_dir must be new")
     check_output_dir(out, "out_dir", new=False)
     if is_inside(out, copy_dir) or is_inside(copy_dir, out):
-        raise TracemarkError(f"{out}: out_dir must lie outside the copy {copy_dir} (the copy is only read)",
-                             params=("out_dir",))
+        raise TracemarkError(f"{out}: out_dir must lie outside the copy {copy_dir} (the copy is only read)")
     if clean_dir is not None and name == "clean_mix" and is_inside(clean_dir, out):
-        raise TracemarkError(f"{clean_dir}: clean_dir lies inside out_dir", params=("clean_dir",))
+        raise TracemarkError(f"{clean_dir}: clean_dir lies inside out_dir")
     drawn = _draw_clean(clean_dir, int(round(param * len(ds))), seed) if name == "clean_mix" else []
 
     with atomic_dir(out) as tmp:
