@@ -192,7 +192,9 @@ def test_the_vae_round_trip_and_img2img_keep_shapes_and_change_the_images(base_p
         assert all(np.abs(np.asarray(y, np.float32) - x).mean() > 5 for x, y in zip(ims, out)), name
     odd = vae_roundtrip([ims[0][:30, :27]], base_pipe)  # not a multiple of the VAE's factor: padded, cropped back
     assert odd[0].shape == (30, 27, 3)
-    assert np.array_equal(vae_roundtrip(ims[:2], base_pipe)[1], outs["vae"][1])  # batching changes nothing
+    # batching changes nothing but float rounding (CPU kernels differ by batch size: a gray level at most)
+    again = np.asarray(vae_roundtrip(ims[:2], base_pipe)[1], np.int16)
+    assert np.abs(again - np.asarray(outs["vae"][1], np.int16)).max() <= 1
 
 
 def test_attack_copy_runs_a_model_attack(small_copy, base_pipe, tmp_path):
