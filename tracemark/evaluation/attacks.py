@@ -333,7 +333,6 @@ def attack_copy(copy_dir, out_dir, name: str, param: float, *, pipe=None, clean_
     Countermeasures compose: attack the attacked copy again.
     """
     import math
-    import os
     import shutil
     from pathlib import Path
 
@@ -361,9 +360,9 @@ def attack_copy(copy_dir, out_dir, name: str, param: float, *, pipe=None, clean_
     copy_dir, out = Path(copy_dir), Path(out_dir)
     needs_captions = name in MODEL_ATTACKS or name == "clean_mix"
     ds = load_dataset(copy_dir, caption_column, image_column, captions=needs_captions)
-    if os.path.islink(out) or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+    check_output_dir(out, "out_dir", new=False)  # not in the tracemark home, not a symlink
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TracemarkError(f"{out}: already exists and is not an empty folder; out_dir must be new")
-    check_output_dir(out, "out_dir", new=False)
     if is_inside(out, copy_dir) or is_inside(copy_dir, out):
         raise TracemarkError(f"{out}: out_dir must lie outside the copy {copy_dir} (the copy is only read)")
     if clean_dir is not None and name == "clean_mix" and is_inside(clean_dir, out):

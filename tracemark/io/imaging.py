@@ -468,12 +468,12 @@ def _splice_layout(source: bytes, new: bytes) -> tuple | None:
 _SPLICE_VERIFIED: set[tuple] = set()
 
 
-def write_jpeg_spliced(source_path: str | Path, new: bytes, dest: Path) -> None:
-    """Write ``new`` spliced into the source's marker segments (:func:`splice_jpeg`), or ``new``
-    itself when the splice would not decode to the very same pixels (an encoder layout the splice
-    does not understand). That is checked by decoding both once per layout
-    (:func:`_splice_layout`): the same layout splices to the same decoding."""
-    source = Path(source_path).read_bytes()
+def write_jpeg_spliced(source: bytes, new: bytes, dest: Path) -> None:
+    """Write ``new`` spliced into the marker segments of ``source`` (the source file's bytes, which
+    every caller has read already: :func:`splice_jpeg`), or ``new`` itself when the splice would not
+    decode to the very same pixels (an encoder layout the splice does not understand). That is
+    checked by decoding both once per layout (:func:`_splice_layout`): the same layout splices to
+    the same decoding."""
     try:
         spliced = splice_jpeg(source, new)
     except (ValueError, StopIteration):
@@ -566,7 +566,7 @@ def save_like(marked_rgb: np.ndarray, source: Image.Image, dest: Path) -> None:
     buf = io.BytesIO()
     im.save(buf, format=fmt, **kwargs)
     if fmt == "JPEG" and src_bytes is not None:
-        write_jpeg_spliced(src_path, buf.getvalue(), dest)
+        write_jpeg_spliced(src_bytes, buf.getvalue(), dest)
     else:
         _atomic_write(dest, buf.getvalue())
 

@@ -136,7 +136,7 @@ def _steps(jpeg, delta_rgb: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _write(jpeg, steps: list[np.ndarray], source: bytes, src: str | Path, dst: str | Path) -> None:
+def _write(jpeg, steps: list[np.ndarray], source: bytes, dst: str | Path) -> None:
     from tracemark.io.imaging import jpeg_huffman_is_standard, write_jpeg_spliced
 
     new = [np.add(coef, step, dtype=np.int32).clip(-32768, 32767).astype(coef.dtype)
@@ -145,7 +145,7 @@ def _write(jpeg, steps: list[np.ndarray], source: bytes, src: str | Path, dst: s
     if len(new) == 3:
         jpeg.Cb, jpeg.Cr = new[1], new[2]
     jpeg.write_dct(str(dst), flags=["-OPTIMIZE_CODING" if jpeg_huffman_is_standard(source) else "+OPTIMIZE_CODING"])
-    write_jpeg_spliced(src, Path(dst).read_bytes(), Path(dst))
+    write_jpeg_spliced(source, Path(dst).read_bytes(), Path(dst))
 
 
 def write_marked_jpeg(src: str | Path, dst: str | Path, delta_rgb: np.ndarray) -> bool:
@@ -158,7 +158,7 @@ def write_marked_jpeg(src: str | Path, dst: str | Path, delta_rgb: np.ndarray) -
     if jpeg is None:
         return False
     try:
-        _write(jpeg, _steps(jpeg, delta_rgb), source, src, dst)
+        _write(jpeg, _steps(jpeg, delta_rgb), source, dst)
         return True
     finally:
         _free(jpeg)
@@ -186,7 +186,7 @@ def write_pattern_jpeg(src: str | Path, dst: str | Path, pattern: Callable[[int,
             if len(_STEPS) >= _STEP_CACHE_SIZE:
                 _STEPS.pop(next(iter(_STEPS)))
             _STEPS[cache_key] = steps
-        _write(jpeg, steps, source, src, dst)
+        _write(jpeg, steps, source, dst)
         return True
     finally:
         _free(jpeg)
