@@ -158,7 +158,8 @@ def audit_whitebox(
                                        draws=draws, seed=seed, progress=progress)
     t_res = time.perf_counter()
     verdict = score_copies(residuals, copies, registry, match_files=False, subsets=subsets, n_decoys=n_decoys,
-                           alpha=alpha, seed=seed, content=content_for(registry, copies, data_dir)[0])
+                           alpha=alpha, seed=seed, content=content_for(registry, copies, data_dir)[0],
+                           at=[p.image for p in probes])
     kind = ("shadow" if mode == "base" else "lora-off" if lora is not None
             else ("base" if ref_pipe is not None else "data"))
     params = {"seed": seed, "alpha": alpha, "n_decoys": n_decoys, "dataset": dataset, "model": str(model_dir),

@@ -194,6 +194,7 @@ def score_copies(
     family: int | None = None,
     content: Sequence[np.ndarray] | None = None,
     originals: str | Path | None = None,
+    at: Sequence[np.ndarray] | None = None,
 ) -> Verdict:
     """Test every copy's key on ``images`` (decoy-calibrated, Holm over copies, or over a larger
     ``family`` of copies that these were selected from: see :func:`tracemark.detection.stats.holm`).
@@ -203,7 +204,10 @@ def score_copies(
     ``originals``: the folder of the original dataset; each file matched to a marked sample is then
     scored as the file minus that sample's original (non-blind, where the scheme can: see
     :meth:`tracemark.marking.schemes.spread.SpreadScheme.residual_features`), so that no key is
-    ever scored against the content of the images it marked."""
+    ever scored against the content of the images it marked.
+    ``at``: one original per image when ``images`` are directions taken at them (the white box's loss
+    gradients): schemes whose mark depends on the image read each direction at its original
+    (:meth:`tracemark.marking.schemes.base.Scheme.direction_features`)."""
     check_test_parameters(alpha, n_decoys)
     if not copies:
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to test against")
@@ -239,8 +243,8 @@ def score_copies(
         if sig not in feats:
             sch = get_scheme(copy.scheme, **params)
             basis = (stats.content_basis(sch.features(content)) if content is not None and len(content)
-                     and sch.kind == "correlation" else None)
-            F = sch.features(images)
+                     and sch.kind == "correlation" and not sch.needs_originals else None)
+            F = sch.direction_features(images, at) if at is not None else sch.features(images)
             res = sch.residual_features([images[i] for i in pairs[0]], pairs[1]) if pairs[0] else None
             if res is not None:
                 idx = np.asarray(pairs[0])[res[1]]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from tracemark.errors import TracemarkError
 from tracemark.marking.schemes.base import Scheme
+from tracemark.marking.schemes.color import ColorScheme
 from tracemark.marking.schemes.spectral import SpectralScheme
 from tracemark.marking.schemes.spread import SpreadScheme
 from tracemark.marking.schemes.tile import TileScheme
@@ -14,7 +15,8 @@ from tracemark.marking.schemes.visible import VisibleScheme
 if TYPE_CHECKING:
     from tracemark.registry.database import Copy
 
-SCHEMES: dict[str, type[Scheme]] = {"spread": SpreadScheme, "tile": TileScheme, "spectral": SpectralScheme, "visible": VisibleScheme}
+SCHEMES: dict[str, type[Scheme]] = {"spread": SpreadScheme, "tile": TileScheme, "spectral": SpectralScheme, "visible": VisibleScheme,
+                                   "color": ColorScheme}
 
 try:  # optional until their modules land
     from tracemark.marking.schemes.dwtdct import DwtDctScheme
@@ -33,7 +35,7 @@ DEFAULT_SCHEME = "spread"
 
 
 def get_scheme(name: str = DEFAULT_SCHEME, **params) -> Scheme:
-    """Instantiate a scheme by name (``spread``, ``tile``, ``spectral``, ``dwtdct``, ``warp``, ``visible``)."""
+    """Instantiate a scheme by name (``spread``, ``tile``, ``spectral``, ``color``, ``dwtdct``, ``warp``, ``visible``)."""
     try:
         cls = SCHEMES[name]
     except KeyError:

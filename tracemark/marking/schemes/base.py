@@ -39,6 +39,9 @@ class Scheme(ABC):
     default_strength: ClassVar[float]
     #: Largest accepted strength: beyond it the "watermark" destroys the image.
     max_strength: ClassVar[float] = 64.0
+    #: True where the mark is a function of the image (``color``): detection then pairs each
+    #: direction with its original (:meth:`direction_features`), and blind features carry no mark.
+    needs_originals: ClassVar[bool] = False
 
     def __init__(self, strength: float | None = None) -> None:
         import math
@@ -77,6 +80,11 @@ class Scheme(ABC):
     @abstractmethod
     def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Key-independent detector features, shape (n_images, D), float64."""
+
+    def direction_features(self, directions: Sequence[np.ndarray], originals: Sequence[np.ndarray]) -> np.ndarray:
+        """Features of pixel directions (the white box's loss gradients) taken at their originals.
+        A fixed pattern does not depend on the image, so by default the originals are not read."""
+        return self.features(directions)
 
     def residual_features(self, images: Sequence[np.ndarray], originals: Sequence[np.ndarray]):
         """Non-blind features (each image minus its original) and a mask of the images they were

@@ -1,0 +1,68 @@
+"""Issue #32's robustness-and-transfer table, from the measured rows (nothing is typed in by hand).
+
+    python -m research.transfer_table            # prints the markdown table docs/learnability.md opens with
+
+Sources (each row of the table names its command there):
+  results/default_path_real.jsonl    untouched copies, the product's recipe (bench/bench_default_path.py)
+  results/robustness_default.jsonl   countermeasures before training (research/robustness_default.py)
+  results/whitebox_fit_official.jsonl, results/lora_levels.jsonl, results/color_transfer.jsonl
+                                     other trainers and recipes (research/official_lora.sh,
+                                     research/lora_levels.sh, research/color_attn.sh)
+
+A model counts as detected at alpha when the licensee's Holm-corrected p over the registry's copies
+(3 or 4 licensees) is below alpha; "among 100" multiplies the licensee's p by 100 (Holm's bound for
+a registry of 100 copies; bench/bench_among.py measured one such audit directly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+ALPHA = 1e-3
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def cells(results: Path) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
+    """(domain, trainer, countermeasure) -> [(licensee z, licensee p before Holm over copies)]."""
+    out: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
+    for r in _rows(results / "default_path_real.jsonl"):
+        if r.get("steps") is None and r["strategy"] == "trigger":
+            a = r["abuser"]
+            out[(r["domain"], "tracemark finetune (rank 16, 800 steps)", "none")].append(
+                (a["z"]["initech"], a["p_value"]))
+    for r in _rows(results / "robustness_default.jsonl"):
+        p = r.get("licensee_p_holm", r["p_value"] if "initech" in (r.get("named") or []) else 1.0)
+        out[("photos", "tracemark finetune (rank 16, 800 steps)", f"{r['attack']} {r['param']:g}")].append(
+            (r["z"]["initech"], p))
+    for r in _rows(results / "whitebox_fit_official.jsonl"):
+        if r["suspect"].startswith("official"):
+            out[("photos", f"official text_to_image_lora ({r['suspect']})", "none")].append(
+                (r["shadow"]["z"]["initech"], r["shadow"]["p"] if "initech" in r["shadow"]["named"] else 1.0))
+    return out
+
+
+def table(results: Path) -> str:
+    lines = ["| domain | trainer | countermeasure | models | licensee z | TPR at 1e-3 (3 licensees) | named among 100 |",
+             "|---|---|---|---|---|---|---|"]
+    for (domain, trainer, attack), ms in sorted(cells(results).items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "none", kv[0][2])):
+        zs = ", ".join(f"{z:.2f}" for z, _ in ms)
+        tpr = sum(p < ALPHA for _, p in ms)
+        among = sum(min(1.0, p * 100 / 3) < ALPHA for _, p in ms)
+        lines.append(f"| {domain} | {trainer} | {attack} | {len(ms)} | {zs} | {tpr}/{len(ms)} | {among}/{len(ms)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", type=Path, default=Path("results"))
+    print(table(ap.parse_args(argv).results))
+
+
+if __name__ == "__main__":
+    main()
