@@ -268,3 +268,25 @@ def test_leak_without_any_marked_sample_warns(faces, tmp_path):
     assert not v.used and len(v.warnings) == 1 and "matched a marked sample" in v.warnings[0]
     assert "Warning:" in v.sentence() and v.to_dict()["warnings"] == v.warnings
     assert all(s.n_matched == 0 and s.n_images == 30 for s in v.scores)  # scored on all, and says so
+
+
+def test_image_dependent_marks_are_read_at_their_originals(sample_dir, registry, tmp_path):
+    """``color`` (a function of each pixel's colour): the white box hands score_copies directions at
+    the originals (``at``); read blind the same directions name nobody. trace-files of the copy's
+    own files (the originals found by the registry) names the licensee."""
+    from tracemark.detection.scoring import score_copies
+    from tracemark.io.dataset import read_image_rgb
+    from tracemark.marking.schemes import get_scheme
+
+    for lic in ("a", "b"):
+        protect(sample_dir, tmp_path / lic, lic, registry=registry, rate=0.4, workers=1, scheme="color")
+    copies = registry.copies()
+    a = next(c for c in copies if c.licensee == "a")
+    originals = [read_image_rgb(sample_dir / m["file_name"]) for m in a.marked]
+    sch, key = get_scheme("color"), registry.key_for_copy(a)
+    rng = np.random.default_rng(0)
+    dirs = [sch.change(x, key) + rng.normal(0, 2.0, x.shape).astype(np.float32) for x in originals]
+    paired = score_copies(dirs, copies, registry, match_files=False, at=originals)
+    assert paired.named == ["a"]
+    assert score_copies(dirs, copies, registry, match_files=False).named == []
+    assert trace_files(tmp_path / "a", registry, data_dir=sample_dir).named == ["a"]
