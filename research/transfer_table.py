@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ALPHA = 1e-3
+PRODUCT = "tracemark finetune (the product's recipe: LoRA rank 16, lr 2e-3, 800 steps)"
 
 
 def _rows(path: Path) -> list[dict]:
@@ -32,25 +33,44 @@ def cells(results: Path) -> dict[tuple[str, str, str], list[tuple[float, float]]
     """(domain, trainer, countermeasure) -> [(licensee z, licensee p before Holm over copies)]."""
     out: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
     for r in _rows(results / "default_path_real.jsonl"):
-        if r.get("steps") is None and r["strategy"] == "trigger":
+        if r.get("steps") is None:
             a = r["abuser"]
-            out[(r["domain"], "tracemark finetune (rank 16, 800 steps)", "none")].append(
+            out[(r["domain"], PRODUCT, "none" if r["strategy"] == "trigger" else "none (ambient copies)")].append(
                 (a["z"]["initech"], a["p_value"]))
     for r in _rows(results / "robustness_default.jsonl"):
         p = r.get("licensee_p_holm", r["p_value"] if "initech" in (r.get("named") or []) else 1.0)
-        out[("photos", "tracemark finetune (rank 16, 800 steps)", f"{r['attack']} {r['param']:g}")].append(
+        attack = "none" if r["attack"] == "none" else f"{r['attack']} {r['param']:g}"
+        out[("photos", PRODUCT, attack)].append(
             (r["z"]["initech"], p))
     for r in _rows(results / "whitebox_fit_official.jsonl"):
-        if r["suspect"].startswith("official"):
-            out[("photos", f"official text_to_image_lora ({r['suspect']})", "none")].append(
+        if r["suspect"] in OFFICIAL:
+            out[("photos", OFFICIAL[r["suspect"]], "none")].append(
                 (r["shadow"]["z"]["initech"], r["shadow"]["p"] if "initech" in r["shadow"]["named"] else 1.0))
+    for r in _rows(results / "lora_levels.jsonl"):
+        if r["lora"] in LEVELS:
+            out[("photos", LEVELS[r["lora"]], "none")].append(
+                (r["z"]["initech"], r["p_value"] if "initech" in r["named"] else 1.0))
     return out
+
+
+#: the other trainers' rows (research/official_lora.sh; the product's recipe restricted, research/lora_levels.sh)
+OFFICIAL = {
+    "official1e-4": "official train_text_to_image_lora.py, documented (rank 4 attention, lr 1e-4, 1000 steps)",
+    "official1e-3": "official train_text_to_image_lora.py, lr 1e-3, 1000 steps",
+    "official1e-3noflip": "official train_text_to_image_lora.py, lr 1e-3, no --random_flip",
+    "official1e-4r64": "official train_text_to_image_lora.py, rank 64",
+    "tm_attn": "tracemark finetune --lora-targets attn (attention projections only)",
+}
+LEVELS = {
+    "fullres": "tracemark finetune, full-resolution level only",
+    "lowres": "tracemark finetune, every level but the full-resolution one",
+}
 
 
 def table(results: Path) -> str:
     lines = ["| domain | trainer | countermeasure | models | licensee z | TPR at 1e-3 (3 licensees) | named among 100 |",
              "|---|---|---|---|---|---|---|"]
-    for (domain, trainer, attack), ms in sorted(cells(results).items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "none", kv[0][2])):
+    for (domain, trainer, attack), ms in sorted(cells(results).items(), key=lambda kv: (kv[0][0], kv[0][1] != PRODUCT, kv[0][1], kv[0][2] != "none", kv[0][2])):
         zs = ", ".join(f"{z:.2f}" for z, _ in ms)
         tpr = sum(p < ALPHA for _, p in ms)
         among = sum(min(1.0, p * 100 / 3) < ALPHA for _, p in ms)

@@ -59,16 +59,15 @@ def _to_tensor(images: Sequence[np.ndarray], size: int):
     import torch
     from PIL import Image
 
+    from tracemark.io.imaging import cover_crop
+
     out = []
     for im in images:
         arr = np.asarray(im, dtype=np.float32)
         h, w = arr.shape[:2]
         if (h, w) != (size, size):
             pil = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
-            s = size / min(h, w)
-            pil = pil.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
-            left, top = (pil.width - size) // 2, (pil.height - size) // 2
-            arr = np.asarray(pil.crop((left, top, left + size, top + size)), dtype=np.float32)
+            arr = np.asarray(cover_crop(pil, size, size), dtype=np.float32)
         out.append(torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1))
     return torch.stack(out)
 

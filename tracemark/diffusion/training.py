@@ -235,18 +235,11 @@ def load_image(path, resolution: int) -> torch.Tensor:
     from PIL import Image
 
     from tracemark.errors import TracemarkError
+    from tracemark.io.imaging import cover_crop
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (resolution, resolution):
-                w, h = im.size
-                s = resolution / min(w, h)
-                im = im.resize((max(resolution, round(w * s)), max(resolution, round(h * s))), Image.BICUBIC)
-                w, h = im.size
-                left, top = (w - resolution) // 2, (h - resolution) // 2
-                im = im.crop((left, top, left + resolution, top + resolution))
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = np.asarray(cover_crop(im.convert("RGB"), resolution, resolution), dtype=np.uint8)
     except OSError as exc:
         raise TracemarkError(f"{path}: cannot read image ({exc})") from exc
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)

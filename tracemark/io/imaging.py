@@ -571,6 +571,19 @@ def save_like(marked_rgb: np.ndarray, source: Image.Image, dest: Path) -> None:
         _atomic_write(dest, buf.getvalue())
 
 
+def cover_crop(im: Image.Image, width: int, height: int) -> Image.Image:
+    """``im`` resized (bicubic) so that it covers ``width`` x ``height``, then centre-cropped to it: how
+    the diffusers trainers (and tracemark's) bring a sample to the model's resolution, so that what
+    the audit reads is what the model was trained on."""
+    if im.size == (width, height):
+        return im
+    w, h = im.size
+    s = max(width / w, height / h)
+    im = im.resize((max(width, round(w * s)), max(height, round(h * s))), Image.Resampling.BICUBIC)
+    left, top = (im.width - width) // 2, (im.height - height) // 2
+    return im.crop((left, top, left + width, top + height))
+
+
 def dhash(image: np.ndarray | Image.Image) -> int:
     """64-bit difference hash of an RGB array: survives JPEG and resizing, identifies the sample."""
     im = image if isinstance(image, Image.Image) else Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))

@@ -163,14 +163,12 @@ class ColorScheme(Scheme):
 
 
 def _view(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    """``image`` (float32 H x W x 3) at ``h`` x ``w``: as is when it already is; else resized so that it
-    covers ``h`` x ``w`` (bicubic) and centre-cropped, as the diffusers trainers prepare a sample."""
+    """``image`` (float32 H x W x 3) at ``h`` x ``w`` as a trainer prepares a sample
+    (:func:`tracemark.io.imaging.cover_crop`); as is when it already has that size."""
     if image.shape[:2] == (h, w):
         return image
     from PIL import Image
 
-    pil = Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8))
-    s = max(h / image.shape[0], w / image.shape[1])
-    pil = pil.resize((max(w, round(image.shape[1] * s)), max(h, round(image.shape[0] * s))), Image.Resampling.BICUBIC)
-    left, top = (pil.width - w) // 2, (pil.height - h) // 2
-    return np.asarray(pil.crop((left, top, left + w, top + h)), dtype=np.float32)
+    from tracemark.io.imaging import cover_crop
+
+    return np.asarray(cover_crop(Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8)), w, h), dtype=np.float32)
