@@ -116,6 +116,23 @@ class Scheme(ABC):
         return {"scheme": self.name, "strength": self.strength}
 
 
+class SignKeyed:
+    """Key vectors of +-1 signs, one per feature: ``sign_domain`` (the PRF domain the signs are drawn
+    in, one per scheme, so that two schemes never share signs) and ``dim``. Mixed into the
+    correlation schemes whose key is a sign pattern (``spread``, ``spectral``, ``color``)."""
+
+    sign_domain: ClassVar[str]
+    dim: int
+
+    def key_vectors(self, keys: Sequence[Key]) -> np.ndarray:
+        from tracemark.registry.keys import sign_matrix
+
+        return sign_matrix(list(keys), self.sign_domain, self.dim) if keys else np.zeros((0, self.dim))
+
+    def random_vectors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(0, 2, size=(n, self.dim), dtype=np.int8).astype(np.float64) * 2 - 1
+
+
 def clip_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 

@@ -34,16 +34,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tracemark.marking.schemes.base import Scheme
-from tracemark.registry.keys import Key, sign_matrix
+from tracemark.marking.schemes.base import Scheme, SignKeyed
+from tracemark.registry.keys import Key
 
 DOMAIN = "scheme/color/signs"
 #: Pixels handled at once (bounds the per-axis basis arrays' memory at any image size).
 _CHUNK = 1 << 16
 
 
-class ColorScheme(Scheme):
+class ColorScheme(SignKeyed, Scheme):
     name = "color"
+    sign_domain = DOMAIN
     kind = "correlation"
     default_strength = 3.2  # RMS of the change, 0..255 units: about 38 dB PSNR
     max_strength = 16.0
@@ -72,12 +73,6 @@ class ColorScheme(Scheme):
         return {**super().params(), "grid": self.grid, "width": self.width, "max_gain": self.max_gain}
 
     # key side -------------------------------------------------------------------------------
-    def key_vectors(self, keys: Sequence[Key]) -> np.ndarray:
-        return sign_matrix(list(keys), DOMAIN, self.dim) if keys else np.zeros((0, self.dim))
-
-    def random_vectors(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return rng.integers(0, 2, size=(n, self.dim), dtype=np.int8).astype(np.float64) * 2 - 1
-
     def _signs(self, key: Key) -> np.ndarray:
         """The key's signs as (3 output channels, grid, grid, grid) float32."""
         s = self._sign_cache.get(key.key_id)

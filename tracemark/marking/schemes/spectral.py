@@ -34,9 +34,9 @@ from functools import lru_cache
 import numpy as np
 from scipy.fft import dctn, idctn
 
-from tracemark.marking.schemes.base import Scheme
+from tracemark.marking.schemes.base import Scheme, SignKeyed
 from tracemark.marking.schemes.spread import to_grid
-from tracemark.registry.keys import Key, sign_matrix
+from tracemark.registry.keys import Key
 
 DOMAIN = "scheme/spectral/signs"
 
@@ -50,8 +50,9 @@ def radial_band(grid: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray
     return mask, np.rint(r[mask]).astype(int)
 
 
-class SpectralScheme(Scheme):
+class SpectralScheme(SignKeyed, Scheme):
     name = "spectral"
+    sign_domain = DOMAIN
     kind = "correlation"
     default_strength = 2.0  # RMS of the change, 0..255 units: about 42 dB (3.0: 38.6 dB but SSIM 0.977)
     max_strength = 16.0
@@ -80,12 +81,6 @@ class SpectralScheme(Scheme):
         return {**super().params(), "grid": self.grid, "band": list(self.band), "max_gain": self.max_gain}
 
     # key side -------------------------------------------------------------------------------
-    def key_vectors(self, keys: Sequence[Key]) -> np.ndarray:
-        return sign_matrix(list(keys), DOMAIN, self.dim) if keys else np.zeros((0, self.dim))
-
-    def random_vectors(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return rng.integers(0, 2, size=(n, self.dim), dtype=np.int8).astype(np.float64) * 2 - 1
-
     def sign_grid(self, key: Key) -> np.ndarray:
         """grid x grid array: the key's sign at each band frequency, 0 elsewhere."""
         s = self._sign_cache.get(key.key_id)

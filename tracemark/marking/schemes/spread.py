@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn, idctn
 
-from tracemark.marking.schemes.base import Scheme
-from tracemark.registry.keys import Key, sign_matrix
+from tracemark.marking.schemes.base import Scheme, SignKeyed
+from tracemark.registry.keys import Key
 
 DOMAIN = "scheme/spread/signs"
 
@@ -78,8 +78,9 @@ def _fit_residual(image: np.ndarray, original: np.ndarray) -> np.ndarray:
     return out
 
 
-class SpreadScheme(Scheme):
+class SpreadScheme(SignKeyed, Scheme):
     name = "spread"
+    sign_domain = DOMAIN
     kind = "correlation"
     default_strength = 2.0
     max_strength = 16.0  # RMS 16/255: about 24 dB
@@ -106,12 +107,6 @@ class SpreadScheme(Scheme):
         return {**super().params(), "grid": self.grid, "band": list(self.band), "flip_invariant": self.flip_invariant}
 
     # key side -------------------------------------------------------------------------------
-    def key_vectors(self, keys: Sequence[Key]) -> np.ndarray:
-        return sign_matrix(list(keys), DOMAIN, self.dim) if keys else np.zeros((0, self.dim))
-
-    def random_vectors(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return rng.integers(0, 2, size=(n, self.dim), dtype=np.int8).astype(np.float64) * 2 - 1
-
     @property
     def canvas(self) -> int:
         """Side of the canonical image the pattern is defined on (the grid; tiled schemes: more)."""
