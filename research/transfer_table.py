@@ -5,9 +5,9 @@
 Sources (each row of the table names its command there):
   results/default_path_real.jsonl    untouched copies, the product's recipe (bench/bench_default_path.py)
   results/robustness_default.jsonl   countermeasures before training (research/robustness_default.py)
-  results/whitebox_fit_official.jsonl, results/lora_levels.jsonl, results/color_transfer.jsonl
+  results/whitebox_fit_official.jsonl, results/official_full.jsonl, results/lora_levels.jsonl
                                      other trainers and recipes (research/official_lora.sh,
-                                     research/lora_levels.sh, research/color_attn.sh)
+                                     research/official_full.sh, research/lora_levels.sh)
 
 A model counts as detected at alpha when the licensee's Holm-corrected p over the registry's copies
 (3 or 4 licensees) is below alpha; "among 100" multiplies the licensee's p by 100 (Holm's bound for
@@ -46,6 +46,9 @@ def cells(results: Path) -> dict[tuple[str, str, str], list[tuple[float, float]]
         if r["suspect"] in OFFICIAL:
             out[("photos", OFFICIAL[r["suspect"]], "none")].append(
                 (r["shadow"]["z"]["initech"], r["shadow"]["p"] if "initech" in r["shadow"]["named"] else 1.0))
+    for r in _rows(results / "official_full.jsonl"):
+        out[("photos", f"official train_text_to_image.py, full fine-tune (EMA, lr {r['lr']:g}, {r['steps']} steps of 1 x 4)",
+             "none")].append((r["z"]["initech"], r["licensee_p_holm"]))
     for r in _rows(results / "lora_levels.jsonl"):
         if r["lora"] in LEVELS:
             out[("photos", LEVELS[r["lora"]], "none")].append(
@@ -68,13 +71,14 @@ LEVELS = {
 
 
 def table(results: Path) -> str:
-    lines = ["| domain | trainer | countermeasure | models | licensee z | TPR at 1e-3 (3 licensees) | named among 100 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| domain | trainer | countermeasure | models | licensee z | named at 0.01 (the audit's default) | TPR at 1e-3 | named among 100 at 1e-3 |",
+             "|---|---|---|---|---|---|---|---|"]
     for (domain, trainer, attack), ms in sorted(cells(results).items(), key=lambda kv: (kv[0][0], kv[0][1] != PRODUCT, kv[0][1], kv[0][2] != "none", kv[0][2])):
         zs = ", ".join(f"{z:.2f}" for z, _ in ms)
         tpr = sum(p < ALPHA for _, p in ms)
+        default = sum(p < 0.01 for _, p in ms)
         among = sum(min(1.0, p * 100 / 3) < ALPHA for _, p in ms)
-        lines.append(f"| {domain} | {trainer} | {attack} | {len(ms)} | {zs} | {tpr}/{len(ms)} | {among}/{len(ms)} |")
+        lines.append(f"| {domain} | {trainer} | {attack} | {len(ms)} | {zs} | {default}/{len(ms)} | {tpr}/{len(ms)} | {among}/{len(ms)} |")
     return "\n".join(lines)
 
 
