@@ -1,6 +1,7 @@
 """Issue #32's robustness-and-transfer table, from the measured rows (nothing is typed in by hand).
 
     python -m research.transfer_table            # prints the markdown table docs/learnability.md opens with
+    python -m research.transfer_table --write docs/learnability.md   # rewrites it between its markers
 
 Sources (each row of the table names its command there):
   results/default_path_real.jsonl    untouched copies, the product's recipe (bench/bench_default_path.py)
@@ -47,7 +48,7 @@ def cells(results: Path) -> dict[tuple[str, str, str], list[tuple[float, float]]
             out[("photos", OFFICIAL[r["suspect"]], "none")].append(
                 (r["shadow"]["z"]["initech"], r["shadow"]["p"] if "initech" in r["shadow"]["named"] else 1.0))
     for r in _rows(results / "official_full.jsonl"):
-        out[("photos", f"official train_text_to_image.py, full fine-tune (EMA, lr {r['lr']:g}, {r['steps']} steps of 1 x 4)",
+        out[("photos", f"official train_text_to_image.py, full fine-tune (EMA, lr {r['lr']:.0e}, {r['steps']} steps of 1 x 4)".replace("e-0", "e-"),
              "none")].append((r["z"]["initech"], r["licensee_p_holm"]))
     for r in _rows(results / "lora_levels.jsonl"):
         if r["lora"] in LEVELS:
@@ -73,7 +74,7 @@ LEVELS = {
 def table(results: Path) -> str:
     lines = ["| domain | trainer | countermeasure | models | licensee z | named at 0.01 (the audit's default) | TPR at 1e-3 | named among 100 at 1e-3 |",
              "|---|---|---|---|---|---|---|---|"]
-    for (domain, trainer, attack), ms in sorted(cells(results).items(), key=lambda kv: (kv[0][0], kv[0][1] != PRODUCT, kv[0][1], kv[0][2] != "none", kv[0][2])):
+    for (domain, trainer, attack), ms in sorted(cells(results).items(), key=lambda kv: (kv[0][0], kv[0][1] != PRODUCT, kv[0][1], not kv[0][2].startswith("none"), kv[0][2])):
         zs = ", ".join(f"{z:.2f}" for z, _ in ms)
         tpr = sum(p < ALPHA for _, p in ms)
         default = sum(p < 0.01 for _, p in ms)
@@ -85,7 +86,16 @@ def table(results: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", type=Path, default=Path("results"))
-    print(table(ap.parse_args(argv).results))
+    ap.add_argument("--write", type=Path, help="a doc holding <!-- table:transfer --> ... <!-- /table -->")
+    args = ap.parse_args(argv)
+    text = table(args.results)
+    if args.write is None:
+        print(text)
+        return
+    doc = args.write.read_text()
+    start, end = "<!-- table:transfer -->\n", "\n<!-- /table -->"
+    i, j = doc.index(start) + len(start), doc.index(end)
+    args.write.write_text(doc[:i] + text + doc[j:])
 
 
 if __name__ == "__main__":

@@ -290,3 +290,13 @@ def test_image_dependent_marks_are_read_at_their_originals(sample_dir, registry,
     assert paired.named == ["a"]
     assert score_copies(dirs, copies, registry, match_files=False).named == []
     assert trace_files(tmp_path / "a", registry, data_dir=sample_dir).named == ["a"]
+
+
+def test_a_scheme_read_only_with_originals_warns_when_read_blind(sample_dir, registry, tmp_path):
+    from tracemark.detection.scoring import score_copies
+    from tracemark.io.dataset import read_image_rgb
+
+    protect(sample_dir, tmp_path / "a", "a", registry=registry, rate=0.4, workers=1, scheme="color")
+    images = [read_image_rgb(p) for p in sorted((tmp_path / "a").glob("*.*")) if p.suffix in (".png", ".jpg")][:8]
+    v = score_copies(images, registry.copies(), registry, match_files=False)
+    assert any("read only against the original images" in w for w in v.warnings)

@@ -245,6 +245,10 @@ def score_copies(
             basis = (stats.content_basis(sch.features(content)) if content is not None and len(content)
                      and sch.kind == "correlation" and not sch.needs_originals else None)
             F = sch.direction_features(images, at) if at is not None else sch.features(images)
+            if sch.needs_originals and at is None and originals is None:
+                warnings.append(f"scheme {sch.name} is read only against the original images (a white-box "
+                                "audit, or leaked files with the original data); read blind, its copies "
+                                "cannot be detected here")
             res = sch.residual_features([images[i] for i in pairs[0]], pairs[1]) if pairs[0] else None
             if res is not None:
                 idx = np.asarray(pairs[0])[res[1]]
