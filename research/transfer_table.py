@@ -11,7 +11,7 @@ Sources (each row of the table names its command there):
                                      research/official_full.sh, research/lora_levels.sh)
 
 A model counts as detected at alpha when the licensee's Holm-corrected p over the registry's copies
-(3 or 4 licensees) is below alpha; "among 100" multiplies the licensee's p by 100 (Holm's bound for
+(3 licensees) is below alpha; "among 100" multiplies the licensee's p by 100 (Holm's bound for
 a registry of 100 copies; bench/bench_among.py measured one such audit directly).
 """
 
@@ -23,6 +23,9 @@ from collections import defaultdict
 from pathlib import Path
 
 ALPHA = 1e-3
+#: copies in every registry the rows come from (acme, globex, initech): the licensee's Holm p is
+#: N_COPIES x its raw p when it ranks first, so "among 100" is Holm p x 100 / N_COPIES
+N_COPIES = 3
 PRODUCT = "tracemark finetune (the product's recipe: LoRA rank 16, lr 2e-3, 800 steps)"
 
 
@@ -37,7 +40,7 @@ def cells(results: Path) -> dict[tuple[str, str, str], list[tuple[float, float]]
         if r.get("steps") is None:
             a = r["abuser"]
             out[(r["domain"], PRODUCT, "none" if r["strategy"] == "trigger" else "none (ambient copies)")].append(
-                (a["z"]["initech"], a["p_value"]))
+                (a["z"]["initech"], a["p_value"] if "initech" in a["named"] else 1.0))
     for r in _rows(results / "robustness_default.jsonl"):
         p = r.get("licensee_p_holm", r["p_value"] if "initech" in (r.get("named") or []) else 1.0)
         attack = "none" if r["attack"] == "none" else f"{r['attack']} {r['param']:g}"
@@ -78,7 +81,7 @@ def table(results: Path) -> str:
         zs = ", ".join(f"{z:.2f}" for z, _ in ms)
         tpr = sum(p < ALPHA for _, p in ms)
         default = sum(p < 0.01 for _, p in ms)
-        among = sum(min(1.0, p * 100 / 3) < ALPHA for _, p in ms)
+        among = sum(min(1.0, p * 100 / N_COPIES) < ALPHA for _, p in ms)
         lines.append(f"| {domain} | {trainer} | {attack} | {len(ms)} | {zs} | {default}/{len(ms)} | {tpr}/{len(ms)} | {among}/{len(ms)} |")
     return "\n".join(lines)
 

@@ -15,6 +15,8 @@ def test_cover_crop_resizes_to_cover_then_takes_the_centre():
     assert out.size == (20, 20)
     a = np.asarray(out)
     assert a[:, 8:12].min() > 200 and a[:, :2].max() < 30 and a[:, -2:].max() < 30  # centre kept, sides cut
+    expected = Image.fromarray(arr).resize((40, 20), Image.Resampling.BICUBIC).crop((10, 0, 30, 20))
+    assert np.array_equal(a, np.asarray(expected))  # not a squash: the band keeps its width
     same = Image.fromarray(arr[:20, :20])
     assert cover_crop(same, 20, 20) is same
     assert cover_crop(Image.fromarray(arr), 10, 30).size == (10, 30)  # any target shape

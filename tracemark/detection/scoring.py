@@ -213,6 +213,8 @@ def score_copies(
         raise TracemarkError(f"{registry.db_path}: the registry has no issued copies to test against")
     if len(images) == 0:
         raise TracemarkError("no images to score")
+    if at is not None and len(at) != len(images):
+        raise TracemarkError(f"{len(images)} images but {len(at)} originals to read them at")
     t0 = time.perf_counter()
     hm = [_hash_margins(im) for im in images] if match_files else []
     hashes = np.array([h for h, _ in hm], dtype=np.uint64)
@@ -245,7 +247,7 @@ def score_copies(
             basis = (stats.content_basis(sch.features(content)) if content is not None and len(content)
                      and sch.kind == "correlation" and not sch.needs_originals else None)
             F = sch.direction_features(images, at) if at is not None else sch.features(images)
-            if sch.needs_originals and at is None and originals is None:
+            if sch.needs_originals and at is None and not pairs[0]:
                 warnings.append(f"scheme {sch.name} is read only against the original images (a white-box "
                                 "audit, or leaked files with the original data); read blind, its copies "
                                 "cannot be detected here")

@@ -573,8 +573,8 @@ def save_like(marked_rgb: np.ndarray, source: Image.Image, dest: Path) -> None:
 
 def cover_crop(im: Image.Image, width: int, height: int) -> Image.Image:
     """``im`` resized (bicubic) so that it covers ``width`` x ``height``, then centre-cropped to it: how
-    the diffusers trainers (and tracemark's) bring a sample to the model's resolution, so that what
-    the audit reads is what the model was trained on."""
+    tracemark's trainer (and diffusers' with ``--center_crop``) brings a sample to the model's
+    resolution, so that what the audit reads is what the model was trained on."""
     if im.size == (width, height):
         return im
     w, h = im.size
