@@ -244,10 +244,11 @@ def score_copies(
         sig = f"{copy.scheme}:{sorted(params.items())}"
         if sig not in feats:
             sch = get_scheme(copy.scheme, **params)
+            paired = getattr(sch, "needs_originals", False)  # a plugin's scheme may predate the flag
             basis = (stats.content_basis(sch.features(content)) if content is not None and len(content)
-                     and sch.kind == "correlation" and not sch.needs_originals else None)
-            F = sch.direction_features(images, at) if at is not None else sch.features(images)
-            if sch.needs_originals and at is None and not pairs[0]:
+                     and sch.kind == "correlation" and not paired else None)
+            F = sch.direction_features(images, at) if at is not None and paired else sch.features(images)
+            if paired and at is None and not pairs[0]:
                 warnings.append(f"scheme {sch.name} is read only against the original images (a white-box "
                                 "audit, or leaked files with the original data); read blind, its copies "
                                 "cannot be detected here")
