@@ -57,17 +57,12 @@ def _to_tensor(images: Sequence[np.ndarray], size: int):
     """Images -> [-1, 1] tensor at the model's resolution (resize shorter side, centre crop:
     what the diffusers training scripts do)."""
     import torch
-    from PIL import Image
 
-    from tracemark.io.imaging import cover_crop
+    from tracemark.io.imaging import cover_crop_array
 
     out = []
     for im in images:
-        arr = np.asarray(im, dtype=np.float32)
-        h, w = arr.shape[:2]
-        if (h, w) != (size, size):
-            pil = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
-            arr = np.asarray(cover_crop(pil, size, size), dtype=np.float32)
+        arr = cover_crop_array(np.asarray(im, dtype=np.float32), size, size)
         out.append(torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1))
     return torch.stack(out)
 

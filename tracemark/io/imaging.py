@@ -584,6 +584,15 @@ def cover_crop(im: Image.Image, width: int, height: int) -> Image.Image:
     return im.crop((left, top, left + width, top + height))
 
 
+def cover_crop_array(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """:func:`cover_crop` of a float H x W x 3 array (0..255, rounded to 8 bits on the way), as
+    float32; the array itself when it already has that size."""
+    if image.shape[:2] == (height, width):
+        return image
+    pil = Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8))
+    return np.asarray(cover_crop(pil, width, height), dtype=np.float32)
+
+
 def dhash(image: np.ndarray | Image.Image) -> int:
     """64-bit difference hash of an RGB array: survives JPEG and resizing, identifies the sample."""
     im = image if isinstance(image, Image.Image) else Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))

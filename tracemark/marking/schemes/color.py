@@ -34,6 +34,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tracemark.io.imaging import cover_crop_array
 from tracemark.marking.schemes.base import Scheme, SignKeyed
 from tracemark.registry.keys import Key
 
@@ -118,12 +119,12 @@ class ColorScheme(SignKeyed, Scheme):
     # image side -----------------------------------------------------------------------------
     def direction_features(self, directions: Sequence[np.ndarray], originals: Sequence[np.ndarray]) -> np.ndarray:
         """``F[o, j] = sum_p d_o(p) phi_j(x(p))`` per direction ``d`` at its original ``x`` (resized to
-        ``d``'s size as the trainers do: shorter side, centre crop)."""
+        ``d``'s size as the trainers do: :func:`tracemark.io.imaging.cover_crop`)."""
         g = self.grid
         out = np.zeros((len(directions), self.dim))
         for i, (d, x) in enumerate(zip(directions, originals)):
             d = np.asarray(d, dtype=np.float32)
-            x = _view(np.asarray(x, dtype=np.float32), d.shape[0], d.shape[1])
+            x = cover_crop_array(np.asarray(x, dtype=np.float32), d.shape[1], d.shape[0])
             dd = d.reshape(-1, 3).astype(np.float64)
             px = x.reshape(-1, 3)
             acc = np.zeros((3, g, g, g))
@@ -143,27 +144,13 @@ class ColorScheme(SignKeyed, Scheme):
     def residual_features(self, images: Sequence[np.ndarray], originals: Sequence[np.ndarray]):
         """Each image minus its original (resized to the image), where the original explains the
         image (a re-save, a resize: the residual's RMS under half the image's own variation)."""
-        dirs, used = [], np.zeros(len(images), dtype=bool)
+        dirs, ats, used = [], [], np.zeros(len(images), dtype=bool)
         for i, (im, orig) in enumerate(zip(images, originals)):
             im = np.asarray(im, dtype=np.float32)
-            o = _view(np.asarray(orig, dtype=np.float32), im.shape[0], im.shape[1])
+            o = cover_crop_array(np.asarray(orig, dtype=np.float32), im.shape[1], im.shape[0])
             d = im - o
             spread = float(np.std(im))
-            if spread > 0 and float(np.sqrt(np.mean(d * d))) < 0.5 * spread:
-                dirs.append(d)
-                used[i] = True
-            else:
-                dirs.append(im - im.mean(axis=(0, 1)))
-        return self.direction_features(dirs, [o if u else im for o, im, u in zip(originals, images, used)]), used
-
-
-def _view(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    """``image`` (float32 H x W x 3) at ``h`` x ``w`` as a trainer prepares a sample
-    (:func:`tracemark.io.imaging.cover_crop`); as is when it already has that size."""
-    if image.shape[:2] == (h, w):
-        return image
-    from PIL import Image
-
-    from tracemark.io.imaging import cover_crop
-
-    return np.asarray(cover_crop(Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8)), w, h), dtype=np.float32)
+            used[i] = spread > 0 and float(np.sqrt(np.mean(d * d))) < 0.5 * spread
+            dirs.append(d if used[i] else im - im.mean(axis=(0, 1)))
+            ats.append(o if used[i] else im)
+        return self.direction_features(dirs, ats), used
